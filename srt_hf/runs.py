@@ -1,0 +1,84 @@
+"""The run folder: what `srt-hf recycle` and `srt-hf select` leave behind, and what `srt-hf push` uploads.
+
+    RUN/
+      run.json           metadata: versions, teacher, student, preset, prompts, selection rule, counts, stats
+      rows.parquet       every input row, with original / reflected / chosen texts, scores and statuses
+      selected.parquet   the rows kept by the selection rule
+      sft/train.parquet  the kept rows as conversational prompt/completion records (TRL SFT format)
+      README.md          the dataset card
+      cache.sqlite       the teacher's response cache (recycle only; not uploaded)
+      work/              resumable per-stage parts (not uploaded)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROWS, SELECTED, SFT, META, CARD = "rows.parquet", "selected.parquet", "sft/train.parquet", "run.json", "README.md"
+CACHE, WORK = "cache.sqlite", "work"
+NOT_UPLOADED = (CACHE, WORK)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def rows(self) -> Path:
+        return self.root / ROWS
+
+    @property
+    def selected(self) -> Path:
+        return self.root / SELECTED
+
+    @property
+    def sft(self) -> Path:
+        return self.root / SFT
+
+    @property
+    def meta(self) -> Path:
+        return self.root / META
+
+    @property
+    def card(self) -> Path:
+        return self.root / CARD
+
+    @property
+    def cache(self) -> Path:
+        return self.root / CACHE
+
+    @property
+    def work(self) -> Path:
+        return self.root / WORK
+
+
+def write_meta(root: Path, meta: dict[str, Any]) -> None:
+    RunPaths(root).meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str))
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    return json.loads(RunPaths(root).meta.read_text())
+
+
+def write_sft(selected, path: Path, *, instruction: str, input: str | None, response: str, id_column: str | None = None) -> int:
+    """Write the selected rows as conversational prompt/completion records; returns the row count."""
+    from .formats import to_prompt_completion
+
+    def convert(batch: dict[str, list]) -> dict[str, list]:
+        n = len(batch[instruction])
+        records = [
+            to_prompt_completion(batch[instruction][i], (batch[input][i] or "") if input else "", batch[response][i])
+            for i in range(n)
+        ]
+        out = {"prompt": [r["prompt"] for r in records], "completion": [r["completion"] for r in records]}
+        if id_column:
+            out["id"] = [str(v) for v in batch[id_column]]
+        return out
+
+    sft = selected.map(convert, batched=True, remove_columns=selected.column_names, desc="SFT format")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sft.to_parquet(str(path))
+    return len(sft)

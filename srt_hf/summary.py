@@ -1,0 +1,60 @@
+"""Plain-text summary tables printed at the end of CLI commands."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A fixed-width table; the first column left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in header]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "-" if np.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def quantile_rows(columns: dict[str, Sequence[float | None]]) -> list[list[object]]:
+    """One row per column: n, the quantiles of its finite values."""
+    rows = []
+    for name, values in columns.items():
+        arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+        arr = arr[np.isfinite(arr)]
+        qs = np.quantile(arr, QUANTILES).tolist() if len(arr) else [float("nan")] * len(QUANTILES)
+        rows.append([name, len(arr), *qs])
+    return rows
+
+
+def status_counts(statuses: Iterable[str]) -> Counter:
+    """Counts by status kind: ok / skipped / invalid (the part before ':')."""
+    return Counter(s.split(":", 1)[0] for s in statuses)
+
+
+def score_summary(statuses: Sequence[str], ifd: Sequence[float | None], rifd: Sequence[float | None] | None) -> str:
+    counts = status_counts(statuses)
+    parts = [
+        table(["rows", "count"], [["total", len(statuses)], *[[k, counts.get(k, 0)] for k in ("ok", "skipped", "invalid")]]),
+        "",
+        table(["score", "n", "min", "p25", "median", "p75", "max"], quantile_rows({"ifd": ifd, **({"rifd": rifd} if rifd is not None else {})})),
+    ]
+    finite = [v for v in ifd if v is not None and np.isfinite(v)]
+    share = sum(v >= 1 for v in finite) / len(finite) if finite else float("nan")
+    parts.append(f"\nshare with IFD >= 1 (instruction does not help): {share:.1%} of {len(finite)} scored rows")
+    reasons = Counter(s for s in statuses if s != "ok")
+    if reasons:
+        parts.append("\n" + table(["not ok", "rows"], reasons.most_common()))
+    return "\n".join(parts)
