@@ -1,0 +1,224 @@
+"""`srt-hf select IN --top-share 0.05 | --top-n N | --kcenter K --out OUT`: choose rows, explaining each one.
+
+Rules:
+
+* ``--top-share R`` / ``--top-n N`` — top-IFD (Cherry LLM / Superfiltering): rows scored ``ok`` with
+  ``ifd < --max-ifd`` ranked by IFD, the top ``int(eligible × R)`` or ``min(N, eligible)`` kept. IN must
+  be scored already (``srt-hf score IN --out scored.parquet`` writes the ``ifd`` column).
+* ``--kcenter K`` — one DiverseEvol step: K rows added by k-center greedy on the student's embeddings
+  (the ``--embedding-column`` of IN if present, else computed with ``--student``), around the rows
+  marked by ``--pool-column`` (e.g. ``selected`` of an earlier run) if given. ``recipes/diverse_evol.py``
+  iterates this with training.
+
+OUT is a run folder (rows.parquet with ``selected`` + ``selection_reason`` for every row,
+selected.parquet, sft/train.parquet, run.json, README.md), or a ``.parquet`` / ``.jsonl`` file with the
+kept rows (``--keep-all``: every row with its decision). The kept rows keep their original order.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    from ..cli import add_dataclass_arguments
+    from ..formats import ColumnMapping
+
+    p = sub.add_parser("select", help="Select rows (top-IFD share or k-center diversity); every row keeps its reason.",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", metavar="IN", help="Scored file, save_to_disk folder, srt_hf run folder or Hub dataset id.")
+    p.add_argument("--out", type=Path, required=True, help="Run folder, or a .parquet / .jsonl file.")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--top-share", type=float, metavar="R", help="Keep this share (0..1) of the eligible rows, highest IFD first.")
+    rule.add_argument("--top-n", type=int, metavar="N", help="Keep this many eligible rows, highest IFD first.")
+    rule.add_argument("--kcenter", type=int, metavar="K", help="Add K rows by k-center greedy on the student's embeddings.")
+    p.add_argument("--max-ifd", type=float, default=1.0, help="Only rows with ifd below this are eligible (default 1; 'inf' for none).")
+    p.add_argument("--ifd-column", default="ifd", help="Column holding IFD.")
+    p.add_argument("--status-column", default="score_status", help="Column holding the scoring status (used when present).")
+    p.add_argument("--keep-all", action="store_true", help="File output: write every row with `selected` and `selection_reason`.")
+    p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
+    k = p.add_argument_group("k-center (--kcenter)")
+    k.add_argument("--student", default="default", help="Model that embeds the rows: 'default', a Hub id or a local checkpoint.")
+    k.add_argument("--embedding-column", default="embedding", help="Use this column of IN as the embeddings when present.")
+    k.add_argument("--pool-column", default=None, help="Boolean column marking the current pool (the first centres).")
+    k.add_argument("--start", type=int, default=0, help="First pick when there is no pool (a row position).")
+    k.add_argument("--max-length", type=int, default=1024, help="Tokens of the training text embedded.")
+    add_dataclass_arguments(p, ColumnMapping)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import dataclass_from_args
+    from ..dataio import load_input
+    from ..errors import InputError
+    from ..formats import ColumnMapping
+
+    out: Path = args.out
+    file_out = out.suffix.lower() in (".parquet", ".jsonl")
+    if out.suffix and not file_out:
+        raise InputError(f"cannot write {out}: a run folder has no suffix, a file ends with .parquet or .jsonl", fix="change --out")
+    mapping = dataclass_from_args(ColumnMapping, args)
+    ds = load_input(args.input, args.split)
+    if args.kcenter is not None:
+        table, meta, drop = _kcenter(ds, args, mapping)
+    else:
+        table, meta, drop = _top_ifd(ds, args)
+    meta.setdefault("source", {"name": str(args.input), "split": args.split})
+    _carry_run_meta(Path(args.input), meta)
+    if file_out:
+        _write_file(table, out, keep_all=args.keep_all, drop=drop)
+    else:
+        from ..selection import write_selection_run
+
+        meta = write_selection_run(out, table, meta, mapping=mapping, drop_columns=drop)
+    _print_summary(table, meta, out, args)
+    return 0
+
+
+def _top_ifd(ds, args):
+    from ..errors import InputError
+    from ..selection import quantiles, top_ifd_decisions, with_decisions
+
+    if args.ifd_column not in ds.column_names:
+        raise InputError(
+            f"{args.input} has no {args.ifd_column!r} column, so it is not scored", column=args.ifd_column,
+            fix=f"score it first: `srt-hf score {args.input} --out scored.parquet`, then `srt-hf select scored.parquet ...` "
+            "(or name the IFD column with --ifd-column)",
+        )
+    status = ds[args.status_column] if args.status_column in ds.column_names else None
+    ifd = ds[args.ifd_column]
+    max_ifd = None if args.max_ifd == float("inf") else args.max_ifd
+    selected, reasons, info = top_ifd_decisions(ifd, status, rate=args.top_share, n=args.top_n, max_ifd=max_ifd)
+    info["ifd_column"] = args.ifd_column
+    kept = [v for v, s in zip(ifd, selected) if s]
+    meta = {
+        "selection": info,
+        "stats": {"ifd": {"before": quantiles(ifd), "after": quantiles(kept)}},
+        "histograms": {"ifd": {"before": f"rows.parquet:{args.ifd_column}", "after": f"selected.parquet:{args.ifd_column}"}},
+    }
+    if "rifd" in ds.column_names:
+        rifd = ds["rifd"]
+        meta["stats"]["rifd"] = {"before": quantiles(rifd), "after": quantiles([v for v, s in zip(rifd, selected) if s])}
+    return with_decisions(ds, selected, reasons), meta, []
+
+
+def _kcenter(ds, args, mapping):
+    import numpy as np
+
+    from .. import models
+    from ..diversity import EmbedConfig, Embedder, kcenter_greedy
+    from ..errors import InputError
+    from ..selection import with_decisions
+
+    column = args.embedding_column
+    computed = column not in ds.column_names
+    if computed:
+        embedder = Embedder(EmbedConfig(**vars(mapping), model=args.student, max_length=args.max_length, output_column=column))
+        ds = ds.map(embedder, batched=True, batch_size=64, desc=f"embedding ({models.display_name(args.student)})")
+        status = ds[embedder.status_column]
+    else:
+        status = ["ok" if v is not None else "invalid: no embedding" for v in ds[column]]
+    valid = np.array([s == "ok" for s in status])
+    positions = np.flatnonzero(valid)
+    pool_rows: list[int] = []
+    if args.pool_column:
+        if args.pool_column not in ds.column_names:
+            raise InputError(f"{args.input} has no pool column {args.pool_column!r}", column=args.pool_column,
+                             fix="name a boolean column with --pool-column, or leave it out to start from --start")
+        pool_rows = [i for i, v in enumerate(ds[args.pool_column]) if v]
+        lost = [i for i in pool_rows if not valid[i]]
+        if lost:
+            raise InputError(f"pool row {lost[0]} has no embedding ({status[lost[0]]})", row=lost[0], fix="fix or drop that row")
+    where = {int(p): j for j, p in enumerate(positions)}
+    if not pool_rows and not (0 <= args.start < len(ds) and valid[args.start]):
+        raise InputError(f"--start {args.start} is not the position of a row with an embedding", fix="choose another row position")
+    if not len(positions):
+        raise InputError("no row could be embedded", fix="check the statuses in the embedding status column")
+    values = ds[column]
+    vectors = np.asarray([values[int(p)] for p in positions], dtype=np.float32)
+    picks, dists = kcenter_greedy(vectors, args.kcenter, [where[i] for i in pool_rows], start=where.get(args.start, 0),
+                                  return_distances=True, progress=True)
+    order = {int(positions[j]): (rank, d) for rank, (j, d) in enumerate(zip(picks, dists), start=1)}
+    pool = set(pool_rows)
+    reasons, selected, ranks, sq = [], [], [], []
+    for i in range(len(ds)):
+        if i in pool:
+            reasons.append(f"kept: in the initial pool (column {args.pool_column!r})")
+        elif i in order:
+            rank, d = order[i]
+            far = "first pick, no pool yet" if not np.isfinite(d) else f"squared distance {d:.4g} to the nearest pool row"
+            reasons.append(f"kept: k-center pick {rank} of {len(picks)} ({far})")
+        elif not valid[i]:
+            reasons.append(f"dropped: not embedded ({status[i]})")
+        else:
+            reasons.append(f"dropped: not among the {len(picks)} k-center picks")
+        selected.append(i in pool or i in order)
+        ranks.append(order[i][0] if i in order else None)
+        sq.append(float(order[i][1]) if i in order else float("nan"))
+    meta = {
+        "selection": {"rule": "kcenter_greedy", "k": args.kcenter, "picked": len(picks), "pool": len(pool_rows),
+                      "pool_column": args.pool_column, "start": None if pool_rows else args.start,
+                      "embedding": column if not computed else f"mean last hidden state of {models.display_name(args.student)}"},
+        "student": {"model": models.display_name(args.student)},
+        "methods": ["diverse_evol"],
+        "columns": {"selection_order": "k-center pick number (1 = first), null for rows not picked",
+                    "kcenter_sq_distance": "squared Euclidean distance to the nearest pool row when picked"},
+    }
+    table = with_decisions(ds, selected, reasons, {"selection_order": ranks, "kcenter_sq_distance": sq})
+    drop = [column, f"{column}_status"] if computed else []
+    return table, meta, drop
+
+
+def _carry_run_meta(path: Path, meta: dict) -> None:
+    """When IN is a run folder, keep its provenance (source, teacher, student, scoring) in the new run."""
+    from .. import runs
+
+    if path.is_dir() and runs.RunPaths(path).meta.is_file():
+        earlier = runs.read_meta(path)
+        meta["source"] = earlier.get("source", meta["source"])
+        for key in ("teacher", "student", "scoring", "prompts"):
+            if key in earlier:
+                meta.setdefault(key, earlier[key])
+        meta["derived_from"] = str(path)
+
+
+def _write_file(table, out: Path, *, keep_all: bool, drop) -> None:
+    import numpy as np
+
+    from ..dataio import write_tables
+    from ..selection import REASON, SELECTED
+
+    if drop:
+        table = table.remove_columns([c for c in drop if c in table.column_names])
+    if not keep_all:
+        table = table.select(np.flatnonzero(np.asarray(table[SELECTED], dtype=bool))).remove_columns([SELECTED, REASON])
+    if not len(table):
+        import pyarrow.parquet as pq
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".parquet":
+            pq.write_table(table.with_format("arrow")[0:0], out)
+        else:
+            out.write_text("")
+        return
+    write_tables(table.with_format("arrow").iter(batch_size=10_000), out)
+
+
+def _print_summary(table, meta: dict, out: Path, args) -> None:
+    from ..selection import REASON, SELECTED, reason_counts
+    from ..summary import table as fmt_table
+
+    reasons = table[REASON]
+    kept = sum(table[SELECTED])
+    rule = meta["selection"]["rule"]
+    print(f"\nsrt-hf select: {rule} kept {kept} of {len(reasons)} rows -> {out}\n")
+    print(fmt_table(["reason", "rows"], list(reason_counts(reasons).items())))
+    stats = meta.get("stats") or {}
+    if stats:
+        rows = []
+        for score, ba in stats.items():
+            for when in ("before", "after"):
+                q = ba[when]
+                rows.append([f"{score} {when}", q["n"], *[float("nan") if q[k] is None else q[k] for k in ("min", "p25", "median", "p75", "max")]])
+        print("\n" + fmt_table(["score", "n", "min", "p25", "median", "p75", "max"], rows))

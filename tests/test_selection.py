@@ -1,0 +1,166 @@
+"""Top-IFD share: the rule, its edge cases and reasons, and `srt-hf select` writing a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from srt_hf.errors import ConfigError, InputError
+from srt_hf.selection import select_top_ifd, top_ifd_decisions
+
+IFD = [0.5, 1.2, 0.9, None, 0.7, 0.9, float("nan"), 0.1, 1.0, 0.3]
+STATUS = ["ok", "ok", "ok", "skipped: prompt + response longer than max_length (512 tokens)", "ok", "ok", "ok", "ok", "ok", "ok"]
+
+
+def make_ds():
+    import datasets
+
+    return datasets.Dataset.from_dict({
+        "id": [str(i) for i in range(len(IFD))],
+        "instruction": [f"question {i}" for i in range(len(IFD))],
+        "input": [""] * len(IFD),
+        "output": [f"answer {i}" for i in range(len(IFD))],
+        "ifd": [math.nan if v is None else v for v in IFD],
+        "score_status": STATUS,
+    })
+
+
+def test_top_share_keeps_the_highest_ifd_below_one_in_original_order():
+    # eligible (ok, finite, < 1): rows 0 .5, 2 .9, 4 .7, 5 .9, 7 .1, 9 .3 -> 6 rows; 50% keeps 3: rows 2, 5 (tie, earlier first), 4
+    selected, reasons, info = top_ifd_decisions(IFD, STATUS, rate=0.5)
+    assert list(np.flatnonzero(selected)) == [2, 4, 5]
+    assert info["eligible"] == 6 and info["kept"] == 3 and info["lowest_kept_ifd"] == 0.7
+    assert reasons[2].startswith("kept: top 50% by IFD (IFD rank 1 of 6")
+    assert reasons[5].startswith("kept: top 50% by IFD (IFD rank 2 of 6")
+    assert reasons[1] == "dropped: ifd >= 1 (1.2000)" and reasons[8] == "dropped: ifd >= 1 (1.0000)"
+    assert reasons[3] == f"dropped: not scored ({STATUS[3]})"
+    assert reasons[6].startswith("dropped: not scored (ifd is missing")
+    assert reasons[0].startswith("dropped: below the top 50% by IFD (IFD rank 4 of 6")
+
+
+def test_tie_at_the_cut_goes_to_the_earlier_row():
+    selected, _, _ = top_ifd_decisions([0.9, 0.5, 0.9], rate=0.34)  # int(3 * .34) = 1 of two tied rows
+    assert list(selected) == [True, False, False]
+
+
+def test_rate_to_zero_keeps_nothing_and_says_why():
+    selected, reasons, info = top_ifd_decisions(IFD, STATUS, rate=0.01)  # int(6 * 0.01) = 0
+    assert not selected.any() and info["kept"] == 0 and info["lowest_kept_ifd"] is None
+    assert reasons[2].startswith("dropped: the top 1% of 6 rows is 0 rows")
+    selected, _, _ = top_ifd_decisions(IFD, STATUS, rate=0.0)
+    assert not selected.any()
+
+
+def test_top_n_and_max_ifd():
+    selected, _, info = top_ifd_decisions(IFD, STATUS, n=100)
+    assert selected.sum() == 6 and info["kept"] == 6  # min(n, eligible)
+    selected, _, _ = top_ifd_decisions(IFD, STATUS, n=2, max_ifd=None)  # no cap: 1.2 and 1.0 compete
+    assert list(np.flatnonzero(selected)) == [1, 8]
+    selected, _, _ = top_ifd_decisions(IFD, None, n=1)  # no status column: finite values are scored
+    assert list(np.flatnonzero(selected)) == [2]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"rate": 0.1, "n": 3}, {"rate": 5.0}, {"rate": -0.1}, {"n": -1}])
+def test_bad_amounts_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        top_ifd_decisions(IFD, STATUS, **kwargs)
+
+
+def test_select_top_ifd_on_a_dataset():
+    ds = make_ds()
+    kept = select_top_ifd(ds, rate=0.5)
+    assert kept["id"] == ["2", "4", "5"] and "selected" not in kept.column_names
+    table = select_top_ifd(ds, rate=0.5, keep_all=True)
+    assert len(table) == len(ds) and table["selected"].count(True) == 3
+    assert all(r.startswith(("kept: ", "dropped: ")) for r in table["selection_reason"])
+    assert select_top_ifd(ds, rate=0.5)["id"] == kept["id"]  # deterministic
+    with pytest.raises(InputError, match="srt-hf score"):
+        select_top_ifd(ds.remove_columns("ifd"), rate=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def run_select(argv: list[str]) -> int:
+    """`srt-hf select …` through the command module (independent of the COMMANDS registry)."""
+    from srt_hf.commands import select
+
+    parser = argparse.ArgumentParser(prog="srt-hf")
+    select.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["select", *argv])
+    return args.run(args)
+
+
+@pytest.fixture()
+def scored_file(tmp_path):
+    path = tmp_path / "scored.parquet"
+    make_ds().to_parquet(str(path))
+    return path
+
+
+def test_cli_writes_a_run_folder(scored_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_select([str(scored_file), "--top-share", "0.5", "--out", str(out)]) == 0
+    rows = pq.read_table(out / "rows.parquet").to_pylist()
+    assert len(rows) == len(IFD) and all(r["selection_reason"] for r in rows)
+    assert [r["id"] for r in rows if r["selected"]] == ["2", "4", "5"]
+    assert pq.read_table(out / "selected.parquet").column("id").to_pylist() == ["2", "4", "5"]
+    sft = pq.read_table(out / "sft" / "train.parquet").to_pylist()
+    assert sft[0]["prompt"] == [{"role": "user", "content": "question 2"}]
+    assert sft[0]["completion"] == [{"role": "assistant", "content": "answer 2"}]
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["kind"] == "select" and meta["selection"]["rule"] == "top_ifd_share" and meta["selection"]["rate"] == 0.5
+    assert meta["counts"]["input"] == 10 and meta["counts"]["selected"] == 3 and meta["counts"]["sft"] == 3
+    assert meta["stats"]["ifd"]["before"]["n"] == 8 and meta["stats"]["ifd"]["after"]["min"] == 0.7
+    assert (out / "README.md").read_text().strip()
+    printed = capsys.readouterr().out
+    assert "kept 3 of 10 rows" in printed and "dropped: ifd >= 1" in printed and "ifd after" in printed
+
+
+def test_cli_zero_rows_is_a_legal_explained_run(scored_file, tmp_path):
+    out = tmp_path / "empty"
+    assert run_select([str(scored_file), "--top-share", "0.01", "--out", str(out)]) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["counts"]["selected"] == 0
+    assert pq.read_table(out / "sft" / "train.parquet").schema.names == ["prompt", "completion", "id"]
+    assert not any(pq.read_table(out / "rows.parquet").column("selected").to_pylist())
+
+
+def test_cli_file_output_and_keep_all(scored_file, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    run_select([str(scored_file), "--top-n", "2", "--out", str(out)])
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["2", "5"]
+    out = tmp_path / "all.parquet"
+    run_select([str(scored_file), "--top-n", "2", "--out", str(out), "--keep-all"])
+    table = pq.read_table(out)
+    assert table.num_rows == 10 and table.column("selected").to_pylist().count(True) == 2
+
+
+def test_cli_unscored_input_points_to_score(tmp_path, demo_path):
+    with pytest.raises(InputError, match="srt-hf score"):
+        run_select([str(demo_path), "--top-share", "0.1", "--out", str(tmp_path / "x")])
+
+
+def test_cli_kcenter_with_given_embeddings_and_pool(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((12, 4)).astype(np.float32)
+    ds = make_ds().add_column("embedding", [list(map(float, v)) for v in vectors[:10]])
+    ds = ds.add_column("in_pool", [i in (0, 1) for i in range(10)])
+    path = tmp_path / "emb.parquet"
+    ds.to_parquet(str(path))
+    out = tmp_path / "kc"
+    assert run_select([str(path), "--kcenter", "3", "--pool-column", "in_pool", "--out", str(out)]) == 0
+    rows = pq.read_table(out / "rows.parquet").to_pylist()
+    from srt_hf.diversity import kcenter_greedy
+
+    expected = kcenter_greedy(vectors[:10], 3, initial=[0, 1])
+    assert [r["selection_order"] for r in rows if r["selection_order"]] == [expected.index(i) + 1 for i in sorted(expected)]
+    assert sum(r["selected"] for r in rows) == 5
+    assert rows[0]["selection_reason"].startswith("kept: in the initial pool")
+    assert json.loads((out / "run.json").read_text())["selection"]["rule"] == "kcenter_greedy"
