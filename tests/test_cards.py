@@ -1,0 +1,231 @@
+"""Dataset and model cards: metadata the Hub accepts, configs `load_dataset` follows, charts, citations."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from srt_hf import cards, runs
+
+# Metadata keys of the Hub's card specs (huggingface/hub-docs datasetcard.md and modelcard.md).
+DATASET_CARD_KEYS = {
+    "language", "license", "license_name", "license_link", "license_details", "tags", "annotations_creators",
+    "language_creators", "language_details", "pretty_name", "size_categories", "source_datasets", "task_categories",
+    "task_ids", "paperswithcode_id", "configs", "dataset_info", "viewer", "train-eval-index",
+}
+MODEL_CARD_KEYS = {
+    "language", "license", "license_name", "license_link", "library_name", "tags", "datasets", "metrics",
+    "base_model", "base_model_relation", "pipeline_tag", "model-index", "new_version", "inference", "widget", "thumbnail",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any connection other than to 127.0.0.1 fails the test."""
+    real = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in ("127.0.0.1", "::1", "localhost") and not isinstance(address, (str, bytes)):
+            raise AssertionError(f"test tried to reach the network: {address}")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def make_run(root: Path, *, n: int = 40, kind: str = "recycle", license: str | None = "cc-by-nc-4.0",
+             selection: str = "ifd < 1 and rifd < 1", meta: bool = True) -> Path:
+    """A small run folder written by hand: rows / selected / sft parquet, run.json, cache and work/."""
+    import datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = datasets.Dataset.from_dict({
+        "id": [str(i) for i in range(n)],
+        "instruction": [f"Explain topic {i} in one sentence." for i in range(n)],
+        "input": ["" if i % 3 else f"context {i}" for i in range(n)],
+        "output": [f"Topic {i} is about a | b and c." for i in range(n)],
+        "ifd": rng.uniform(0.4, 1.4, n).tolist(),
+        "rifd": rng.uniform(0.5, 1.3, n).tolist(),
+        "score_status": ["ok"] * n,
+    })
+    rows.to_parquet(str(root / runs.ROWS))
+    selected = rows.filter(lambda r: r["ifd"] < 1 and r["rifd"] < 1)
+    selected.to_parquet(str(root / runs.SELECTED))
+    runs.write_sft(selected, root / runs.SFT, instruction="instruction", input="input", response="output", id_column="id")
+    (root / runs.CACHE).write_bytes(b"SQLite format 3\x00not a real cache")
+    (root / runs.WORK).mkdir(exist_ok=True)
+    (root / runs.WORK / "part-000000.parquet").write_bytes(b"half-written part")
+    if meta:
+        runs.write_meta(root, {
+            "kind": kind,
+            "source": {"name": "tatsu-lab/alpaca", "split": "train", **({"license": license} if license else {})},
+            "teacher": {"model": "meta-llama/Llama-3.1-8B-Instruct", "temperature": 0.7},
+            "student": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+            "scoring": {"preset": "reflection", "template": "vicuna"},
+            "prompts": {"instruction_reflection": "Improve ```this``` instruction:\n{instruction}\n{output}",
+                        "response_reflection": "Write a better answer to {instruction}"},
+            "selection": {"rule": selection},
+            "counts": {"input": n, "instruction_reflected": n - 3, "response_reflected": n - 5, "selected": len(selected)},
+            "columns": {"output": "the chosen response"},
+        })
+    return root
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode the 8-bit RGB PNGs srt_hf writes (filter type 0) back to an array."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert zlib.crc32(tag + body) & 0xFFFFFFFF == crc
+        chunks[tag] = chunks.get(tag, b"") + body
+        pos += 12 + length
+    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, color) == (8, 2)
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(height, 1 + width * 3)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(height, width, 3)
+
+
+def test_dataset_card_metadata_configs_and_load(tmp_path):
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    run = make_run(tmp_path / "alpaca-srt")
+    path = cards.write_dataset_card(run)
+    assert path == run / "README.md"
+
+    card = DatasetCard.load(path)
+    data = card.data.to_dict()
+    assert set(data) <= DATASET_CARD_KEYS, set(data) - DATASET_CARD_KEYS
+    assert data["license"] == "cc-by-nc-4.0"
+    assert data["task_categories"] == ["text-generation"]
+    assert data["size_categories"] == ["n<1K"]
+    assert data["source_datasets"] == ["tatsu-lab/alpaca"]
+    assert {"srt-hf", "reflection-tuning"} <= set(data["tags"])
+    assert [c["config_name"] for c in data["configs"]] == ["sft", "selected", "rows"]
+    assert data["configs"][0]["default"] is True
+
+    # load_dataset follows the configs: the SFT data by default, every row by name; cache/work are ignored.
+    n_sft = len(datasets.Dataset.from_parquet(str(run / runs.SFT)))
+    sft = datasets.load_dataset(str(run), split="train")
+    assert sft.column_names == ["id", "prompt", "completion"] and len(sft) == n_sft
+    assert sft[0]["completion"][0]["role"] == "assistant"
+    assert len(datasets.load_dataset(str(run), "rows", split="train")) == 40
+
+    text = card.text
+    for expected in ("meta-llama/Llama-3.1-8B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "ifd < 1 and rifd < 1",
+                     "| instruction_reflected | 37 |", "images/ifd_histogram.png", "images/rifd_histogram.png",
+                     "@inproceedings{li2024selective", "@article{li2023reflection", "Write a better answer to {instruction}"):
+        assert expected in text, expected
+    # a prompt holding a ``` fence gets a longer fence; a '|' in a description does not break the table
+    assert "````text\nImprove ```this``` instruction:" in text
+    assert "loss(response \\| instruction)" in text
+
+
+def test_histograms_are_valid_pngs_before_and_after(tmp_path):
+    run = make_run(tmp_path / "run")
+    cards.write_dataset_card(run)
+    for name in ("ifd_histogram.png", "rifd_histogram.png"):
+        pixels = read_png(run / "images" / name)
+        assert pixels.shape == (320, 640, 3)
+        colours = {tuple(c) for c in pixels.reshape(-1, 3)}
+        assert cards._BEFORE in colours and cards._AFTER in colours  # both series are drawn
+
+
+def test_dataset_card_tolerates_a_bare_run_folder(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    run = make_run(tmp_path / "bare", meta=False)
+    (run / runs.ROWS).unlink()
+    (run / runs.SELECTED).unlink()
+    card = DatasetCard.load(cards.write_dataset_card(run))
+    assert card.data.license == "other"
+    assert "source license was not recorded" in card.text
+    assert [c["config_name"] for c in card.data.to_dict()["configs"]] == ["sft"]
+    assert not (run / "images").exists()  # no scores, no charts
+    assert "| sft | 16 |" in card.text
+
+
+def test_citations_follow_the_methods_used(tmp_path):
+    run = make_run(tmp_path / "sel", kind="select", selection="diverse k-center 10% then ifd < 1")
+    meta = runs.read_meta(run)
+    meta["methods"] = ["ds_weight"]
+    runs.write_meta(run, meta)
+    text = cards.write_dataset_card(run).read_text()
+    assert "@article{wu2023diverseevol" in text and "@article{jiang2024importance" in text
+    assert "li2023reflection" not in text  # no teacher reflection in a select run
+    assert "synthetic" not in text.split("---")[1]
+
+
+def test_size_categories():
+    assert [cards.size_category(n) for n in (0, 999, 1000, 52_002, 2_000_000)] == [
+        "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M"]
+
+
+def test_model_card_metadata_and_loss_curve(tmp_path):
+    from huggingface_hub import ModelCard
+
+    run = make_run(tmp_path / "run")
+    meta = runs.read_meta(run)
+    meta["hub"] = {"repo_id": "me/alpaca-srt"}
+    history = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.1}, {"step": 2, "eval_loss": 2.3}, {"step": 3, "loss": 1.9}]
+    path = cards.write_model_card(
+        tmp_path / "model", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", dataset=str(run),
+        hyperparameters={"learning_rate": 2e-5, "global_batch_size": 128}, history=history, run_meta=meta,
+        repo_id="me/smollm2-srt",
+    )
+    card = ModelCard.load(path)
+    data = card.data.to_dict()
+    assert set(data) <= MODEL_CARD_KEYS, set(data) - MODEL_CARD_KEYS
+    assert data["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert data["datasets"] == ["me/alpaca-srt"]
+    assert data["license"] == "apache-2.0"
+    assert {"srt-hf", "reflection-tuning", "trl", "sft"} <= set(data["tags"])
+    for expected in ("meta-llama/Llama-3.1-8B-Instruct", "| selected | 16 |", "| global_batch_size | 128 |",
+                     "![Training loss](loss_curve.png)", 'model="me/smollm2-srt"', "@misc{vonwerra2020trl",
+                     "@inproceedings{li2024selective"):
+        assert expected in card.text, expected
+    pixels = read_png(tmp_path / "model" / "loss_curve.png")
+    colours = {tuple(c) for c in pixels.reshape(-1, 3)}
+    assert cards._BEFORE in colours and cards._AFTER in colours  # train and eval series
+
+
+def test_model_card_leaves_out_local_paths(tmp_path):
+    from huggingface_hub import ModelCard
+
+    local = tmp_path / "local-model"
+    local.mkdir()
+    card = ModelCard.load(cards.write_model_card(
+        tmp_path / "out", base_model=str(local), dataset=str(tmp_path / "data.jsonl"), hyperparameters={}))
+    assert "base_model" not in card.data.to_dict() and "datasets" not in card.data.to_dict()
+    assert card.data.license == "other"
+    assert "not a srt-hf run folder" in card.text
+    assert not (tmp_path / "out" / "loss_curve.png").exists()
+
+
+def test_templates_ship_inside_the_package():
+    """srt_hf/hub_cards holds the same templates as hub_cards/, so an installed package finds them."""
+    package_dir = Path(cards.__file__).parent / "hub_cards"
+    repo_dir = Path(cards.__file__).parent.parent / "hub_cards"
+    for name in (cards.DATASET_TEMPLATE, cards.MODEL_TEMPLATE):
+        assert (package_dir / name).read_text() == (repo_dir / name).read_text()
+    assert cards.TEMPLATE_DIRS[0] == package_dir.resolve()
+
+
+def test_png_writer_roundtrip(tmp_path):
+    rgb = np.zeros((3, 5, 3), dtype=np.uint8)
+    rgb[1, 2] = (10, 20, 30)
+    (tmp_path / "x.png").write_bytes(cards.png_bytes(rgb))
+    assert (read_png(tmp_path / "x.png") == rgb).all()
+    assert json.dumps(cards.methods_used({}))  # default: srt, ifd, reflection_tuning
