@@ -1,0 +1,51 @@
+"""`srt-hf push RUN_DIR --repo-id ID`: publish a recycle/select run folder as a Hub dataset with its card."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("push", help="Publish a run folder (data + dataset card) to the Hugging Face Hub.", description=__doc__)
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="Output folder of `srt-hf recycle` or `srt-hf select`.")
+    p.add_argument("--repo-id", required=True, help="Dataset repo on the Hub: owner/name (created if missing).")
+    p.add_argument("--private", action="store_true", default=None, help="Create the repo private (default: the Hub's default, public).")
+    p.add_argument("--revision", default=None, help="Branch to upload to (created if missing; default: main).")
+    p.add_argument("--license", default=None, help="License id of the data, when run.json does not record the source's (e.g. cc-by-nc-4.0).")
+    p.add_argument("--dry-run", action="store_true", help="Write the card and list what would be uploaded; upload nothing.")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import hub
+
+    if args.dry_run:
+        with tempfile.TemporaryDirectory(prefix="srt-hf-push-") as tmp:
+            staged = hub.prepare_dataset_folder(args.run_dir, Path(tmp) / "upload", repo_id=args.repo_id, license=args.license)
+            files = sorted(p for p in staged.rglob("*") if p.is_file())
+            print(f"\nsrt-hf push --dry-run: would upload {len(files)} files to dataset repo {args.repo_id}"
+                  + (f" (branch {args.revision})" if args.revision else "") + "\n")
+            print(_table([(str(p.relative_to(staged)), _size(p.stat().st_size)) for p in files]))
+        if not (args.license or hub.run_license(args.run_dir)):
+            print("\nnote: the data's license is unknown; pass --license ID to push.")
+        return 0
+    url = hub.push_dataset(args.run_dir, args.repo_id, private=args.private, revision=args.revision, license=args.license)
+    print(f"\nsrt-hf push: {args.run_dir} -> {url}")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max([len(r[0]) for r in rows] + [4])
+    lines = [f"{'file':<{width}}  size", f"{'-' * width}  ----"]
+    lines += [f"{name:<{width}}  {size}" for name, size in rows]
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Publishing to the Hugging Face Hub. Every upload of srt-hf goes through :func:`upload`.
+
+Keeping the one call to ``HfApi.create_repo`` + ``HfApi.upload_folder`` here lets tests replace it
+and check what would be uploaded, and gives every caller the same offline check and error messages.
+Tokens come from ``hf auth login`` / ``HF_TOKEN`` through huggingface_hub and are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError, InputError, SrtHfError
+from .runs import META, NOT_UPLOADED, ROWS, SFT, read_meta, write_meta
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_LOGIN_HINT = "log in with `hf auth login` (or set HF_TOKEN)"
+
+
+class HubError(SrtHfError):
+    """The Hub cannot be reached or refused an upload; the message says what to change."""
+
+
+def check_online() -> None:
+    """Raise :class:`HubError` when ``HF_HUB_OFFLINE`` is set, before anything talks to the Hub."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE:
+        raise HubError(
+            "HF_HUB_OFFLINE is set, so nothing can be uploaded to the Hub. Unset it (`unset HF_HUB_OFFLINE`) "
+            f"and {_LOGIN_HINT}"
+        )
+
+
+def upload(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    repo_type: str,
+    private: bool | None = None,
+    revision: str | None = None,
+    ignore_patterns: Sequence[str] | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Create ``repo_id`` (if needed) and upload ``folder`` to it; returns the URL of the repo (at ``revision``).
+
+    ``repo_type`` is ``"dataset"`` or ``"model"``; ``private=None`` keeps the Hub's default visibility;
+    a ``revision`` other than main is created as a branch first.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    check_online()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"cannot upload {folder}: not a folder", fix="pass the folder to upload")
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        repo_id = url.repo_id
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
+            ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
+            commit_message=commit_message or "Upload with srt-hf",
+        )
+    except OfflineModeIsEnabled:
+        raise HubError(f"huggingface_hub is in offline mode (HF_HUB_OFFLINE was set when it was imported): restart without it and {_LOGIN_HINT}") from None
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"the Hub refused to write to {repo_type} repo {repo_id!r} (HTTP {status}): {_LOGIN_HINT} "
+                           "with a token that has write access to that namespace") from None
+        raise HubError(f"uploading to {repo_type} repo {repo_id!r} failed: {err}") from None
+    return f"{url}/tree/{revision}" if revision and revision != "main" else str(url)
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets: run folders
+
+
+def stage_folder(src: Path, dest: Path, *, exclude: Sequence[str] = NOT_UPLOADED) -> Path:
+    """Mirror ``src`` into ``dest`` (hard links where possible) without the excluded top-level entries,
+    hidden files and temporary files."""
+    src, dest = Path(src), Path(dest)
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if rel.parts[0] in exclude or any(p.startswith(".") for p in rel.parts) or path.suffix in (".tmp", ".lock"):
+            continue
+        target = dest / rel
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+    return dest
+
+
+def prepare_dataset_folder(run_dir: Path, dest: Path, *, repo_id: str | None = None, license: str | None = None) -> Path:
+    """Write the run's dataset card and stage what is uploaded (no cache.sqlite, no work/) into ``dest``.
+
+    The staged folder loads with ``datasets.load_dataset(dest)`` (configs: sft, selected, rows).
+    """
+    from .cards import write_dataset_card
+
+    run_dir = Path(run_dir)
+    if not any((run_dir / name).exists() for name in (META, SFT, ROWS)):
+        raise InputError(
+            f"{run_dir} is not a srt-hf run folder (no {META}, {SFT} or {ROWS})",
+            fix="pass the --out folder of `srt-hf recycle` or `srt-hf select`",
+        )
+    write_dataset_card(run_dir, repo_id=repo_id, license=license)
+    return stage_folder(run_dir, Path(dest))
+
+
+def run_license(run_dir: Path) -> str | None:
+    """The license recorded in run.json (``source.license``), if any."""
+    meta = read_meta(run_dir) if (Path(run_dir) / META).is_file() else {}
+    source = meta.get("source")
+    return source.get("license") if isinstance(source, dict) else None
+
+
+def push_dataset(
+    run_dir: Path, repo_id: str, *, private: bool | None = None, revision: str | None = None, license: str | None = None
+) -> str:
+    """Publish a run folder as a Hub dataset with its card; returns the URL.
+
+    ``license`` is required when run.json does not record the source's; it is then remembered in run.json.
+    """
+    run_dir = Path(run_dir)
+    check_online()
+    license = license or run_license(run_dir)
+    if not license:
+        raise ConfigError(
+            "the license of the source data is unknown (run.json has no source.license): pass --license with the "
+            "source data's license id, e.g. `--license cc-by-nc-4.0` for tatsu-lab/alpaca"
+        )
+    _remember(run_dir, source_license=license)
+    with tempfile.TemporaryDirectory(prefix="srt-hf-push-") as tmp:
+        staged = prepare_dataset_folder(run_dir, Path(tmp) / run_dir.resolve().name, repo_id=repo_id, license=license)
+        url = upload(staged, repo_id, repo_type="dataset", private=private, revision=revision,
+                     commit_message=f"srt-hf push {run_dir.resolve().name}")
+    _remember(run_dir, hub={"repo_id": repo_id, "revision": revision or "main", "url": url})
+    return url
+
+
+def _remember(run_dir: Path, *, source_license: str | None = None, hub: dict | None = None) -> None:
+    """Record the license / Hub repo in run.json so later cards (dataset and model) use them."""
+    if not (run_dir / META).is_file():
+        return
+    meta = read_meta(run_dir)
+    before = dict(meta)
+    if source_license:
+        source = meta.get("source") if isinstance(meta.get("source"), dict) else {"name": meta.get("source")}
+        meta["source"] = {**source, "license": source_license}
+    if hub:
+        meta["hub"] = hub
+    if meta != before:
+        write_meta(run_dir, meta)

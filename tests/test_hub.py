@@ -1,0 +1,167 @@
+"""Publishing: every upload goes through srt_hf.hub.upload, which the tests replace or feed a fake HfApi."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from srt_hf import cli, hub, runs
+from srt_hf.errors import ConfigError, InputError
+from test_cards import DATASET_CARD_KEYS, make_run, no_network  # noqa: F401  (fixture re-used)
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """HF_HUB_OFFLINE off for srt_hf's check; nothing can reach the Hub anyway (upload is replaced, sockets blocked)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+
+@pytest.fixture
+def uploads(monkeypatch, online):
+    """Replace the one upload function; each call is checked and recorded while its folder still exists."""
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    calls = []
+
+    def fake_upload(folder, repo_id, *, repo_type, private=None, revision=None, ignore_patterns=None, commit_message=None):
+        folder = Path(folder)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        record = {"folder": folder, "repo_id": repo_id, "repo_type": repo_type, "private": private,
+                  "revision": revision, "files": files}
+        if repo_type == "dataset":
+            record["sft_rows"] = len(datasets.load_dataset(str(folder), split="train"))
+            record["rows"] = len(datasets.load_dataset(str(folder), "rows", split="train"))
+            record["card"] = DatasetCard.load(folder / "README.md")
+        calls.append(record)
+        return f"https://huggingface.co/datasets/{repo_id}"
+
+    monkeypatch.setattr(hub, "upload", fake_upload)
+    return calls
+
+
+def test_push_dataset_uploads_the_prepared_folder(tmp_path, uploads):
+    run = make_run(tmp_path / "alpaca-srt")
+    url = hub.push_dataset(run, "me/alpaca-srt", private=True, revision="v1")
+
+    assert url == "https://huggingface.co/datasets/me/alpaca-srt"
+    (call,) = uploads
+    assert (call["repo_id"], call["repo_type"], call["private"], call["revision"]) == ("me/alpaca-srt", "dataset", True, "v1")
+    assert call["folder"] != run and not call["folder"].exists()  # a staged copy, removed afterwards
+    assert "cache.sqlite" not in call["files"] and not any(f.startswith("work") for f in call["files"])
+    assert {"README.md", "run.json", "rows.parquet", "selected.parquet", "sft/train.parquet",
+            "images/ifd_histogram.png", "images/rifd_histogram.png"} <= set(call["files"])
+    assert (call["sft_rows"], call["rows"]) == (16, 40)
+    card = call["card"]
+    assert set(card.data.to_dict()) <= DATASET_CARD_KEYS
+    assert 'load_dataset("me/alpaca-srt", "rows", split="train")' in card.text
+    assert runs.read_meta(run)["hub"] == {"repo_id": "me/alpaca-srt", "revision": "v1", "url": url}
+    assert (run / runs.CACHE).exists() and (run / runs.WORK).exists()  # the run folder itself is untouched
+
+
+def test_unknown_license_is_asked_for_then_remembered(tmp_path, uploads):
+    run = make_run(tmp_path / "run", license=None)
+    with pytest.raises(ConfigError, match="--license"):
+        hub.push_dataset(run, "me/run")
+    assert uploads == []
+    hub.push_dataset(run, "me/run", license="cc-by-nc-4.0")
+    assert uploads[0]["card"].data.license == "cc-by-nc-4.0"
+    assert runs.read_meta(run)["source"]["license"] == "cc-by-nc-4.0"
+
+
+def test_not_a_run_folder(tmp_path, uploads):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a srt-hf run folder"):
+        hub.push_dataset(tmp_path / "empty", "me/x", license="mit")
+    assert uploads == []
+
+
+def test_offline_gives_a_clear_error_before_any_call(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_api(*args, **kwargs):
+        raise AssertionError("HfApi must not be used when offline")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", no_api)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = make_run(tmp_path / "run")
+    for call in (lambda: hub.push_dataset(run, "me/run"), lambda: hub.upload(run, "me/run", repo_type="dataset")):
+        with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE") as err:
+            call()
+        assert "hf auth login" in str(err.value)
+    assert "hub" not in runs.read_meta(run)
+
+
+class FakeApi:
+    """Stands in for HfApi inside srt_hf.hub.upload and records the calls."""
+
+    calls: list = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return RepoUrl(f"https://huggingface.co/{'datasets/' if kwargs['repo_type'] == 'dataset' else ''}{repo_id}")
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+
+
+def test_upload_creates_the_repo_and_uploads_the_folder(tmp_path, monkeypatch, online):
+    import huggingface_hub
+
+    FakeApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    (tmp_path / "model").mkdir()
+    url = hub.upload(tmp_path / "model", "me/model", repo_type="model", private=True, revision="dev",
+                     ignore_patterns=["checkpoint-*"])
+    assert url == "https://huggingface.co/me/model/tree/dev"
+    (c1, n1, k1), (c2, n2, k2), (c3, n3, k3) = FakeApi.calls
+    assert (c1, n1, k1) == ("create_repo", "me/model", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert (c2, n2, k2["branch"], k2["repo_type"]) == ("create_branch", "me/model", "dev", "model")
+    assert (c3, n3, k3["folder_path"], k3["repo_type"], k3["revision"], k3["ignore_patterns"]) == (
+        "upload_folder", "me/model", str(tmp_path / "model"), "model", "dev", ["checkpoint-*"])
+
+
+def test_upload_explains_an_auth_failure(tmp_path, monkeypatch, online):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    class Refusing(FakeApi):
+        def create_repo(self, repo_id, **kwargs):
+            response = SimpleNamespace(status_code=401, headers={}, request=None)  # what the error reads
+            raise HfHubHTTPError("401 Unauthorized", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Refusing)
+    with pytest.raises(hub.HubError, match="hf auth login"):
+        hub.upload(tmp_path, "me/x", repo_type="dataset")
+
+
+def test_cli_push(tmp_path, monkeypatch, uploads, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "push", "srt_hf.commands.push")  # until cli.COMMANDS lists it
+    run = make_run(tmp_path / "alpaca-srt")
+
+    assert cli.main(["push", str(run), "--repo-id", "me/alpaca-srt", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sft/train.parquet" in out and "cache.sqlite" not in out and "work/" not in out
+    assert uploads == []
+
+    assert cli.main(["push", str(run), "--repo-id", "me/alpaca-srt"]) == 0
+    assert uploads[0]["repo_type"] == "dataset" and uploads[0]["private"] is None
+    assert "-> https://huggingface.co/datasets/me/alpaca-srt" in capsys.readouterr().out
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["push", str(run), "--repo-id", "me/alpaca-srt"]) == 2
+    assert "unset HF_HUB_OFFLINE" in capsys.readouterr().err
+    assert len(uploads) == 1
+    assert json.loads((run / "run.json").read_text())["hub"]["repo_id"] == "me/alpaca-srt"
