@@ -1,0 +1,272 @@
+"""Supervised fine-tuning on srt-hf data with TRL, with the srt-hf model card.
+
+    # CPU demo: the embedded SmolLM2-135M-Instruct on the demo data, one process / two processes (gloo)
+    accelerate launch --cpu recipes/sft.py --config recipes/configs/smollm2_srt_demo.yaml
+    accelerate launch --config_file recipes/accelerate_configs/ddp.yaml --num_processes 2 --mixed_precision no \
+        recipes/sft.py --config recipes/configs/smollm2_srt_demo.yaml
+
+    # GPUs: the paper's hyperparameters (lr 2e-5, 3 epochs, global batch 128, max length 2048, warmup 0.03, cosine)
+    accelerate launch --config_file recipes/accelerate_configs/ddp.yaml recipes/sft.py --config recipes/configs/smollm2_srt.yaml
+    accelerate launch --config_file recipes/accelerate_configs/zero3.yaml recipes/sft.py --config recipes/configs/llama2_7b_srt.yaml
+
+Any setting can be overridden on the command line (``--dataset runs/alpaca-srt --max_steps 10``).
+``--dataset`` takes a run folder of `srt-hf recycle` / `srt-hf select` (its ``sft/train.parquet``),
+a data file (Parquet/JSONL/JSON/CSV) or a Hub dataset id; data in another format (alpaca, messages,
+plain prompt/completion) is converted to conversational prompt/completion, so the loss covers the
+completion only. ``--push_to_hub`` uploads the output folder, with the srt-hf model card in place of
+TRL's, through :func:`srt_hf.hub.upload`.
+
+TRL turns bf16 on by default, which fails without a GPU: CPU configs set ``bf16: false`` and
+``use_cpu: true``. ``accelerate launch --cpu`` starts one process; for several CPU processes (gloo)
+use a multi-process launcher, e.g. ``--config_file recipes/accelerate_configs/ddp.yaml --num_processes 2
+--mixed_precision no`` with ``use_cpu: true`` in the recipe config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_FILE_LOADERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on, and what the model card should say about it."""
+
+    dataset: str = field(
+        default="",
+        metadata={"help": "Training data: a srt-hf run folder (uses its sft/train.parquet), a data file "
+                          "(.parquet/.jsonl/.json/.csv) or a Hub dataset id."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Config name of a Hub dataset (srt-hf datasets: sft, selected, rows)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (Hub datasets and save_to_disk folders)."})
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on when eval_strategy is not 'no' (Hub datasets and save_to_disk folders)."}
+    )
+    dataset_repo_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the training data for the model card's `datasets`. Default: the dataset itself "
+                          "if it is a Hub id, else the repo id recorded in run.json by `srt-hf push`."},
+    )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id recorded as `base_model` in the model card. Default: srt_hf.models.hub_id(model_name_or_path); "
+                          "a local model directory without a recorded Hub id leaves it out."},
+    )
+    license: str | None = field(
+        default=None, metadata={"help": "License of the trained model for its card (e.g. apache-2.0, llama2). Default: the base model's when known, else 'other'."}
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def load_training_data(script_args: ScriptArguments):
+    """``(train, eval or None, run_meta)``: the data as conversational prompt/completion records."""
+    import datasets
+
+    from srt_hf.errors import ConfigError
+    from srt_hf.runs import META, SFT, read_meta
+
+    source = script_args.dataset
+    if not source:
+        raise ConfigError("no training data: set `dataset` (--dataset) to a run folder, a data file or a Hub dataset id")
+    path = Path(source)
+    run_dir: Path | None = None
+    test = None
+    if path.is_dir() and ((path / SFT).is_file() or (path / META).is_file()):
+        run_dir = path
+        if not (path / SFT).is_file():
+            raise ConfigError(f"the run folder {path} has no {SFT}: the run has not finished (rerun `srt-hf recycle` / `srt-hf select`)")
+        train = datasets.load_dataset("parquet", data_files=str(path / SFT), split="train")
+    elif path.is_file():
+        loader = _FILE_LOADERS.get(path.suffix.lower())
+        if loader is None:
+            raise ConfigError(f"cannot read {path}: set `dataset` to a {'/'.join(_FILE_LOADERS)} file, a run folder or a Hub id")
+        train = datasets.load_dataset(loader, data_files=str(path), split="train")
+        run_dir = next((p for p in (path.parent, path.parent.parent) if (p / META).is_file()), None)
+    else:
+        if path.is_dir():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            try:
+                loaded = datasets.load_dataset(source, name=script_args.dataset_config)
+            except Exception as err:  # noqa: BLE001 - datasets raises many types; all mean "cannot load"
+                raise ConfigError(
+                    f"could not load the dataset {source!r}: {err}. Set `dataset` to a run folder, a data file or a Hub id "
+                    "(check the id, `dataset_config`, your network and HF_TOKEN)"
+                ) from None
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict({"train": loaded})
+        train = _split(loaded, script_args.dataset_train_split, "dataset_train_split")
+        if script_args.dataset_test_split:
+            test = _split(loaded, script_args.dataset_test_split, "dataset_test_split")
+    meta = read_meta(run_dir) if run_dir is not None and (run_dir / META).is_file() else _hub_run_meta(source, path)
+    return to_prompt_completion(train), (to_prompt_completion(test) if test is not None else None), meta
+
+
+def _split(loaded, split: str, setting: str):
+    from srt_hf.errors import ConfigError
+
+    if split not in loaded:
+        raise ConfigError(f"the dataset has no split {split!r} (it has {list(loaded)}): set `{setting}`")
+    return loaded[split]
+
+
+def _hub_run_meta(source: str, path: Path) -> dict[str, Any]:
+    """run.json of a dataset pushed by `srt-hf push`, when the Hub can be reached; else ``{}``."""
+    if path.exists() or source.count("/") != 1:
+        return {}
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(source, "run.json", repo_type="dataset")).read_text())
+    except Exception:  # noqa: BLE001 - provenance is optional: offline, missing file, private repo
+        return {}
+
+
+def to_prompt_completion(ds):
+    """Conversational prompt/completion columns only; other formats are converted with srt_hf.formats."""
+    from srt_hf.errors import InputError
+    from srt_hf.formats import RowProblem, detect_format, read_batch
+
+    if {"prompt", "completion"} <= set(ds.column_names) and len(ds) and isinstance(ds[0]["prompt"], list):
+        return ds.select_columns(["prompt", "completion"])
+    fmt = detect_format(ds.column_names)
+
+    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        prompts, completions = [], []
+        for i, example in zip(indices, read_batch(batch, fmt)):
+            if isinstance(example, RowProblem):
+                raise InputError(f"cannot train on this row: {example}", row=i, fix="fix or drop the row in the data")
+            prompts.append(example.context)
+            completions.append([{"role": "assistant", "content": example.response}])
+        return {"prompt": prompts, "completion": completions}
+
+    return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names, desc="prompt/completion")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class SRTSFTTrainer(SFTTrainer):
+        """``SFTTrainer`` that writes the srt-hf model card and loss history instead of TRL's card."""
+
+        def __init__(self, *args, card: dict[str, Any], **kwargs):
+            self._card = card
+            super().__init__(*args, **kwargs)
+
+        def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> None:
+            if self.is_world_process_zero():
+                write_card(self, self.args.output_dir, **self._card)
+
+    return SRTSFTTrainer
+
+
+def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
+    """``loss_history.json``, ``loss_curve.png`` and ``README.md`` of a trained model in ``output_dir``."""
+    from srt_hf.cards import loss_history, training_hyperparameters, write_model_card
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    history = loss_history(trainer.state.log_history)
+    (output_dir / "loss_history.json").write_text(json.dumps(history, indent=2))
+    return write_model_card(
+        output_dir, hyperparameters=training_hyperparameters(trainer.args, trainer.accelerator.num_processes),
+        history=history, **card,
+    )
+
+
+def train(script_args: ScriptArguments, training_args, model_args):
+    """Fine-tune ``model_args.model_name_or_path`` on ``script_args.dataset``; returns the trainer.
+
+    Saves the model, tokenizer, loss history and model card to ``training_args.output_dir`` and, with
+    ``push_to_hub``, uploads that folder (checkpoints excluded) to ``hub_model_id``.
+    """
+    from srt_hf import hub, models
+    from srt_hf.errors import ConfigError
+
+    push = bool(training_args.push_to_hub)
+    if push:
+        hub.check_online()  # fail now, not after training
+    training_args.push_to_hub = False  # uploads go through srt_hf.hub.upload, with our card
+    repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+    if getattr(training_args, "completion_only_loss", None) is False:
+        raise ConfigError("completion_only_loss is false: srt-hf recipes train on the completion only; remove the setting or set it to true")
+
+    train_ds, eval_ds, run_meta = load_training_data(script_args)
+    if training_args.eval_strategy != "no" and eval_ds is None:
+        raise ConfigError("eval_strategy is set but there is no eval data: set `dataset_test_split` or `eval_strategy: no`")
+
+    path, extra = models.resolve(model_args.model_name_or_path)
+    init = {"revision": model_args.model_revision, "dtype": model_args.dtype,
+            "attn_implementation": model_args.attn_implementation, **extra, **(training_args.model_init_kwargs or {})}
+    training_args.model_init_kwargs = {k: v for k, v in init.items() if v is not None}
+    tokenizer = models.load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision)
+
+    card = {
+        "base_model": script_args.base_model_id or models.hub_id(model_args.model_name_or_path),
+        "base_model_source": models.display_name(model_args.model_name_or_path),
+        "dataset": script_args.dataset,
+        "dataset_repo_id": script_args.dataset_repo_id,
+        "run_meta": run_meta,
+        "repo_id": repo_id if push or training_args.hub_model_id else None,
+        "license": script_args.license,
+    }
+    peft_config = None
+    if getattr(model_args, "use_peft", False):
+        from trl import get_peft_config
+
+        peft_config = get_peft_config(model_args)
+    trainer = _trainer_class()(
+        model=path, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer, peft_config=peft_config, card=card,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card()
+    if trainer.is_world_process_zero():
+        trainer.accelerator.print(f"srt-hf sft: model and card saved to {training_args.output_dir}")
+        if push:
+            url = hub.upload(
+                training_args.output_dir, repo_id, repo_type="model", private=training_args.hub_private_repo,
+                revision=training_args.hub_revision, ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
+                commit_message="srt-hf sft: model, tokenizer and card",
+            )
+            trainer.accelerator.print(f"srt-hf sft: pushed to {url}")
+    training_args.push_to_hub = push
+    return trainer
+
+
+def make_parser():
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    return TrlParser((ScriptArguments, SFTConfig, ModelConfig))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from srt_hf.errors import SrtHfError
+
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    try:
+        trainer = train(script_args, training_args, model_args)
+    except SrtHfError as err:
+        print(f"srt-hf sft: error: {err}", file=sys.stderr)
+        return 2
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
+        trainer.end()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
