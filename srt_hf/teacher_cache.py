@@ -1,0 +1,79 @@
+"""Persistent cache of teacher completions: one SQLite file, safe for many threads and processes.
+
+The key is the SHA-256 of (teacher scope, messages, generation settings), so changing the model, a
+prompt or a setting asks again while a rerun asks nothing it already has. Only successful
+completions are stored, each committed the moment it arrives: a run killed at any point and
+restarted repeats no finished request. WAL mode lets readers and one writer at a time work
+together; writers from other processes wait (``busy_timeout``) instead of failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    key TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    created REAL NOT NULL,
+    meta TEXT NOT NULL
+)
+"""
+
+
+def cache_key(scope: dict[str, Any], messages: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """SHA-256 of what determines a completion: the teacher scope, the messages and the settings."""
+    payload = json.dumps({"scope": scope, "messages": messages, "settings": settings}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class ResponseCache:
+    """Completion cache at ``path``. Picklable (only the path travels); connections open per thread."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._local = threading.local()
+
+    def __reduce__(self):
+        return (ResponseCache, (str(self.path),))
+
+    def _conn(self) -> sqlite3.Connection:
+        # A connection must not cross threads or a fork: keep one per thread, reopened in a child process.
+        pid, conn = getattr(self._local, "conn", (None, None))
+        if conn is None or pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process (WAL)
+            conn.execute(_SCHEMA)
+            self._local.conn = (os.getpid(), conn)
+        return conn
+
+    def get(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT text FROM completions WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, key: str, text: str, meta: dict[str, Any] | None = None) -> None:
+        """Store one completion; committed before returning (autocommit)."""
+        self._conn().execute(
+            "INSERT OR REPLACE INTO completions (key, text, created, meta) VALUES (?, ?, ?, ?)",
+            (key, text, time.time(), json.dumps(meta or {}, sort_keys=True)),
+        )
+
+    def __len__(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        pid, conn = getattr(self._local, "conn", (None, None))
+        if conn is not None and pid == os.getpid():
+            conn.close()
+        self._local.conn = (None, None)

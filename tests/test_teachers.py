@@ -1,0 +1,302 @@
+"""Teachers: retries per fault kind, Retry-After, the concurrency bound, failover, the response cache,
+pickling, and the local teacher. Servers are fault servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fault_server import FaultServer, free_port
+from srt_hf.errors import ConfigError
+from srt_hf.teachers import EndpointTeacher, GenerationConfig, LocalTeacher, load_teacher, parse_retry_after
+
+FAST = dict(backoff_base=0.01, backoff_max=0.05, timeout=2.0, max_retries=3)
+
+
+def convs(n: int, tag: str = "q") -> list[list[dict]]:
+    return [[{"role": "user", "content": f"{tag} {i}"}] for i in range(n)]
+
+
+@pytest.fixture
+def server():
+    with FaultServer() as s:
+        yield s
+
+
+# -- retries ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["500", "503", "429", "malformed", "drop", "slow:1.5"])
+def test_each_fault_kind_is_retried(server, fault):
+    config = GenerationConfig(**{**FAST, "timeout": 0.5})
+    teacher = EndpointTeacher(server.url, model="m", config=config)
+    server.faults.extend([fault, fault])
+    [completion] = teacher.generate(convs(1))
+    assert completion.status == "ok" and completion.text
+    assert completion.attempts == 3 and server.requests == 3
+    assert teacher.stats.as_dict() == {"requests_sent": 3, "retried": 2, "failed": 0, "cache_hits": 0, "completed": 1}
+
+
+def test_retries_run_out_into_a_status(server):
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**FAST))
+    server.failure_rate = 1.0
+    [completion] = teacher.generate(convs(1))
+    assert completion.status == "request_failed: HTTP 500"
+    assert completion.text is None and completion.attempts == 4 and server.requests == 4
+    assert teacher.stats.failed == 1 and teacher.stats.retried == 3
+
+
+def test_client_errors_are_not_retried(server):
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**FAST))
+    server.faults.append("404")
+    [completion] = teacher.generate(convs(1))
+    assert completion.status.startswith("request_failed: HTTP 404")
+    assert completion.attempts == 1 and server.requests == 1
+
+
+def test_timeout_is_ours(server):
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**{**FAST, "timeout": 0.3, "max_retries": 1}))
+    server.faults.extend(["slow:2", "slow:2"])
+    t0 = time.monotonic()
+    [completion] = teacher.generate(convs(1))
+    assert completion.status == "request_failed: timeout after 0.3s"
+    assert time.monotonic() - t0 < 1.5  # two 0.3 s attempts, not the server's 2 s
+
+
+@pytest.mark.parametrize("header", ["1", "date"])
+def test_retry_after_is_honoured(server, header):
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**FAST))
+    value = email.utils.formatdate(time.time() + 2, usegmt=True) if header == "date" else header
+    server.faults.append(f"429:{value}")
+    t0 = time.monotonic()
+    [completion] = teacher.generate(convs(1))
+    waited = server.log[1]["time"] - server.log[0]["time"]
+    assert completion.ok and completion.attempts == 2
+    assert waited >= 0.99  # an HTTP date has one-second resolution: 2 s ahead is at least 1 s
+    assert time.monotonic() - t0 >= 0.99
+
+
+def test_retry_after_beyond_the_limit_fails_at_once(server):
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**{**FAST, "max_retry_after": 10}))
+    server.faults.append("429:3600")
+    [completion] = teacher.generate(convs(1))
+    assert completion.status.startswith("request_failed: rate limited") and "max_retry_after" in completion.status
+    assert server.requests == 1
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("  0.5 ") == 0.5
+    assert 8 <= parse_retry_after(email.utils.formatdate(time.time() + 10, usegmt=True)) <= 10
+    assert parse_retry_after(email.utils.formatdate(time.time() - 100, usegmt=True)) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+def test_concurrency_bound_is_never_exceeded(server):
+    server.latency, server.jitter = 0.03, 0.01
+    server.failure_rate = 0.2
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**{**FAST, "max_concurrency": 4, "max_retries": 8}))
+    completions = teacher.generate(convs(40))
+    assert all(c.ok for c in completions)
+    assert server.max_in_flight == 4
+
+
+def test_requests_complete_independently(server):
+    """A slow request does not hold back the others (no fixed batches)."""
+    server.latency = 0.02
+    server.faults.append("slow:0.8")
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**{**FAST, "max_concurrency": 2}))
+    finished: list[tuple[float, str]] = []
+
+    async def run():
+        async with teacher.session() as session:
+            async def one(messages):
+                completion = await session.complete(messages)
+                finished.append((time.monotonic(), messages[0]["content"]))
+                return completion
+
+            return await asyncio.gather(*(one(m) for m in convs(16)))
+
+    asyncio.run(run())
+    order = [content for _, content in sorted(finished)]
+    assert order[-1] == "q 0"  # the slow first request finished last ...
+    assert len(order) == 16  # ... while the 15 others went through the other slot
+
+
+# -- several base URLs -----------------------------------------------------------------------------
+def test_failover_when_a_url_is_down(server):
+    down = f"http://127.0.0.1:{free_port()}"
+    teacher = EndpointTeacher([down, server.url], model="m", config=GenerationConfig(**{**FAST, "backoff_base": 5.0, "backoff_max": 10.0}))
+    completions = teacher.generate(convs(10))
+    assert all(c.ok for c in completions)
+    assert server.requests == 10
+    assert teacher.stats.retried >= 1  # the first requests met the refused URL ...
+    retried = teacher.stats.retried
+    again = teacher.generate(convs(10, "again"))
+    assert all(c.ok and c.attempts == 1 for c in again)  # ... which is then left alone for a while
+    assert teacher.stats.retried == retried
+
+
+def test_load_is_spread_over_urls():
+    with FaultServer(latency=0.02) as a, FaultServer(latency=0.02) as b:
+        teacher = EndpointTeacher(f"{a.url},{b.url}", model="m", config=GenerationConfig(**{**FAST, "max_concurrency": 4}))
+        assert all(c.ok for c in teacher.generate(convs(40)))
+        assert a.requests + b.requests == 40
+        assert min(a.requests, b.requests) >= 10
+
+
+def test_all_urls_down_gives_statuses_not_errors():
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    teacher = EndpointTeacher(urls, model="m", config=GenerationConfig(**{**FAST, "max_retries": 2}))
+    completions = teacher.generate(convs(3))
+    assert [c.status for c in completions] == ["request_failed: connection failed"] * 3
+    assert teacher.stats.failed == 3
+
+
+# -- cache -----------------------------------------------------------------------------------------
+def test_cache_hit_on_rerun(server, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    first = EndpointTeacher(server.url, model="m", config=GenerationConfig(**FAST), cache_path=cache)
+    texts = [c.text for c in first.generate(convs(5))]
+    assert server.requests == 5
+    second = EndpointTeacher(server.url, model="m", config=GenerationConfig(**FAST), cache_path=cache)
+    again = second.generate(convs(5))
+    assert server.requests == 5  # nothing asked twice
+    assert [c.text for c in again] == texts and all(c.cached and c.attempts == 0 for c in again)
+    assert second.stats.cache_hits == 5 and second.stats.requests_sent == 0
+
+
+def test_cache_key_follows_model_and_settings(server, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    EndpointTeacher(server.url, model="m", cache_path=cache).generate(convs(1))
+    EndpointTeacher(server.url, model="m", cache_path=cache, config=GenerationConfig(temperature=0.5)).generate(convs(1))
+    EndpointTeacher(server.url, model="other", cache_path=cache).generate(convs(1))
+    EndpointTeacher(server.url, model="m", cache_path=cache).generate([[{"role": "user", "content": "q 0 "}]])
+    assert server.requests == 4
+    # the URL is not part of the key when the model is named: another server, same model, same answer
+    with FaultServer() as other:
+        EndpointTeacher(other.url, model="m", cache_path=cache).generate(convs(1))
+        assert other.requests == 0
+
+
+def test_only_successes_are_cached(server, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    server.failure_rate = 1.0
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**{**FAST, "max_retries": 0}), cache_path=cache)
+    assert not teacher.generate(convs(1))[0].ok
+    server.failure_rate = 0.0
+    assert teacher.generate(convs(1))[0].ok and server.requests == 2
+
+
+def test_identical_requests_in_flight_are_sent_once(server):
+    server.latency = 0.05
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**FAST))
+    completions = teacher.generate(convs(1) * 3)
+    assert server.requests == 1
+    assert len({c.text for c in completions}) == 1 and all(c.ok for c in completions)
+
+
+def test_cache_survives_a_new_process(server, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    script = textwrap.dedent(f"""
+        from srt_hf.teachers import EndpointTeacher
+        t = EndpointTeacher({server.url!r}, model="m", cache_path={str(cache)!r})
+        print(sum(c.ok for c in t.generate([[{{"role": "user", "content": f"p {{i}}"}}] for i in range(4)])))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "4", out.stderr[-2000:]
+    assert server.requests == 4
+    teacher = EndpointTeacher(server.url, model="m", cache_path=cache)
+    again = teacher.generate([[{"role": "user", "content": f"p {i}"}] for i in range(4)])
+    assert all(c.cached for c in again) and server.requests == 4
+
+
+# -- identity, pickling, tokens ----------------------------------------------------------------------
+def test_identity_and_fingerprint():
+    a = EndpointTeacher("http://127.0.0.1:1", model="m")
+    assert a.fingerprint() == EndpointTeacher("http://127.0.0.1:2/v1", model="m").fingerprint()  # URLs do not count
+    assert a.fingerprint() != EndpointTeacher("http://127.0.0.1:1", model="n").fingerprint()
+    assert a.fingerprint() != EndpointTeacher("http://127.0.0.1:1", model="m", config=GenerationConfig(seed=1)).fingerprint()
+    assert a.fingerprint() == EndpointTeacher("http://127.0.0.1:1", model="m", config=GenerationConfig(timeout=5)).fingerprint()
+    assert a.identity()["generation"] == {"temperature": 0.0, "max_new_tokens": 1024, "top_p": 1.0, "seed": 0}
+    # without a model name, the server decides: its address becomes part of the identity
+    assert EndpointTeacher("http://127.0.0.1:1").fingerprint() != EndpointTeacher("http://127.0.0.1:2").fingerprint()
+
+
+def test_pickle_holds_no_client_and_no_token(server):
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**FAST), token="hf_not_a_real_token_123")
+    assert teacher.generate(convs(1))[0].ok
+    assert server.log[-1]["authorization"] == "Bearer hf_not_a_real_token_123"
+    blob = pickle.dumps(teacher)
+    assert b"hf_not_a_real_token_123" not in blob
+    assert b"AsyncInferenceClient" not in blob and b"httpx" not in blob
+    clone = pickle.loads(blob)
+    assert clone.fingerprint() == teacher.fingerprint()
+    assert clone.generate(convs(1, "clone"))[0].ok
+    assert server.log[-1]["authorization"] == "Bearer hf_not_a_real_token_123"  # same process: token kept
+
+
+def test_generate_inside_a_running_loop(server):
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**FAST))
+
+    async def notebook_cell():
+        return teacher.generate(convs(2))
+
+    assert all(c.ok for c in asyncio.run(notebook_cell()))
+
+
+def test_settings_are_sent(server):
+    config = GenerationConfig(temperature=0.3, top_p=0.9, seed=7, max_new_tokens=33)
+    EndpointTeacher(server.url, model="m", config=config).generate(convs(1))
+    body = server.log[0]["body"]
+    assert (body["model"], body["temperature"], body["top_p"], body["seed"], body["max_tokens"]) == ("m", 0.3, 0.9, 7, 33)
+
+
+def test_config_errors_name_the_setting():
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        GenerationConfig(max_concurrency=0)
+    with pytest.raises(ConfigError, match="teacher_url"):
+        EndpointTeacher("localhost:8000")
+    with pytest.raises(ConfigError, match="seeds"):
+        EndpointTeacher("http://127.0.0.1:1").settings({"seeds": 1})
+
+
+def test_load_teacher_picks_the_kind():
+    assert isinstance(load_teacher("http://127.0.0.1:1,http://127.0.0.1:2", model="m"), EndpointTeacher)
+    assert isinstance(load_teacher("default"), LocalTeacher)
+    assert load_teacher("http://127.0.0.1:1, http://127.0.0.1:2/").base_urls == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+
+
+# -- local teacher ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_local_teacher_batches_and_caches(tiny_model_dir, tmp_path):
+    config = GenerationConfig(max_new_tokens=6, batch_size=2)
+    teacher = LocalTeacher(str(tiny_model_dir), config=config, cache_path=tmp_path / "cache.sqlite", device="cpu")
+    conversations = convs(3) + [[{"role": "user", "content": "a much longer prompt " * 5}]]
+    first = teacher.generate(conversations)
+    assert all(c.ok and isinstance(c.text, str) for c in first)
+    assert teacher.stats.requests_sent == 4
+    assert b"LlamaForCausalLM" not in pickle.dumps(teacher)
+    again = LocalTeacher(str(tiny_model_dir), config=config, cache_path=tmp_path / "cache.sqlite", device="cpu")
+    assert [c.text for c in again.generate(conversations)] == [c.text for c in first]
+    assert again.stats.cache_hits == 4 and again._model is None  # served from the cache: never loaded
+    # greedy decoding in a batch equals one prompt alone (left padding is right)
+    alone = LocalTeacher(str(tiny_model_dir), config=GenerationConfig(max_new_tokens=6, batch_size=1), device="cpu")
+    assert [c.text for c in alone.generate(conversations)] == [c.text for c in first]
+
+
+@pytest.mark.slow
+def test_local_teacher_sampling_is_seeded(tiny_model_dir):
+    sampled = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=3)
+    a = LocalTeacher(str(tiny_model_dir), config=sampled, device="cpu").generate(convs(2))
+    b = LocalTeacher(str(tiny_model_dir), config=sampled, device="cpu").generate(convs(2))
+    assert [c.text for c in a] == [c.text for c in b]
+    teacher = LocalTeacher(str(tiny_model_dir), config=sampled, device="cpu")
+    assert teacher.identity()["model"] == str(tiny_model_dir) and teacher.identity()["files"]
