@@ -13,6 +13,7 @@ The cards are Jinja templates in ``hub_cards/`` (shipped in the package as ``srt
     prompts     {name: template text}                        the teacher prompts, shown verbatim
     selection   {"rule": str, ...parameters}
     counts      {stage: rows}                                in pipeline order
+    reasons     {"kept: …" / "dropped: …": rows}             why rows were kept or dropped
     columns     {column: description}                        added to the column dictionary
     histograms  {"ifd": {"before": "rows.parquet:ifd", "after": "selected.parquet:ifd"}, "rifd": {...}}
     methods     ["superfiltering", "diverse_evol", "ds_weight", ...]   extra citations
@@ -181,6 +182,7 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
         "prompts": dict(meta.get("prompts") or {}),
         "settings": _settings(meta),
         "counts": counts,
+        "reasons": dict(meta.get("reasons") or {}),
         "files": files,
         "charts": charts,
         "version": meta.get("srt_hf_version", __version__),
@@ -196,7 +198,7 @@ def _settings(meta: Mapping[str, Any]) -> list[tuple[str, Any]]:
     rows = []
     for section, key in (("teacher", "model"), ("student", "model"), ("scoring", "preset"), ("selection", "rule")):
         for name, value in _as_dict(meta.get(section), key).items():
-            if name != key:
+            if name != key and value is not None:
                 rows.append((f"{section} `{name}`", value))
     return rows
 
@@ -480,7 +482,12 @@ def _fence(text: str) -> str:
 
 def _cell(value: Any) -> str:
     """A value safe inside a Markdown table cell."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (str, bool, int)):
+        text = str(value)
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str)
     return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
 
 

@@ -229,3 +229,23 @@ def test_png_writer_roundtrip(tmp_path):
     (tmp_path / "x.png").write_bytes(cards.png_bytes(rgb))
     assert (read_png(tmp_path / "x.png") == rgb).all()
     assert json.dumps(cards.methods_used({}))  # default: srt, ifd, reflection_tuning
+
+
+def test_card_of_a_select_run(tmp_path, monkeypatch):
+    """`srt-hf select` writes its run folder through write_dataset_card; the card and configs hold up."""
+    pytest.importorskip("srt_hf.commands.select")
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    from srt_hf import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "select", "srt_hf.commands.select")
+    out = tmp_path / "selected"
+    assert cli.main(["select", str(make_run(tmp_path / "run")), "--top-share", "0.5", "--out", str(out)]) == 0
+    card = DatasetCard.load(out / "README.md")
+    assert set(card.data.to_dict()) <= DATASET_CARD_KEYS
+    assert card.data.license == "cc-by-nc-4.0"  # carried from the input run
+    kept = runs.read_meta(out)["counts"]["selected"]
+    assert len(datasets.load_dataset(str(out), split="train")) == kept > 0
+    assert "top_ifd_share" in card.text and "kept: top 50% by IFD" in card.text
+    assert (out / "images" / "ifd_histogram.png").is_file()

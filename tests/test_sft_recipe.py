@@ -243,7 +243,7 @@ def test_pipeline_end_to_end(tmp_path, tiny_model_dir, monkeypatch, demo_path):
     ds = datasets.load_dataset("json", data_files=str(demo_path), split="train").select(range(6))
     recycled, selected = tmp_path / "recycled", tmp_path / "selected"
     pipeline.recycle(ds, teacher=str(tiny_model_dir), student=str(tiny_model_dir), out=recycled)
-    assert cli.main(["select", str(recycled), "--out", str(selected)]) == 0
+    assert cli.main(["select", str(recycled), "--top-n", "4", "--max-ifd", "inf", "--out", str(selected)]) == 0
 
     recipe = load_recipe()
     trainer = recipe.train(*tiny_args(tmp_path, selected, tiny_model_dir))
