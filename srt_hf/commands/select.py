@@ -147,8 +147,8 @@ def _kcenter(ds, args, mapping):
             reasons.append(f"kept: in the initial pool (column {args.pool_column!r})")
         elif i in order:
             rank, d = order[i]
-            far = "first pick, no pool yet" if not np.isfinite(d) else f"squared distance {d:.4g} to the nearest pool row"
-            reasons.append(f"kept: k-center pick {rank} of {len(picks)} ({far})")
+            far = "the first pick, no pool yet" if not np.isfinite(d) else f"squared distance {d:.4g} to the pool"
+            reasons.append(f"kept: k-center pick (pick {rank} of {len(picks)}, {far})")
         elif not valid[i]:
             reasons.append(f"dropped: not embedded ({status[i]})")
         else:
