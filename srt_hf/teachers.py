@@ -100,6 +100,9 @@ class TeacherStats:
     Per process: workers of ``Dataset.map(num_proc=…)`` count on their own copies.
     """
 
+    #: requests_sent: HTTP requests (or prompts generated locally), retries included; retried: retries after
+    #: a transport failure; failed: completions that ended as request_failed; cache_hits: completions served
+    #: from the response cache; completed: successful replies received from the teacher itself.
     FIELDS = ("requests_sent", "retried", "failed", "cache_hits", "completed")
 
     def __init__(self) -> None:
@@ -190,6 +193,7 @@ class TeacherSession:
 
     def __init__(self, teacher: Teacher):
         self.teacher = teacher
+        self._scope = teacher.scope()
         self._pending: dict[str, asyncio.Future] = {}
 
     async def __aenter__(self) -> "TeacherSession":
@@ -201,7 +205,7 @@ class TeacherSession:
     async def complete(self, messages: Messages, overrides: dict[str, Any] | None = None) -> Completion:
         teacher = self.teacher
         settings = teacher.settings(overrides)
-        key = cache_key(teacher.scope(), messages, settings)
+        key = cache_key(self._scope, messages, settings)
         if teacher.cache is not None:
             text = teacher.cache.get(key)
             if text is not None:
@@ -486,9 +490,9 @@ class _EndpointSession(TeacherSession):
             return
         cfg, now = self.teacher.config, time.monotonic()
         if fault.url_down:
-            health.failures += 1
-            pause = min(cfg.backoff_max, cfg.backoff_base * 2 ** (health.failures - 1))
-            health.down_until = max(health.down_until, now + pause)
+            if now >= health.down_until:  # requests already in flight when it went down do not escalate the pause
+                health.failures += 1
+                health.down_until = now + min(cfg.backoff_max, cfg.backoff_base * 2 ** (health.failures - 1))
         elif fault.retry_after is not None:
             health.down_until = max(health.down_until, now + fault.retry_after)
         elif fault.retryable:

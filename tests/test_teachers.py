@@ -160,6 +160,16 @@ def test_all_urls_down_gives_statuses_not_errors():
     assert teacher.stats.failed == 3
 
 
+def test_concurrent_failures_do_not_escalate_the_pause():
+    """Sixteen requests refused at once count as one outage, not sixteen consecutive ones."""
+    teacher = EndpointTeacher(f"http://127.0.0.1:{free_port()}", model="m",
+                              config=GenerationConfig(backoff_base=0.05, backoff_max=20.0, max_retries=1))
+    t0 = time.monotonic()
+    completions = teacher.generate(convs(16))
+    assert all(c.status == "request_failed: connection failed" and c.attempts == 2 for c in completions)
+    assert time.monotonic() - t0 < 5.0
+
+
 # -- cache -----------------------------------------------------------------------------------------
 def test_cache_hit_on_rerun(server, tmp_path):
     cache = tmp_path / "cache.sqlite"

@@ -1,0 +1,409 @@
+"""Teacher reflection (DESIGN.md §3): prompts, tolerant parsing, and the two ``Dataset.map`` transforms.
+
+    ds = ds.map(InstructionReflection(teacher), batched=True)   # + instruction_reflected, input_reflected,
+                                                                 #   response_reflected, instruction_reflection_status
+    ds = ds.map(ResponseReflection(teacher), batched=True)      # + response_reflected, response_reflection_status
+
+Rows are read through :mod:`srt_hf.formats`, so any supported format and the ``ColumnMapping`` settings
+work. Every row comes out; a row whose reflection failed keeps its original text in the reflected
+columns (so they never hold None) and says why in its status:
+
+* ``ok`` — the teacher's reflection was parsed;
+* ``parse_failed: <why>`` — no usable section (missing marker, empty reply, reply echoes the prompt);
+* ``placeholder: <section>`` — a section holds template filler ("your instruction", "N/A", "...");
+* ``request_failed: <reason>`` — the teacher could not be reached after its retries (see teachers.py);
+* ``empty_input: <what>`` — nothing to reflect on (empty instruction);
+* ``invalid: <reason>`` — the row could not be read (the reflected columns are "").
+
+A parse failure or placeholder is retried once as a new request (``seed + 1``, and ``retry_temperature``
+when the teacher is greedy, since a greedy retry would repeat itself); the status then ends with
+``(after retry)``. The status kind is the part before the first ``:``.
+
+``transform.counts`` counts the status kinds of the rows it has reflected in this process, and
+``parse_retries``; the teacher's own counters are in ``transform.teacher.stats``.
+
+Both transforms pickle as (class, srt_hf version, config, prompt texts, teacher identity, teacher
+settings), never a client or a model, so ``datasets`` fingerprints are stable and change with the prompt,
+the teacher model or its generation settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError
+from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch
+from .teachers import Teacher, TeacherSession, run_sync
+
+PROMPTS_DIR = Path(__file__).parent / "prompts"
+
+NEW_INSTRUCTION, NEW_ANSWER, BETTER_ANSWER = "New Instruction", "New Answer", "Better Answer"
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+_DECO = r"(?:\*\*|__|\*|_|`)?"
+
+
+def _bracket_marker(name: str) -> re.Pattern:
+    words = r"\s+".join(re.escape(w) for w in name.split())
+    # "[New Instruction]" with any case and spacing, optionally bold/heading-decorated and followed by ":".
+    return re.compile(
+        rf"(?:(?:^|(?<=\s))(?:\#+[ \t]*)?{_DECO}{_DECO}[ \t]*)?\[\s*{words}\s*\](?:[ \t]*{_DECO}{_DECO})?[ \t]*:?",
+        re.IGNORECASE | re.MULTILINE,
+    )
+
+
+def _line_marker(name: str) -> re.Pattern:
+    words = r"[ \t]+".join(re.escape(w) for w in name.split())
+    # "**New Instruction:**", "### New Instruction", "New Instruction:" at the start of a line.
+    return re.compile(
+        rf"^[ \t]*(?:\#+[ \t]*)?{_DECO}{_DECO}[ \t]*{words}[ \t]*(?::[ \t]*{_DECO}{_DECO}|{_DECO}{_DECO}[ \t]*:|{_DECO}{_DECO}[ \t]*$)",
+        re.IGNORECASE | re.MULTILINE,
+    )
+
+
+# Only the bracketed marker ends a section: "Endless" or "End of story" inside an answer never does.
+_END = re.compile(rf"(?:(?:^|(?<=\s)){_DECO}{_DECO}[ \t]*)?\[\s*end\s*\](?:[ \t]*{_DECO}{_DECO})?", re.IGNORECASE | re.MULTILINE)
+_ALL_SECTIONS = (NEW_INSTRUCTION, NEW_ANSWER, BETTER_ANSWER)
+_MARKERS = {name: (_bracket_marker(name), _line_marker(name)) for name in _ALL_SECTIONS}
+
+_PLACEHOLDER_WORDS = re.compile(
+    r"^(?:(?:insert|write|put|add|enter|type)\s+)?(?:(?:your|the|a|an|my)\s+)?(?:(?:new|better|improved|rewritten|revised|final)\s+)*"
+    r"(?:instruction|answer|response|question|prompt|text|output|content)s?(?:\s+(?:here|goes\s+here|text))?$"
+)
+_PLACEHOLDER_LITERALS = {"", "n/a", "na", "none", "null", "nil", "todo", "tbd", "tba", "-", "...", "…", "etc", "same as above", "see above"}
+
+
+@dataclass
+class ParsedReflection:
+    """The sections found in a teacher reply, and the parse status (``ok`` or the reason it failed)."""
+
+    sections: dict[str, str]
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def is_placeholder(text: str) -> bool:
+    """Template filler rather than content: "your instruction", "N/A", "...", "<answer>", empty."""
+    core = re.sub(r"\s+", " ", text).strip().strip("*_`#\"' \t:.").lower()
+    if core in _PLACEHOLDER_LITERALS or not re.search(r"\w", core):
+        return True
+    if _PLACEHOLDER_WORDS.match(core):
+        return True
+    # A short text wholly wrapped in <...>, (...), [...] or {...} is a slot to fill, e.g. "(the better answer)".
+    wrapped = re.fullmatch(r"[<(\[{]([^<>()\[\]{}]*)[>)\]}]", core)
+    return bool(wrapped and len(core) <= 80)
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def echoes(reply: str, skeleton: str, min_share: float = 0.5) -> bool:
+    """Whether a reply repeats the prompt: most of the template's own long lines reappear in it."""
+    lines = {_normalise(line) for line in skeleton.splitlines()}
+    lines = {line for line in lines if len(line) >= 25}
+    if not lines:
+        return False
+    text = _normalise(reply)
+    return sum(line in text for line in lines) >= min_share * len(lines)
+
+
+def _candidates(reply: str, name: str) -> list[tuple[str, bool]]:
+    """Every (content, closed_by_end) that follows a marker of ``name``, in order of appearance."""
+    starts = sorted(
+        {(m.start(), m.end()) for pattern in _MARKERS[name] for m in pattern.finditer(reply)}, key=lambda se: se[0]
+    )
+    # A decorated marker also matches as its bare bracket: keep the widest match at each place.
+    kept: list[tuple[int, int]] = []
+    for start, end in starts:
+        if kept and start < kept[-1][1]:
+            continue
+        kept.append((start, end))
+    other_starts = sorted(
+        m.start() for other in _ALL_SECTIONS for pattern in _MARKERS[other] for m in pattern.finditer(reply) if other != name
+    )
+    out = []
+    for i, (_, end) in enumerate(kept):
+        stop, closed = len(reply), False
+        m = _END.search(reply, end)
+        if m:
+            stop, closed = m.start(), True
+        nxt = [s for s in other_starts if s >= end] + [s for s, _ in kept[i + 1:]]
+        if nxt and min(nxt) < stop:
+            stop, closed = min(nxt), False
+        out.append((reply[end:stop].strip(), closed))
+    return out
+
+
+def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: str | None = None) -> ParsedReflection:
+    """Find ``sections`` (e.g. ``("New Instruction", "New Answer")``) in a teacher reply.
+
+    Tolerant of case, spacing, markdown bold/headings around the markers and a missing final
+    ``[End]``. For each section, the last occurrence closed by ``[End]`` wins, else the last one.
+    ``skeleton`` (the prompt template rendered with empty fields) lets a reply that repeats the
+    prompt count as a failure.
+    """
+    if reply is None or not reply.strip():
+        return ParsedReflection({}, "parse_failed: empty reply")
+    if skeleton is not None and echoes(reply, skeleton):
+        return ParsedReflection({}, "parse_failed: reply echoes the prompt")
+    found: dict[str, str] = {}
+    for name in sections:
+        candidates = _candidates(reply, name)
+        if not candidates:
+            return ParsedReflection(found, f"parse_failed: no [{name}] section")
+        usable = [(text, closed) for text, closed in candidates if not is_placeholder(text)]
+        if not usable:
+            text = candidates[-1][0]
+            return ParsedReflection(found, f"placeholder: [{name}] is {text[:40]!r}" if text else f"placeholder: [{name}] is empty")
+        closed = [text for text, is_closed in usable if is_closed]
+        found[name] = closed[-1] if closed else usable[-1][0]
+    return ParsedReflection(found, "ok")
+
+
+def parse_instruction_reflection(reply: str | None, *, skeleton: str | None = None) -> ParsedReflection:
+    return parse_reflection(reply, (NEW_INSTRUCTION, NEW_ANSWER), skeleton=skeleton)
+
+
+def parse_response_reflection(reply: str | None, *, skeleton: str | None = None) -> ParsedReflection:
+    return parse_reflection(reply, (BETTER_ANSWER,), skeleton=skeleton)
+
+
+# -- prompts ---------------------------------------------------------------------------------------
+def builtin_template(name: str) -> str:
+    """The text of a shipped template, e.g. ``instruction_reflection`` or ``response_reflection_input``."""
+    path = PROMPTS_DIR / f"{name}.jinja"
+    if not path.is_file():
+        raise ConfigError(f"No built-in prompt {name!r}; shipped: {sorted(p.stem for p in PROMPTS_DIR.glob('*.jinja'))}.")
+    return path.read_text(encoding="utf-8")
+
+
+def load_template(value: str, setting: str) -> str:
+    """Template text from a file path or the text itself (anything with ``{{`` or a newline)."""
+    if "{{" in value or "\n" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    raise ConfigError(
+        f"`{setting}` = {value!r} is neither an existing template file nor Jinja template text; "
+        "pass a path to a .jinja file or the template itself (it sees {{ instruction }}, {{ input }} and {{ response }})."
+    )
+
+
+def _compile(text: str, setting: str):
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    try:
+        return env.from_string(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise ConfigError(f"`{setting}` is not a valid Jinja template: {err} (line {err.lineno}).") from None
+
+
+# -- transforms ------------------------------------------------------------------------------------
+@dataclass
+class ReflectionConfig(ColumnMapping):
+    """How a reflection transform prompts the teacher and names its columns."""
+
+    template: str | None = field(default=None, metadata={"help": "Prompt template (Jinja text or a .jinja file) for rows without input; it sees instruction, input and response. Default: the built-in one."})
+    template_with_input: str | None = field(default=None, metadata={"help": "Prompt template for rows with an input. Default: `template` when given, else the built-in one."})
+    output_prefix: str = field(default="", metadata={"help": "Prefix of the output column names."})
+    retry_parse_failures: bool = field(default=True, metadata={"help": "Ask once more when a reply cannot be parsed or holds a placeholder."})
+    retry_temperature: float = field(default=0.7, metadata={"help": "Temperature of that retry when the teacher is greedy (a greedy retry would repeat the same reply)."})
+    keep_raw_reply: bool = field(default=False, metadata={"help": "Also output the teacher's last raw reply (column <kind>_reflection_raw)."})
+
+
+@dataclass
+class _RowOutcome:
+    values: dict[str, str]
+    status: str
+    raw: str = ""
+    retried: bool = False
+
+
+class _Reflection:
+    """Shared machinery of the two transforms: prompts, one async request per row, parse, retry."""
+
+    kind = ""
+    sections: tuple[str, ...] = ()
+    value_columns: tuple[str, ...] = ()
+
+    def __init__(self, teacher: Teacher, config: ReflectionConfig | None = None, **kwargs: Any):
+        if config is not None and kwargs:
+            raise ConfigError(f"Pass either a ReflectionConfig or keyword settings to {type(self).__name__}, not both.")
+        if not isinstance(teacher, Teacher):
+            raise ConfigError(f"{type(self).__name__} needs a teacher (EndpointTeacher or LocalTeacher), got {type(teacher).__name__}; see srt_hf.teachers.load_teacher.")
+        self.teacher = teacher
+        self.config = config or ReflectionConfig(**kwargs)
+        self.templates = self._resolve_templates()
+        self._compiled = None
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def _resolve_templates(self) -> tuple[str, str]:
+        cfg = self.config
+        plain = load_template(cfg.template, "template") if cfg.template else builtin_template(f"{self.kind}_reflection")
+        if cfg.template_with_input:
+            with_input = load_template(cfg.template_with_input, "template_with_input")
+        else:
+            with_input = plain if cfg.template else builtin_template(f"{self.kind}_reflection_input")
+        return plain, with_input
+
+    # -- datasets integration -------------------------------------------------------------------
+    def __reduce__(self):
+        # The pickle, hence the datasets fingerprint: class, version, config, prompt texts, teacher identity
+        # and the teacher's own (client-free) pickle.
+        return (_rebuild, (type(self), __version__, asdict(self.config), self.templates, self.teacher.identity(), self.teacher))
+
+    @property
+    def status_column(self) -> str:
+        return f"{self.config.output_prefix}{self.kind}_reflection_status"
+
+    def output_columns(self) -> list[str]:
+        columns = [self.config.output_prefix + c for c in self.value_columns] + [self.status_column]
+        if self.config.keep_raw_reply:
+            columns.append(f"{self.config.output_prefix}{self.kind}_reflection_raw")
+        return columns
+
+    @property
+    def features(self):
+        """The pinned output features: every column is a string (never null)."""
+        from datasets import Features, Value
+
+        return Features({c: Value("string") for c in self.output_columns()})
+
+    def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list[str]]:
+        self.teacher.bind_rank(rank)
+        fmt = detect_format(list(batch), self.config)
+        return self.reflect_examples(read_batch(batch, fmt))
+
+    # -- reflection -----------------------------------------------------------------------------
+    def reflect_examples(self, examples: Sequence[Example | RowProblem]) -> dict[str, list[str]]:
+        """Reflect canonical examples (sync); returns the output columns."""
+        return run_sync(lambda: self.areflect_examples(examples))
+
+    async def areflect_examples(self, examples: Sequence[Example | RowProblem]) -> dict[str, list[str]]:
+        """Every row's request in flight together (within the teacher's bound); rows finish independently."""
+        async with self.teacher.session() as session:
+            outcomes = await asyncio.gather(*(self._reflect_row(session, ex) for ex in examples))
+        self.counts.update(status_kind(o.status) for o in outcomes)
+        self.counts["parse_retries"] += sum(o.retried for o in outcomes)
+        prefix = self.config.output_prefix
+        columns = {prefix + c: [o.values[c] for o in outcomes] for c in self.value_columns}
+        columns[self.status_column] = [o.status for o in outcomes]
+        if self.config.keep_raw_reply:
+            columns[f"{prefix}{self.kind}_reflection_raw"] = [o.raw for o in outcomes]
+        return columns
+
+    def render(self, ex: Example) -> list[dict[str, str]]:
+        """The chat messages sent to the teacher for one example."""
+        template = self._templates()[1 if ex.input.strip() else 0]
+        return [{"role": "user", "content": template.render(instruction=ex.instruction, input=ex.input, response=ex.response).strip()}]
+
+    def _templates(self):
+        if self._compiled is None:
+            plain = _compile(self.templates[0], "template")
+            with_input = _compile(self.templates[1], "template_with_input")
+            self._compiled = (plain, with_input, plain.render(instruction="", input="", response=""),
+                              with_input.render(instruction="", input="", response=""))
+        return self._compiled
+
+    def _retry_overrides(self) -> dict[str, Any]:
+        cfg = self.teacher.config
+        return {"seed": cfg.seed + 1, "temperature": self.config.retry_temperature if cfg.temperature == 0 else cfg.temperature}
+
+    async def _reflect_row(self, session: TeacherSession, ex: Example | RowProblem) -> _RowOutcome:
+        if isinstance(ex, RowProblem):
+            return _RowOutcome(dict.fromkeys(self.value_columns, ""), f"invalid: {ex}")
+        original = self._original(ex)
+        if not ex.instruction.strip():
+            return _RowOutcome(original, "empty_input: empty instruction")
+        messages = self.render(ex)
+        skeleton = self._templates()[3 if ex.input.strip() else 2]
+        completion = await session.complete(messages)
+        if not completion.ok:
+            return _RowOutcome(original, completion.status)
+        parsed = parse_reflection(completion.text, self.sections, skeleton=skeleton)
+        raw = completion.text or ""
+        retried = False
+        if not parsed.ok and self.config.retry_parse_failures:
+            retried = True
+            retry = await session.complete(messages, self._retry_overrides())
+            if not retry.ok:
+                return _RowOutcome(original, f"{parsed.status} (retry {retry.status})", raw, retried)
+            raw = retry.text or ""
+            parsed = parse_reflection(retry.text, self.sections, skeleton=skeleton)
+            if not parsed.ok:
+                return _RowOutcome(original, f"{parsed.status} (after retry)", raw, retried)
+        if not parsed.ok:
+            return _RowOutcome(original, parsed.status, raw, retried)
+        return _RowOutcome(self._reflected(parsed.sections), "ok", raw, retried)
+
+    def _original(self, ex: Example) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _reflected(self, sections: dict[str, str]) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class InstructionReflection(_Reflection):
+    """``Dataset.map(batched=True)`` transform: the teacher rewrites the instruction and its answer.
+
+    Adds ``instruction_reflected``, ``input_reflected`` ("" on success: the new instruction carries what
+    it needs), ``response_reflected`` and ``instruction_reflection_status``.
+    """
+
+    kind = "instruction"
+    sections = (NEW_INSTRUCTION, NEW_ANSWER)
+    value_columns = ("instruction_reflected", "input_reflected", "response_reflected")
+
+    def _original(self, ex: Example) -> dict[str, str]:
+        return {"instruction_reflected": ex.instruction, "input_reflected": ex.input, "response_reflected": ex.response}
+
+    def _reflected(self, sections: dict[str, str]) -> dict[str, str]:
+        return {"instruction_reflected": sections[NEW_INSTRUCTION], "input_reflected": "", "response_reflected": sections[NEW_ANSWER]}
+
+
+class ResponseReflection(_Reflection):
+    """``Dataset.map(batched=True)`` transform: the teacher writes a better answer to the same instruction.
+
+    Adds ``response_reflected`` and ``response_reflection_status``.
+    """
+
+    kind = "response"
+    sections = (BETTER_ANSWER,)
+    value_columns = ("response_reflected",)
+
+    def _original(self, ex: Example) -> dict[str, str]:
+        return {"response_reflected": ex.response}
+
+    def _reflected(self, sections: dict[str, str]) -> dict[str, str]:
+        return {"response_reflected": sections[BETTER_ANSWER]}
+
+
+def _rebuild(cls: type, version: str, config: dict, templates: tuple[str, str], identity: dict, teacher: Teacher) -> _Reflection:
+    obj = cls.__new__(cls)
+    obj.teacher, obj.config, obj.templates, obj._compiled = teacher, ReflectionConfig(**config), tuple(templates), None
+    obj.counts = collections.Counter()
+    return obj
+
+
+def status_kind(status: str) -> str:
+    """``ok``, ``parse_failed``, ``placeholder``, ``request_failed``, ``empty_input`` or ``invalid``."""
+    return status.split(":", 1)[0].strip()
+
+
+__all__ = [
+    "InstructionReflection", "ParsedReflection", "ReflectionConfig", "ResponseReflection", "builtin_template",
+    "is_placeholder", "parse_instruction_reflection", "parse_reflection", "parse_response_reflection", "status_kind",
+]
