@@ -24,9 +24,11 @@ def process_state():
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    # Without GPUs accelerate would fall back to a single process; cpu=True gives gloo across processes.
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def map_in_chunks(

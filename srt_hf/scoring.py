@@ -28,6 +28,8 @@ from .formats import ColumnMapping, Example, RowProblem, detect_format, read_bat
 from .span_loss import Span, span_losses
 from .templates import Preset, format_prompt, format_reverse_prompt, get_preset
 
+_IMPORT_PID = os.getpid()  # a different pid later means we run in a forked worker (datasets num_proc)
+
 SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
 STATUS_COLUMN = "score_status"
 
@@ -118,6 +120,9 @@ class IFDScorer:
                 device = "cpu"
         if self._model is not None and device == self._device:
             return
+        if os.getpid() != _IMPORT_PID and device == "cpu":
+            # OpenMP's thread pool does not survive fork(): a forked worker that uses it hangs.
+            torch.set_num_threads(1)
         kwargs = {"revision": self.config.revision} if self.config.revision else {}
         self._tokenizer = models.load_tokenizer(self.config.student, **kwargs)
         self._model = models.load_causal_lm(self.config.student, device=device, dtype=self.config.dtype, **kwargs)

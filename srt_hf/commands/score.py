@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .. import __version__
@@ -46,9 +47,14 @@ def run(args: argparse.Namespace) -> int:
     if state and not state.is_main_process:
         return 0
     rows = write_tables(read_parts(parts), args.out)
-    result = pq.read_table(args.out, columns=[c for c in ("ifd", "rifd", "score_status") if c in config.output_columns()])
+    summary_columns = [c for c in ("ifd", "rifd", "score_status") if c in config.output_columns()]
+    result = pa.concat_tables(pq.read_table(p, columns=summary_columns) for p in parts)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"\nsrt-hf score: {rows} rows -> {args.out} (student {config.student}, preset {config.preset}, template {scorer.preset.template})\n")
+    processes = f", {state.num_processes} processes" if state else ""
+    print(
+        f"\nsrt-hf score: {rows} rows -> {args.out} "
+        f"(student {config.student}, preset {config.preset}, template {scorer.preset.template}{processes})\n"
+    )
     print(score_summary(
         result.column("score_status").to_pylist(),
         result.column("ifd").to_pylist(),

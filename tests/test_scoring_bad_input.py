@@ -1,0 +1,89 @@
+"""Bad input: every row comes back with a documented status, or the run stops with an error naming the fix."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from datasets import Dataset
+
+from srt_hf import IFDScorer, InputError
+from srt_hf.span_loss import Span, span_losses
+
+GOOD = {"instruction": "Name a primary colour.", "input": "", "output": "Red."}
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_dir):
+    return IFDScorer(student=str(tiny_model_dir), preset="reflection")
+
+
+def score(scorer, rows):
+    out = Dataset.from_list(rows).map(scorer, batched=True)
+    assert len(out) == len(rows)  # nothing is ever dropped
+    return out[:]
+
+
+def test_missing_column_is_an_error_naming_column_and_fix(scorer):
+    with pytest.raises(InputError, match=r"response_column.*--response-column"):
+        Dataset.from_list([{"instruction": "x", "answer": "y"}]).map(scorer, batched=True)
+
+
+@pytest.mark.parametrize(
+    "row, status",
+    [
+        ({"instruction": None, "input": "", "output": "x"}, "invalid: 'instruction' is None"),
+        ({"instruction": "x", "input": "", "output": None}, "invalid: 'output' is None"),
+        ({"instruction": "   ", "input": "", "output": "x"}, "invalid: empty instruction"),
+        ({"instruction": "x", "input": "", "output": ""}, "skipped: empty response"),
+        ({"instruction": "x", "input": 5, "output": "y"}, "invalid: 'input' is not a string (int)"),
+    ],
+)
+def test_bad_values_get_a_status(scorer, row, status):
+    rows = [GOOD, {k: v for k, v in row.items()}, GOOD]
+    result = scorer({k: [r[k] for r in rows] for k in rows[0]})
+    assert result["score_status"] == ["ok", status, "ok"]
+    assert math.isnan(result["ifd"][1]) and result["ifd"][0] == result["ifd"][2]
+
+
+def test_over_length_rows(tiny_model_dir):
+    long_row = {"instruction": "Summarise.", "input": "", "output": "word " * 200}
+    reflection = IFDScorer(student=str(tiny_model_dir), preset="reflection", max_length=64, rifd=False)
+    out = score(reflection, [long_row, GOOD])
+    assert out["score_status"] == ["ok", "ok"]  # truncated and scored, as the reference does
+    with_rifd = IFDScorer(student=str(tiny_model_dir), preset="reflection", max_length=64)
+    out = score(with_rifd, [long_row])  # the reverse prompt holds the whole response: nothing of Q fits
+    assert out["score_status"][0] == "skipped: no token to score for loss_Q_cond, loss_Q_direct (truncated to max_length 64)"
+    assert out["ifd"][0] > 0
+    cherry = IFDScorer(student=str(tiny_model_dir), preset="cherry", max_length=64)
+    out = score(cherry, [long_row, GOOD])
+    assert out["score_status"][0] == "skipped: prompt + response longer than max_length (64 tokens)"
+    assert math.isnan(out["ifd"][0]) and out["loss_A_cond"][0] > 0  # losses are still reported
+    long_prompt = {"instruction": "Summarise. " * 100, "input": "", "output": "Short."}
+    out = score(reflection, [long_prompt])
+    assert out["score_status"][0].startswith("skipped: no token to score for loss_A_cond")
+
+
+def test_response_inside_the_prompt_is_labelled_at_its_last_occurrence(scorer):
+    row = {"instruction": "Repeat after me: Please repeat this.", "input": "", "output": "Please repeat this."}
+    out = score(scorer, [row])
+    enc = scorer.tokenizer
+    from srt_hf.templates import format_prompt
+
+    prompt = format_prompt("vicuna", row["instruction"], "")
+    ids = tuple(enc(prompt + row["output"])["input_ids"])
+    expected = span_losses(scorer.model, [Span(ids, len(enc(prompt)["input_ids"]))])[0]
+    assert out["loss_A_cond"][0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_unicode_emoji_and_duplicates(scorer):
+    rows = [
+        {"instruction": "计算 12 乘以 8。", "input": "", "output": "12 × 8 = 96。"},
+        {"instruction": "Reply with an emoji.", "input": "", "output": "🎉🙂"},
+        GOOD,
+        GOOD,
+    ]
+    out = score(scorer, rows)
+    assert out["score_status"] == ["ok"] * 4
+    assert all(math.isfinite(v) for v in out["ifd"] + out["rifd"])
+    assert out["ifd"][2] == out["ifd"][3] and out["rifd"][2] == out["rifd"][3]
