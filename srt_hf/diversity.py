@@ -18,13 +18,15 @@ with the new centre only — never the N×N matrix.
 
 Exactness. The distance that decides every pick is the *reference distance*
 ``δ(i, j) = Σ_k (x_ik − x_jk)²`` evaluated in float64 by a plain left-to-right sum over ``k`` (after
-promoting the values to float64, which is exact). The fast path computes ``‖x‖² + ‖c‖² − 2 x·c`` with
-one float64 matrix-vector product per pick (float32 rows are converted a small chunk at a time, so the
-embeddings are never copied whole) and carries a rigorous bound on its error (the worst-case bound of
-a float64 dot product, ``γ = (d + 2)·u / (1 − (d + 2)·u)``, doubled). Only when another row could be
-as far as the farthest one within that bound — in practice, exact or near ties — are the candidates
-settled with the reference distance. The picks are therefore exactly those of a brute-force N×N
-implementation of ``δ`` with lowest-index tie breaking, while a pick costs one pass over the data.
+promoting the values to float64, which is exact). The running minimum holds float64 values of
+``‖x‖² + ‖c‖² − 2 x·c`` whose distance to δ is rigorously bounded (the worst-case error of a length-d
+dot product, ``γ = (d + 2)·u / (1 − (d + 2)·u)``, doubled). For float32 embeddings each new centre first
+goes through one float32 matrix-vector product; only the rows it might bring closer (within the
+float32 and float64 bounds) get the float64 product, so the minimum is the same as with float64
+throughout. A pick settles its candidates with δ itself whenever another row could be as far as
+the farthest one within the bound — in practice exact or near ties. The picks are therefore exactly
+those of a brute-force N×N implementation of δ with lowest-index tie breaking, while a pick costs
+about one float32 pass over the data.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ from . import __version__, models
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch, to_prompt_completion
 
-DEFAULT_CHUNK_ROWS = 256  # rows converted to float64 at a time: small enough to stay in cache
+# Rows per BLAS call. Small calls run single-threaded in OpenBLAS, which is as fast as memory allows for
+# a matrix-vector product and, unlike its threaded path, does not stall when the CPU is shared.
+DEFAULT_CHUNK_ROWS = 256  # rows converted to float64 at a time (stays in cache)
+SCREEN_ROWS = 512  # rows per float32 screening product
 _SAFETY = 2.0  # the error bounds are doubled: they then also cover the rounding of the bound arithmetic
 _MAX_BLOCK = 1 << 22  # entries of a (rows × centres) block of distances
 
@@ -138,9 +143,12 @@ class _KCenter:
         self.X = X
         self.n, self.d = X.shape
         self.chunk_rows = chunk_rows
+        self._p32 = np.empty(self.n, dtype=np.float32) if X.dtype == np.float32 else None
         self._buffer = np.empty((min(chunk_rows, max(self.n, 1)), self.d))  # float64 rows, reused
         u = 2.0**-53
         self.gamma = (self.d + 2) * u / (1 - (self.d + 2) * u)  # worst-case relative error of a float64 dot product
+        u32 = 2.0**-24
+        self.gamma32 = (self.d + 2) * u32 / (1 - (self.d + 2) * u32)  # the same for the float32 screen
         m = 3 * self.d + 10  # float64 roundings in ‖x‖², the combination and the reference sum
         self.kappa = m * u / (1 - m * u)
         self.sq = np.empty(self.n)
@@ -172,6 +180,39 @@ class _KCenter:
 
     def add(self, idx: list[int]) -> None:
         """Make ``idx`` centres: lower every row's distance to its nearest centre."""
+        if len(idx) == 1 and self.X.dtype == np.float32:
+            self._add_screened(idx[0])
+        else:
+            self._add_float64(idx)
+        self.mind[idx] = -np.inf  # a centre is never picked again
+        self._append_centres(idx)
+        self.c_norm_max = max(self.c_norm_max, float(self.norm[idx].max()))
+        self.c_sq_max = max(self.c_sq_max, float(self.sq[idx].max()))
+
+    def _add_screened(self, j: int) -> None:
+        """One new centre on float32 data: a float32 product screens out the rows it cannot bring closer.
+
+        A row is skipped only when even the lower end of its float32 distance (minus the float32 and
+        float64 error bounds) exceeds its current minimum, i.e. when the float64 distance could not
+        lower it either; the other rows get the float64 distance. The result equals the float64 update.
+        """
+        c32 = self.X[j]
+        c64 = c32.astype(np.float64)
+        cc, cn = self.sq[j], self.norm[j]
+        p = self._p32
+        for lo in range(0, self.n, SCREEN_ROWS):
+            np.matmul(self.X[lo : lo + SCREEN_ROWS], c32, out=p[lo : lo + SCREEN_ROWS])
+        low = self.sq + cc
+        low -= 2.0 * p
+        low -= _SAFETY * 2 * (self.gamma32 + self.gamma) * cn * self.norm
+        low -= _SAFETY * 2 * self.kappa * (self.sq + cc)
+        rows = np.flatnonzero(low <= self.mind)
+        for a in range(0, len(rows), self.chunk_rows):
+            part = rows[a : a + self.chunk_rows]
+            exact = self.sq[part] + cc - 2.0 * (self.X[part].astype(np.float64) @ c64)
+            self.mind[part] = np.minimum(self.mind[part], exact)
+
+    def _add_float64(self, idx: list[int]) -> None:
         C = self.X[idx].astype(np.float64)
         csq = self.sq[idx]
         rows = max(1, min(self.chunk_rows, _MAX_BLOCK // len(idx)))
@@ -182,10 +223,6 @@ class _KCenter:
             else:
                 approx = (self.sq[lo:hi, None] + csq[None, :] - 2.0 * (self._rows(lo, hi) @ C.T)).min(axis=1)
             np.minimum(self.mind[lo:hi], approx, out=self.mind[lo:hi])
-        self.mind[idx] = -np.inf  # a centre is never picked again
-        self._append_centres(idx)
-        self.c_norm_max = max(self.c_norm_max, float(self.norm[idx].max()))
-        self.c_sq_max = max(self.c_sq_max, float(csq.max()))
 
     def _append_centres(self, idx: list[int]) -> None:
         need = len(self.centres) + len(idx)

@@ -58,6 +58,20 @@ def test_kcenter_matches_brute_force(kind):
         assert kcenter_greedy(X, k, initial, chunk_rows=chunk) == brute_force_kcenter(X, k, initial)
 
 
+def test_kcenter_across_many_chunks_float32_equals_float64():
+    # N spans several screening and conversion chunks; float32 input takes the float32-screened path,
+    # float64 input the plain float64 one: both must reproduce the brute force exactly.
+    rng = np.random.default_rng(11)
+    X = rng.integers(0, 4, (1300, 5)).astype(np.float32)
+    X[700:760] = X[100:160]  # duplicates across chunks
+    initial = [3, 999]
+    expected = brute_force_kcenter(X, 60, initial)
+    assert kcenter_greedy(X, 60, initial) == expected
+    assert kcenter_greedy(X.astype(np.float64), 60, initial, chunk_rows=97) == expected
+    Y = (rng.standard_normal((1300, 7)) * 0.01 + 50).astype(np.float32)
+    assert kcenter_greedy(Y, 40, start=5) == brute_force_kcenter(Y, 40, start=5)
+
+
 def test_kcenter_ties_go_to_the_lowest_index():
     X = np.array([[0.0], [2.0], [-2.0], [2.0], [0.0]], dtype=np.float32)
     # from row 0, rows 1, 2 and 3 are all at distance 2: row 1 wins; then row 2 (4 from row 1) before row 3 (0)
