@@ -164,3 +164,30 @@ def test_cli_kcenter_with_given_embeddings_and_pool(tmp_path):
     assert sum(r["selected"] for r in rows) == 5
     assert rows[0]["selection_reason"].startswith("kept: in the initial pool")
     assert json.loads((out / "run.json").read_text())["selection"]["rule"] == "kcenter_greedy"
+
+
+def test_cli_ds_weight(tmp_path, tiny_model_dir):
+    import datasets
+
+    candidates = datasets.Dataset.from_dict({
+        "question": ["What is 2 + 3?"] * 4 + ["What is 10 - 4?"] * 4,
+        "output": ["2 + 3 = 5. The answer is 5.", "The answer is 5.", "5", "It is 6.",
+                   "10 - 4 = 6. The answer is 6.", "6", "So 6.", "I do not know."],
+    })
+    valid = datasets.Dataset.from_dict({"question": ["What is 1 + 1?"], "solution": ["1 + 1 = 2. The answer is 2."]})
+    candidates.to_json(str(tmp_path / "cand.jsonl"))
+    valid.to_json(str(tmp_path / "valid.jsonl"))
+    out = tmp_path / "ds"
+    assert run_select([str(tmp_path / "cand.jsonl"), "--ds-weight", "--valid", str(tmp_path / "valid.jsonl"),
+                       "--student", str(tiny_model_dir), "--out", str(out)]) == 0
+    rows = pq.read_table(out / "rows.parquet").to_pylist()
+    assert [r["consistent"] for r in rows] == [True, True, True, False, True, True, True, False]
+    assert not rows[3]["selected"] and rows[3]["selection_reason"].startswith("dropped: disagrees with the majority answer")
+    kept = [r for r in rows if r["selected"]]
+    assert 0 < len(kept) <= 6
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["selection"]["rule"] == "ds_weight_self_consistency" and meta["counts"]["sft"] == len(kept)
+    sft = pq.read_table(out / "sft" / "train.parquet").to_pylist()
+    assert sft[0]["prompt"][0]["content"] == kept[0]["question"] and sft[0]["completion"][0]["content"] == kept[0]["output"]
+    with pytest.raises(InputError, match="--valid"):
+        run_select([str(tmp_path / "cand.jsonl"), "--ds-weight", "--out", str(tmp_path / "x")])

@@ -1,4 +1,4 @@
-"""`srt-hf select IN --top-share 0.05 | --top-n N | --kcenter K --out OUT`: choose rows, explaining each one.
+"""`srt-hf select IN --top-share R | --top-n N | --kcenter K | --ds-weight --out OUT`: choose rows, each with its reason.
 
 Rules:
 
@@ -33,17 +33,25 @@ def add_parser(sub) -> None:
     rule.add_argument("--top-share", type=float, metavar="R", help="Keep this share (0..1) of the eligible rows, highest IFD first.")
     rule.add_argument("--top-n", type=int, metavar="N", help="Keep this many eligible rows, highest IFD first.")
     rule.add_argument("--kcenter", type=int, metavar="K", help="Add K rows by k-center greedy on the student's embeddings.")
+    rule.add_argument("--ds-weight", action="store_true", help="DS weight with self-consistency over sampled answers (needs --valid).")
     p.add_argument("--max-ifd", type=float, default=1.0, help="Only rows with ifd below this are eligible (default 1; 'inf' for none).")
     p.add_argument("--ifd-column", default="ifd", help="Column holding IFD.")
     p.add_argument("--status-column", default="score_status", help="Column holding the scoring status (used when present).")
     p.add_argument("--keep-all", action="store_true", help="File output: write every row with `selected` and `selection_reason`.")
     p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
     k = p.add_argument_group("k-center (--kcenter)")
-    k.add_argument("--student", default="default", help="Model that embeds the rows: 'default', a Hub id or a local checkpoint.")
+    k.add_argument("--student", default="default", help="Model that embeds the rows (--kcenter) or scores the answers (--ds-weight): 'default', a Hub id or a local checkpoint.")
     k.add_argument("--embedding-column", default="embedding", help="Use this column of IN as the embeddings when present.")
     k.add_argument("--pool-column", default=None, help="Boolean column marking the current pool (the first centres).")
     k.add_argument("--start", type=int, default=0, help="First pick when there is no pool (a row position).")
-    k.add_argument("--max-length", type=int, default=1024, help="Tokens of the training text embedded.")
+    k.add_argument("--max-length", type=int, default=1024, help="Tokens of the training text embedded (or scored, --ds-weight).")
+    w = p.add_argument_group("DS weight (--ds-weight; the question and answer columns: --instruction-column, --response-column)")
+    w.add_argument("--valid", default=None, help="Labelled valid set (file, folder or Hub id) for the mean valid loss.")
+    w.add_argument("--valid-question-column", default="question", help="Question column of the valid set.")
+    w.add_argument("--valid-answer-column", default="solution", help="Reference answer column of the valid set.")
+    w.add_argument("--group-column", default=None, help="Column naming each answer's question (default: the question text).")
+    w.add_argument("--quantile", type=float, default=0.79, help="Keep consistent answers with d at or below this quantile.")
+    w.add_argument("--ds-template", default="Question: {question}\nAnswer: {answer}", help="Loss template with {question} and {answer}, or 'chat'.")
     add_dataclass_arguments(p, ColumnMapping)
     p.set_defaults(run=run)
 
@@ -60,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write {out}: a run folder has no suffix, a file ends with .parquet or .jsonl", fix="change --out")
     mapping = dataclass_from_args(ColumnMapping, args)
     ds = load_input(args.input, args.split)
-    if args.kcenter is not None:
+    if args.ds_weight:
+        table, meta, drop, mapping = _ds_weight(ds, args, mapping)
+    elif args.kcenter is not None:
         table, meta, drop = _kcenter(ds, args, mapping)
     else:
         table, meta, drop = _top_ifd(ds, args)
@@ -168,6 +178,37 @@ def _kcenter(ds, args, mapping):
     table = with_decisions(ds, selected, reasons, {"selection_order": ranks, "kcenter_sq_distance": sq})
     drop = [column, f"{column}_status"] if computed else []
     return table, meta, drop
+
+
+def _ds_weight(ds, args, mapping):
+    from .. import models
+    from ..dataio import load_input
+    from ..dsweight import DSWeightConfig, ds_weight_filter
+    from ..errors import InputError
+    from ..formats import ColumnMapping
+
+    if not args.valid:
+        raise InputError("--ds-weight needs a labelled valid set", fix="pass --valid FILE (question + reference answer columns)")
+    question = mapping.instruction_column or "question"
+    response = mapping.response_column or next((c for c in ("response", "output", "completion") if c in ds.column_names), "response")
+    config = DSWeightConfig(model=args.student, template=args.ds_template, quantile=args.quantile, max_length=args.max_length)
+    valid = load_input(args.valid, args.split)
+    table, decisions = ds_weight_filter(
+        ds, valid, config, question_column=question, response_column=response, group_column=args.group_column,
+        valid_question_column=args.valid_question_column, valid_answer_column=args.valid_answer_column,
+    )
+    meta = {
+        "selection": {"rule": "ds_weight_self_consistency", "quantile": args.quantile, "threshold": decisions.threshold,
+                      "mean_valid_loss": decisions.mean_valid_loss, "ds_template": args.ds_template,
+                      "valid_set": str(args.valid), "valid_rows": len(valid)},
+        "student": {"model": models.display_name(args.student)},
+        "methods": ["ds_weight"],
+        "columns": {"answer": "final number extracted from the answer", "majority_answer": "self-consistency majority of the question's answers",
+                    "votes": "answers giving the majority", "answered": "answers of the question with a final number",
+                    "consistent": "answer equals the majority", "loss": "base-model mean token loss of the answer given the question",
+                    "w": "clip(mean_valid_loss / loss, 0, 2)", "d": "w if w > 1 else min(1 / w, 5)"},
+    }
+    return table, meta, [], ColumnMapping(instruction_column=question, response_column=response)
 
 
 def _carry_run_meta(path: Path, meta: dict) -> None:
