@@ -150,13 +150,25 @@ def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: st
 
     Tolerant of case, spacing, markdown bold/headings around the markers and a missing final
     ``[End]``. For each section, the last occurrence closed by ``[End]`` wins, else the last one.
-    ``skeleton`` (the prompt template rendered with empty fields) lets a reply that repeats the
-    prompt count as a failure.
+    ``skeleton`` (the prompt template rendered with empty fields) catches a reply that repeats the
+    prompt: it fails when it echoes the template and its sections are missing or were copied from it.
+    A reply that merely reuses the template's questions as headings, with sections of its own, passes.
     """
     if reply is None or not reply.strip():
         return ParsedReflection({}, "parse_failed: empty reply")
+    parsed = _parse_sections(reply, sections)
     if skeleton is not None and echoes(reply, skeleton):
-        return ParsedReflection({}, "parse_failed: reply echoes the prompt")
+        template_text = _normalise(skeleton)
+        if not parsed.ok or all(_contains_phrase(template_text, _normalise(v)) for v in parsed.sections.values()):
+            return ParsedReflection({}, "parse_failed: reply echoes the prompt")
+    return parsed
+
+
+def _contains_phrase(text: str, phrase: str) -> bool:
+    return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+
+
+def _parse_sections(reply: str, sections: Sequence[str]) -> ParsedReflection:
     found: dict[str, str] = {}
     for name in sections:
         candidates = _candidates(reply, name)
@@ -211,6 +223,15 @@ def _compile(text: str, setting: str):
         raise ConfigError(f"`{setting}` is not a valid Jinja template: {err} (line {err.lineno}).") from None
 
 
+def _skeleton(template, setting: str) -> str:
+    import jinja2
+
+    try:
+        return template.render(instruction="", input="", response="")
+    except jinja2.TemplateError as err:
+        raise ConfigError(f"`{setting}` cannot be rendered: {err}; it may use instruction, input and response only.") from None
+
+
 # -- transforms ------------------------------------------------------------------------------------
 @dataclass
 class ReflectionConfig(ColumnMapping):
@@ -248,6 +269,7 @@ class _Reflection:
         self.config = config or ReflectionConfig(**kwargs)
         self.templates = self._resolve_templates()
         self._compiled = None
+        self._templates()  # a broken template fails here, not in the middle of a map
         self.counts: collections.Counter[str] = collections.Counter()
 
     def _resolve_templates(self) -> tuple[str, str]:
@@ -311,11 +333,11 @@ class _Reflection:
         return [{"role": "user", "content": template.render(instruction=ex.instruction, input=ex.input, response=ex.response).strip()}]
 
     def _templates(self):
+        """(template, template with input, and each rendered with empty fields: the skeletons for echo checks)."""
         if self._compiled is None:
             plain = _compile(self.templates[0], "template")
             with_input = _compile(self.templates[1], "template_with_input")
-            self._compiled = (plain, with_input, plain.render(instruction="", input="", response=""),
-                              with_input.render(instruction="", input="", response=""))
+            self._compiled = (plain, with_input, _skeleton(plain, "template"), _skeleton(with_input, "template_with_input"))
         return self._compiled
 
     def _retry_overrides(self) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class GenerationConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ConfigError(f"Invalid teacher setting `{name}` = {getattr(self, name)!r}; see its help text (CLI: --{name.replace('_', '-')}).")
+                raise ConfigError(f"Invalid teacher setting `{name}` = {getattr(self, name)!r}: {GenerationConfig.__dataclass_fields__[name].metadata['help']}")
 
     def generation_settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in GENERATION_KEYS}
@@ -271,7 +271,14 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def classify(err: BaseException, config: GenerationConfig) -> _Fault:
-    """Whether an error is worth a retry, and why it happened (for the status)."""
+    """Whether an error is worth a retry, and why it happened (for the status).
+
+    What ``AsyncInferenceClient.chat_completion`` raises in huggingface_hub 2.x (checked against the fault
+    server): ``HfHubHTTPError`` with ``.response`` for an HTTP error status; ``httpx2.ConnectError`` when
+    the server refuses, ``httpx2.RemoteProtocolError``/``ReadError`` when it drops the connection;
+    ``json.JSONDecodeError`` for a body that is not JSON; ``InferenceTimeoutError`` (a ``TimeoutError``)
+    for a client timeout, which we leave unset: our ``asyncio.wait_for`` raises ``TimeoutError``.
+    """
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -392,7 +399,7 @@ class EndpointTeacher(Teacher):
         urls = [u.rstrip("/") for u in urls if u]
         bad = [u for u in urls if not u.startswith(("http://", "https://"))]
         if not urls or bad:
-            raise ConfigError(f"EndpointTeacher needs http(s) base URLs (got {bad or base_urls!r}); set `teacher_url` to e.g. http://127.0.0.1:8000/v1.")
+            raise ConfigError(f"EndpointTeacher needs http(s) base URLs (got {bad or base_urls!r}); set `base_urls` to e.g. http://127.0.0.1:8000/v1.")
         self.base_urls = urls
         self.model = model
         if token is not None:
@@ -703,7 +710,7 @@ def load_teacher(
     if isinstance(teacher, str) and teacher.strip().startswith(("http://", "https://")):
         return EndpointTeacher(teacher, model=model, config=config, cache_path=cache_path, **kwargs)
     if model is not None:
-        raise ConfigError("`teacher_model` only applies to endpoint teachers (URLs); for a local teacher pass the model as `teacher`.")
+        raise ConfigError("`model` (the served model name) only applies to endpoint teachers (URLs); for a local teacher pass the model itself as `teacher`.")
     return LocalTeacher(teacher, config=config, cache_path=cache_path, **kwargs)
 
 

@@ -130,7 +130,7 @@ class FaultServer:
         self._lock = threading.Lock()
         self.requests = 0
         self.per_prompt: collections.Counter[str] = collections.Counter()
-        self.log: list[dict[str, Any]] = []  # one entry per chat request: time, fault, body, authorization
+        self.log: list[dict[str, Any]] = []  # one entry per chat request: time, wall, fault, body, authorization
         self.in_flight = self.max_in_flight = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self._httpd.daemon_threads = True
@@ -193,7 +193,7 @@ class FaultServer:
             delay = max(0.0, self.latency + self._rng.uniform(-self.jitter, self.jitter))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            self.log.append({"time": time.monotonic(), "fault": fault, "body": body, "authorization": authorization})
+            self.log.append({"time": time.monotonic(), "wall": time.time(), "fault": fault, "body": body, "authorization": authorization})
         return fault, delay
 
     def _leave(self) -> None:

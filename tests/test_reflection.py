@@ -93,6 +93,31 @@ def test_an_echoed_prompt_is_a_failure():
     assert parse_instruction_reflection(good, skeleton=skeleton).ok
 
 
+def test_reusing_the_template_questions_is_not_an_echo():
+    transform = InstructionReflection(EndpointTeacher("http://127.0.0.1:1", model="m"))
+    skeleton = transform._templates()[2]
+    questions = [line for line in skeleton.splitlines() if line.startswith("- ")]
+    reply = "\n".join(f"{q}\nYes, mostly.\n" for q in questions)
+    reply += "\n[New Instruction]\nName three primary colours.\n[End]\n[New Answer]\nRed, yellow, blue.\n[End]"
+    parsed = parse_instruction_reflection(reply, skeleton=skeleton)
+    assert parsed.ok and parsed.sections["New Answer"] == "Red, yellow, blue."
+    # the same reply with sections copied from the prompt is an echo
+    copied = "\n".join(questions) + "\n[New Instruction] Step 1. [End] [New Answer] Review the answer. [End]"
+    assert parse_instruction_reflection(copied, skeleton=skeleton).status == "parse_failed: reply echoes the prompt"
+
+
+def test_an_echoed_custom_prompt_is_a_failure():
+    template = ("Read the task below and think about how clear and specific it is for a student.\n"
+                "Then think carefully about whether the answer is helpful, relevant and accurate.\n"
+                "Write the improved task between [New Instruction] and [End], and its answer between [New Answer] and [End].\n"
+                "Task: {{ instruction }}\nAnswer: {{ response }}")
+    transform = InstructionReflection(EndpointTeacher("http://127.0.0.1:1", model="m"), template=template)
+    prompt = transform.render(_example("Name a colour.", "", "Blue."))[0]["content"]
+    assert parse_instruction_reflection(prompt).ok  # the bare parser is fooled: "and" sits between the markers ...
+    skeleton = transform._templates()[2]
+    assert parse_instruction_reflection(prompt, skeleton=skeleton).status == "parse_failed: reply echoes the prompt"  # ... not with the skeleton
+
+
 def _example(instruction, input, response):
     from srt_hf.formats import Example
 
@@ -131,7 +156,9 @@ def test_custom_templates(tmp_path):
     with pytest.raises(ConfigError, match="`template`"):
         ResponseReflection(teacher, template="missing-file.jinja")
     with pytest.raises(ConfigError, match="not a valid Jinja"):
-        ResponseReflection(teacher, template="{{ broken").render(_example("Q", "", "A"))
+        ResponseReflection(teacher, template="{{ broken")
+    with pytest.raises(ConfigError, match="`template_with_input` cannot be rendered"):
+        ResponseReflection(teacher, template_with_input="{{ instruction }} {{ reference }}")
 
 
 # -- transforms on datasets ------------------------------------------------------------------------
