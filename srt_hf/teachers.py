@@ -270,6 +270,15 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _http_module():
+    """The HTTP library under huggingface_hub: ``httpx2`` from huggingface_hub 2.x, ``httpx`` before."""
+    try:
+        import httpx2 as http
+    except ImportError:  # huggingface_hub 1.x
+        import httpx as http
+    return http
+
+
 def classify(err: BaseException, config: GenerationConfig) -> _Fault:
     """Whether an error is worth a retry, and why it happened (for the status).
 
@@ -279,8 +288,9 @@ def classify(err: BaseException, config: GenerationConfig) -> _Fault:
     ``json.JSONDecodeError`` for a body that is not JSON; ``InferenceTimeoutError`` (a ``TimeoutError``)
     for a client timeout, which we leave unset: our ``asyncio.wait_for`` raises ``TimeoutError``.
     """
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError
+
+    http = _http_module()
 
     if isinstance(err, HfHubHTTPError) and getattr(err, "response", None) is not None:
         code = err.response.status_code
@@ -293,11 +303,11 @@ def classify(err: BaseException, config: GenerationConfig) -> _Fault:
         retryable = code in _RETRYABLE_STATUS or code >= 500
         return _Fault(f"HTTP {code}" + (f" ({first_line[:160]})" if not retryable and first_line else ""), retryable,
                       retry_after=parse_retry_after(err.response.headers.get("retry-after")) if retryable else None)
-    if isinstance(err, (TimeoutError, asyncio.TimeoutError, httpx2.TimeoutException)):
+    if isinstance(err, (TimeoutError, asyncio.TimeoutError, http.TimeoutException)):
         return _Fault(f"timeout after {config.timeout:g}s", True)
-    if isinstance(err, httpx2.ConnectError):
+    if isinstance(err, http.ConnectError):
         return _Fault("connection failed", True, url_down=True)
-    if isinstance(err, httpx2.TransportError):
+    if isinstance(err, http.TransportError):
         return _Fault(f"connection error ({type(err).__name__})", True)
     if isinstance(err, (json.JSONDecodeError, _MalformedReply)):
         return _Fault("malformed reply", True)
@@ -464,9 +474,7 @@ class _EndpointSession(TeacherSession):
                 # huggingface_hub's HTTP session refuses every request under HF_HUB_OFFLINE=1, a server of
                 # your own included. Offline mode is about the Hub, so srt_hf lets the client talk to
                 # non-Hub hosts through a plain session (Hub hosts are refused in __aenter__).
-                import httpx2
-
-                session = httpx2.AsyncClient(follow_redirects=True, timeout=None, event_hooks={"response": [_read_error_body]})
+                session = _http_module().AsyncClient(follow_redirects=True, timeout=None, event_hooks={"response": [_read_error_body]})
                 client._async_client = await client.exit_stack.enter_async_context(session)
         return client
 

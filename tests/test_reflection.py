@@ -363,3 +363,12 @@ def test_local_teacher_reflection(tiny_model_dir):
     assert len(out) == 3
     assert all(status_kind(s) in {"ok", "parse_failed", "placeholder"} for s in out["instruction_reflection_status"])
     assert teacher.stats.requests_sent == 6  # a random model never parses: one retry each
+
+
+def test_config_object_or_keywords():
+    teacher = EndpointTeacher("http://127.0.0.1:1", model="m")
+    assert InstructionReflection(teacher, ReflectionConfig(output_prefix="a_")).output_columns()[0] == "a_instruction_reflected"
+    with pytest.raises(ConfigError, match="not both"):
+        InstructionReflection(teacher, ReflectionConfig(), output_prefix="x_")
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        InstructionReflection("http://127.0.0.1:1")
