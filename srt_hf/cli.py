@@ -15,6 +15,9 @@ from .errors import SrtHfError
 # name -> module; each module defines add_parser(subparsers) and run(args) -> int.
 COMMANDS = {
     "score": "srt_hf.commands.score",
+    "recycle": "srt_hf.commands.recycle",
+    "select": "srt_hf.commands.select",
+    "push": "srt_hf.commands.push",
 }
 
 

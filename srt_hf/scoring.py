@@ -12,6 +12,7 @@ caches on is the srt_hf version plus the configuration digest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -123,9 +124,7 @@ class IFDScorer:
         if os.getpid() != _IMPORT_PID and device == "cpu":
             # OpenMP's thread pool does not survive fork(): a forked worker that uses it hangs.
             torch.set_num_threads(1)
-        kwargs = {"revision": self.config.revision} if self.config.revision else {}
-        self._tokenizer = models.load_tokenizer(self.config.student, **kwargs)
-        self._model = models.load_causal_lm(self.config.student, device=device, dtype=self.config.dtype, **kwargs)
+        self._tokenizer, self._model = _load_student(self.config.student, self.config.revision, self.config.dtype, device)
         self._device = device
 
     @property
@@ -249,6 +248,13 @@ def _ratio_fn(kind: str):
         return math.exp(cond - direct) if math.isfinite(cond) and math.isfinite(direct) else math.nan
 
     return loss_ratio if kind == "loss" else perplexity_ratio
+
+
+@functools.lru_cache(maxsize=2)
+def _load_student(student: str | None, revision: str | None, dtype: str, device: str):
+    """(tokenizer, model), shared by the scorers of one process that use the same student."""
+    kwargs = {"revision": revision} if revision else {}
+    return models.load_tokenizer(student, **kwargs), models.load_causal_lm(student, device=device, dtype=dtype, **kwargs)
 
 
 def _rebuild_scorer(version: str, config: dict) -> IFDScorer:

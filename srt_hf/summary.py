@@ -58,3 +58,41 @@ def score_summary(statuses: Sequence[str], ifd: Sequence[float | None], rifd: Se
     if reasons:
         parts.append("\n" + table(["not ok", "rows"], reasons.most_common()))
     return "\n".join(parts)
+
+
+def recycle_summary(meta: dict) -> str:
+    """The end-of-run table of `srt-hf recycle`: what each stage changed and what was kept."""
+    counts, requests = meta["counts"], meta.get("teacher_requests", {})
+    kinds = meta.get("status_kinds", {})
+    failures = {
+        stage: sum(n for kind, n in tally.items() if kind != "ok") for stage, tally in kinds.items()
+    }
+    rows = [
+        ["rows in", counts["input"]],
+        ["instructions replaced", counts["instructions replaced"]],
+        ["responses replaced", counts["responses replaced"]],
+        ["instruction reflections failed", failures.get("instruction_reflection", 0)],
+        ["response reflections failed", failures.get("response_reflection", 0)],
+        ["teacher requests sent", requests.get("requests_sent", 0)],
+        ["teacher requests retried", requests.get("retried", 0)],
+        ["teacher replies from cache", requests.get("cache_hits", 0)],
+        ["rows kept", counts["selected"]],
+    ]
+    stats = meta["stats"]
+    medians = [
+        [name, stats[name]["before"]["median"], stats[name]["after"]["median"], stats[name]["before"]["n"], stats[name]["after"]["n"]]
+        for name in ("ifd", "rifd")
+    ]
+    medians = [[r[0], *(float("nan") if v is None else v for v in r[1:3]), r[3], r[4]] for r in medians]
+    reasons = meta.get("reasons", {})
+    parts = [
+        table(["stage", "rows"], rows),
+        "",
+        table(["score", "median before", "median after", "n before", "n after"], medians),
+    ]
+    if reasons:
+        parts += ["", table(["selection", "rows"], list(reasons.items()))]
+    bad = {f"{stage}: {kind}": n for stage, tally in kinds.items() for kind, n in tally.items() if kind != "ok"}
+    if bad:
+        parts += ["", table(["reflection status", "rows"], list(bad.items()))]
+    return "\n".join(parts)

@@ -1,0 +1,407 @@
+"""Selective Reflection-Tuning, stages 1–5 of DESIGN.md §3, resumable in a run folder.
+
+    result = recycle(ds, teacher=EndpointTeacher(url, model=...), student="default", out="runs/alpaca-srt")
+
+0. every row is read into the canonical view (``original_instruction`` / ``original_input`` /
+   ``original_response``) and scored by the student (``original_ifd``, ``original_rifd``);
+1. the teacher reflects on the instruction and writes a new pair (``instruction_reflected``,
+   ``input_reflected``, ``response_reflected``, ``instruction_reflection_status``);
+2. the student scores the new pair (``reflected_pair_ifd``…) and keeps it iff its IFD is higher
+   (``instruction_choice`` + ``instruction_choice_reason``): the kept pair is ``chosen_instruction``,
+   ``chosen_input``, ``chosen_response``;
+3. the teacher writes a better answer to the kept instruction (``better_response``,
+   ``response_reflection_status``);
+4. the student scores it (``better_response_ifd``…) and keeps it iff its reverse IFD is lower
+   (``response_choice`` + ``response_choice_reason``): the result is ``final_instruction``,
+   ``final_input``, ``final_response`` with ``final_ifd`` / ``final_rifd``;
+5. rows with ``final_ifd < 1`` and ``final_rifd < 1`` are selected (optionally only the top share by
+   IFD): ``selected`` + ``selection_reason``.
+
+Each stage runs in chunks written to ``RUN/work/<stage>/``, and teacher replies go to the SQLite cache
+``RUN/cache.sqlite`` the moment they arrive: a run killed at any point and started again repeats no
+finished request and loses no row. Every input row comes out, with the choice made at each stage and why.
+A comparison needs both scores: a side the student could not score never wins over one it could.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__, models
+from .chunks import map_in_chunks
+from .errors import ConfigError
+from .formats import ColumnMapping, RowProblem, detect_format, read_batch
+from .reflection import InstructionReflection, ReflectionConfig, ResponseReflection, status_kind
+from .runs import RunPaths
+from .scoring import IFDScorer, ScoringConfig
+from .teachers import GenerationConfig, Teacher, load_teacher
+
+ORIGINAL = ("original_instruction", "original_input", "original_response")
+REFLECTED_PAIR = ("instruction_reflected", "input_reflected", "response_reflected")
+CHOSEN = ("chosen_instruction", "chosen_input", "chosen_response")
+FINAL = ("final_instruction", "final_input", "final_response")
+
+COLUMN_DOCS = {
+    "row_id": "position of the row in the input dataset",
+    "read_status": "ok, or invalid: <why the row could not be read>",
+    "original_instruction": "the instruction as read from the input (multi-turn context flattened)",
+    "original_input": "the optional input as read from the input",
+    "original_response": "the response as read from the input",
+    "original_ifd": "student IFD of the original pair",
+    "original_rifd": "student reverse IFD of the original pair",
+    "instruction_reflected": "the teacher's new instruction (the original when the reflection failed)",
+    "input_reflected": "input of the new instruction (empty: the new instruction is self-contained)",
+    "response_reflected": "the teacher's answer to its new instruction",
+    "instruction_reflection_status": "ok | parse_failed: … | placeholder: … | request_failed: … | empty_input: … | invalid: …",
+    "reflected_pair_ifd": "student IFD of the teacher's new pair",
+    "reflected_pair_rifd": "student reverse IFD of the teacher's new pair",
+    "instruction_choice": "original | reflected: which pair stage 2 kept",
+    "instruction_choice_reason": "why (the IFD comparison, or why there was none)",
+    "chosen_instruction": "instruction kept by stage 2",
+    "chosen_input": "input kept by stage 2",
+    "chosen_response": "response that came with the kept instruction",
+    "better_response": "the teacher's better answer to the kept instruction (the kept one when the reflection failed)",
+    "response_reflection_status": "status of the response reflection (as for instruction_reflection_status)",
+    "better_response_ifd": "student IFD of (kept instruction, better answer)",
+    "better_response_rifd": "student reverse IFD of (kept instruction, better answer)",
+    "response_choice": "original | reflected: which response stage 4 kept",
+    "response_choice_reason": "why (the reverse-IFD comparison, or why there was none)",
+    "final_instruction": "the instruction after both stages",
+    "final_input": "the input after both stages",
+    "final_response": "the response after both stages",
+    "final_ifd": "student IFD of the final pair",
+    "final_rifd": "student reverse IFD of the final pair",
+    "selected": "whether the final filter kept the row (final_ifd < 1 and final_rifd < 1, then the top share)",
+    "selection_reason": "why the row was kept or dropped",
+}
+
+
+@dataclass
+class RecycleConfig(ColumnMapping):
+    """Settings of the selective recycling pipeline (the teacher's own settings live in GenerationConfig)."""
+
+    student: str | None = field(default="default", metadata={"help": "Student model: 'default' (embedded SmolLM2-135M-Instruct), a Hub id, a local directory or a .gguf file."})
+    preset: str = field(default="reflection", metadata={"help": "Scoring preset of the student (reflection reproduces the paper)."})
+    template: str | None = field(default=None, metadata={"help": "Prompt template of the preset (reflection: vicuna or alpaca)."})
+    max_length: int | None = field(default=None, metadata={"help": "Token budget of the student's scoring. Default: the preset's."})
+    dtype: str = field(default="float32", metadata={"help": "Student dtype."})
+    device: str | None = field(default=None, metadata={"help": "Student device. Default: cuda when available, else cpu."})
+    top_share: float | None = field(default=None, metadata={"help": "After the ifd<1 and rifd<1 filter, keep only this share with the highest IFD (0-1)."})
+    chunk_rows: int = field(default=64, metadata={"help": "Rows per resumable chunk of each stage."})
+    instruction_template: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt (Jinja text or .jinja file), rows without input."})
+    instruction_template_with_input: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt for rows with input."})
+    response_template: str | None = field(default=None, metadata={"help": "Response-reflection prompt (Jinja text or .jinja file), rows without input."})
+    response_template_with_input: str | None = field(default=None, metadata={"help": "Response-reflection prompt for rows with input."})
+    retry_parse_failures: bool = field(default=True, metadata={"help": "Ask the teacher once more when a reply cannot be parsed."})
+
+    def __post_init__(self) -> None:
+        if self.top_share is not None and not 0 <= self.top_share <= 1:
+            raise ConfigError(f"`top_share` = {self.top_share} must be between 0 and 1 (CLI: --top-share).")
+
+
+@dataclass
+class RecycleResult:
+    """What ``recycle`` produced: the run folder, every row, the selected rows, the SFT data, the metadata."""
+
+    run_dir: Path
+    rows: Any
+    selected: Any
+    sft: Any
+    meta: dict[str, Any]
+
+
+def recycle(
+    ds,
+    teacher: Teacher | str | None = "default",
+    student: str | None = None,
+    out: str | Path | None = None,
+    *,
+    config: RecycleConfig | None = None,
+    generation: GenerationConfig | None = None,
+    teacher_model: str | None = None,
+    source: str | None = None,
+    progress: bool = True,
+) -> RecycleResult:
+    """Run stages 1–5 on ``ds`` and write the run folder ``out`` (rerun the same call to resume).
+
+    ``teacher``: a Teacher, or a name for :func:`srt_hf.teachers.load_teacher` (URLs, 'default', a model).
+    ``student`` overrides ``config.student``. Without ``out`` the folder is ``runs/recycle-<digest>``.
+    """
+    config = copy.deepcopy(config) if config is not None else RecycleConfig()
+    if student is not None:
+        config.student = student
+    if not isinstance(teacher, Teacher):
+        teacher = load_teacher(teacher, model=teacher_model, config=generation)
+    run_dir = Path(out) if out is not None else Path("runs") / f"recycle-{_digest(config, teacher, ds._fingerprint)[:10]}"
+    paths = RunPaths(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    teacher = _with_cache(teacher, paths.cache)
+    stages = _Stages(config, teacher)
+    key = f"{__version__}:{ds._fingerprint}:{_digest(config, teacher, '')}"
+
+    current = ds.map(stages.canonical, batched=True, desc="0/5 read rows", with_indices=True)
+    for name, fn, label in stages.plan():
+        key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
+        parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label)
+        current = _from_parts(parts, paths.work / "datasets")
+    rows = current
+    return _finish(rows, run_dir, config, teacher, stages, source)
+
+
+class _Stages:
+    """The map functions of the stages, sharing one student scorer and one teacher."""
+
+    def __init__(self, config: RecycleConfig, teacher: Teacher):
+        self.config, self.teacher = config, teacher
+        self.fmt = None
+        score = dict(student=config.student, preset=config.preset, template=config.template, max_length=config.max_length,
+                     dtype=config.dtype, device=config.device, rifd=True)
+        self.scorers = {
+            prefix: IFDScorer(ScoringConfig(**score, output_prefix=prefix, **_mapping(cols)))
+            for prefix, cols in (("original_", ORIGINAL), ("reflected_pair_", REFLECTED_PAIR), ("better_", (*CHOSEN[:2], "better_response")))
+        }
+        self.instruction = InstructionReflection(teacher, ReflectionConfig(
+            **_mapping(ORIGINAL), template=config.instruction_template,
+            template_with_input=config.instruction_template_with_input, retry_parse_failures=config.retry_parse_failures))
+        self.response = ResponseReflection(teacher, ReflectionConfig(
+            **_mapping(CHOSEN), template=config.response_template,
+            template_with_input=config.response_template_with_input, retry_parse_failures=config.retry_parse_failures))
+
+    def plan(self) -> list[tuple[str, Callable, str]]:
+        return [
+            ("1-score-original", self.score_original, "1/5 student scores the originals"),
+            ("2-reflect-instruction", self.reflect_instruction, "2/5 teacher reflects on instructions"),
+            ("3-choose-instruction", self.choose_instruction, "3/5 student chooses instructions"),
+            ("4-reflect-response", self.reflect_response, "4/5 teacher reflects on responses"),
+            ("5-choose-response", self.choose_response, "5/5 student chooses responses"),
+        ]
+
+    # stage 0
+    def canonical(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        if self.fmt is None:
+            self.fmt = detect_format(list(batch), self.config)
+        out: dict[str, list] = {"row_id": list(indices), "read_status": [], **{c: [] for c in ORIGINAL}}
+        for ex in read_batch(batch, self.fmt):
+            bad = isinstance(ex, RowProblem)
+            out["read_status"].append(f"invalid: {ex}" if bad else "ok")
+            for col, value in zip(ORIGINAL, ("", "", "") if bad else (ex.instruction, ex.input, ex.response)):
+                out[col].append(value)
+        return out
+
+    # stages 1-4
+    def score_original(self, batch: dict[str, list]) -> dict[str, Any]:
+        out = self.scorers["original_"](batch)
+        _carry_read_problems(batch, out, "original_score_status")
+        return out
+
+    def reflect_instruction(self, batch: dict[str, list]) -> dict[str, Any]:
+        return self.instruction(batch)
+
+    def choose_instruction(self, batch: dict[str, list]) -> dict[str, Any]:
+        ok = [status_kind(s) == "ok" for s in batch["instruction_reflection_status"]]
+        scores = _score_where(self.scorers["reflected_pair_"], batch, ok, "reflection did not succeed")
+        out: dict[str, Any] = {**scores, "instruction_choice": [], "instruction_choice_reason": [], **{c: [] for c in CHOSEN}}
+        for i in range(len(ok)):
+            new, old = scores["reflected_pair_ifd"][i], batch["original_ifd"][i]
+            if not ok[i]:
+                choice, reason = "original", f"instruction reflection {batch['instruction_reflection_status'][i]}"
+            else:
+                choice, reason = _compare(new, old, "IFD", higher_wins=True)
+            source = REFLECTED_PAIR if choice == "reflected" else ORIGINAL
+            out["instruction_choice"].append(choice)
+            out["instruction_choice_reason"].append(reason)
+            for col, src in zip(CHOSEN, source):
+                out[col].append(batch[src][i])
+        return out
+
+    def reflect_response(self, batch: dict[str, list]) -> dict[str, Any]:
+        out = self.response(batch)
+        return {"better_response": out["response_reflected"], "response_reflection_status": out["response_reflection_status"]}
+
+    def choose_response(self, batch: dict[str, list]) -> dict[str, Any]:
+        ok = [status_kind(s) == "ok" for s in batch["response_reflection_status"]]
+        scores = _score_where(self.scorers["better_"], batch, ok, "reflection did not succeed")
+        renamed = {k.replace("better_", "better_response_", 1): v for k, v in scores.items()}
+        out: dict[str, Any] = {**renamed, "response_choice": [], "response_choice_reason": [], **{c: [] for c in FINAL},
+                               "final_ifd": [], "final_rifd": [], "final_score_status": []}
+        for i in range(len(ok)):
+            reflected_first = batch["instruction_choice"][i] == "reflected"
+            kept = "reflected_pair_" if reflected_first else "original_"
+            old_ifd, old_rifd, old_status = batch[f"{kept}ifd"][i], batch[f"{kept}rifd"][i], batch[f"{kept}score_status"][i]
+            if not ok[i]:
+                choice, reason = "original", f"response reflection {batch['response_reflection_status'][i]}"
+            else:
+                choice, reason = _compare(renamed["better_response_rifd"][i], old_rifd, "r-IFD", higher_wins=False)
+            out["response_choice"].append(choice)
+            out["response_choice_reason"].append(reason)
+            out["final_instruction"].append(batch["chosen_instruction"][i])
+            out["final_input"].append(batch["chosen_input"][i])
+            if choice == "reflected":
+                out["final_response"].append(batch["better_response"][i])
+                out["final_ifd"].append(renamed["better_response_ifd"][i])
+                out["final_rifd"].append(renamed["better_response_rifd"][i])
+                out["final_score_status"].append(renamed["better_response_score_status"][i])
+            else:
+                out["final_response"].append(batch["chosen_response"][i])
+                out["final_ifd"].append(old_ifd)
+                out["final_rifd"].append(old_rifd)
+                out["final_score_status"].append(old_status)
+        out["final_ifd"] = np.asarray(out["final_ifd"], dtype=np.float64)
+        out["final_rifd"] = np.asarray(out["final_rifd"], dtype=np.float64)
+        return out
+
+
+def _mapping(cols: tuple[str, str, str]) -> dict[str, str]:
+    return {"instruction_column": cols[0], "input_column": cols[1], "response_column": cols[2]}
+
+
+def _carry_read_problems(batch: dict[str, list], out: dict[str, Any], status_column: str) -> None:
+    """A row that could not be read keeps its real reason, not 'empty instruction'."""
+    for i, status in enumerate(batch["read_status"]):
+        if status != "ok":
+            out[status_column][i] = status
+
+
+def _score_where(scorer: IFDScorer, batch: dict[str, list], mask: list[bool], why_not: str) -> dict[str, Any]:
+    """Score only the rows in ``mask``; the others get NaN and ``skipped: <why_not>``."""
+    columns = scorer.config.output_columns()
+    out: dict[str, Any] = {c: (["skipped: " + why_not] * len(mask) if c.endswith("score_status") else np.full(len(mask), np.nan)) for c in columns}
+    idx = [i for i, m in enumerate(mask) if m]
+    if idx:
+        scored = scorer({k: [v[i] for i in idx] for k, v in batch.items()})
+        for c in columns:
+            for j, i in enumerate(idx):
+                out[c][i] = scored[c][j]
+    return out
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _compare(new: float | None, old: float | None, name: str, *, higher_wins: bool) -> tuple[str, str]:
+    """The student's decision between the original and the reflected version, with its reason."""
+    if not _finite(new):
+        return "original", f"the reflected version could not be scored ({name} missing)"
+    if not _finite(old):
+        return "reflected", f"the original could not be scored; the reflected {name} is {new:.4f}"
+    wins = new > old if higher_wins else new < old
+    sign = (">" if wins else "<=") if higher_wins else ("<" if wins else ">=")
+    return ("reflected" if wins else "original"), f"reflected {name} {new:.4f} {sign} original {old:.4f}"
+
+
+def _with_cache(teacher: Teacher, path: Path) -> Teacher:
+    """The teacher with the run folder's response cache, unless it already has one of its own."""
+    if teacher.cache_path:
+        return teacher
+    from .teacher_cache import ResponseCache
+
+    teacher = copy.copy(teacher)
+    teacher.cache_path, teacher.cache = str(path), ResponseCache(path)
+    return teacher
+
+
+def _digest(config: RecycleConfig, teacher: Teacher, extra: str) -> str:
+    payload = json.dumps({"config": asdict(config), "teacher": teacher.identity(), "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _from_parts(parts: list[Path], cache_dir: Path):
+    from datasets import Dataset
+
+    return Dataset.from_parquet([str(p) for p in parts], cache_dir=str(cache_dir))
+
+
+def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages: _Stages, source: str | None) -> RecycleResult:
+    from .selection import quantiles, with_decisions, write_selection_run
+
+    selected, reasons, rule = final_filter(list(rows["final_ifd"]), list(rows["final_rifd"]), list(rows["final_score_status"]), config.top_share)
+    table = with_decisions(rows, selected, reasons)
+    inst = [status_kind(s) for s in rows["instruction_reflection_status"]]
+    resp = [status_kind(s) for s in rows["response_reflection_status"]]
+    counts = {
+        "input": len(rows),
+        "read ok": sum(s == "ok" for s in rows["read_status"]),
+        "instruction reflections ok": inst.count("ok"),
+        "instructions replaced": sum(c == "reflected" for c in rows["instruction_choice"]),
+        "response reflections ok": resp.count("ok"),
+        "responses replaced": sum(c == "reflected" for c in rows["response_choice"]),
+    }
+    meta = {
+        "kind": "recycle",
+        "source": {"name": source},
+        "teacher": {"model": teacher.scope().get("model"), **teacher.identity().get("generation", {})},
+        "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student)},
+        "scoring": {"preset": config.preset, "template": stages.scorers["original_"].preset.template},
+        "prompts": {
+            "instruction reflection": stages.instruction.templates[0],
+            "instruction reflection (with input)": stages.instruction.templates[1],
+            "response reflection": stages.response.templates[0],
+            "response reflection (with input)": stages.response.templates[1],
+        },
+        "selection": rule,
+        "counts": counts,
+        "teacher_requests": teacher.stats.as_dict(),
+        "status_kinds": {"instruction_reflection": _tally(inst), "response_reflection": _tally(resp)},
+        "stats": {
+            "ifd": {"before": quantiles(list(rows["original_ifd"])), "after": quantiles(list(rows["final_ifd"]))},
+            "rifd": {"before": quantiles(list(rows["original_rifd"])), "after": quantiles(list(rows["final_rifd"]))},
+        },
+        "columns": COLUMN_DOCS,
+        "histograms": {
+            "ifd": {"before": "rows.parquet:original_ifd", "after": "selected.parquet:final_ifd"},
+            "rifd": {"before": "rows.parquet:original_rifd", "after": "selected.parquet:final_rifd"},
+        },
+        "config": asdict(config),
+    }
+    meta = write_selection_run(run_dir, table, meta, mapping=ColumnMapping(**_mapping(FINAL)))
+    paths = RunPaths(run_dir)
+    return RecycleResult(run_dir, _read(paths.rows, paths), _read(paths.selected, paths), _read(paths.sft, paths), meta)
+
+
+def _read(path: Path, paths: RunPaths):
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    if pq.ParquetFile(path).metadata.num_rows == 0:  # datasets cannot read an empty Parquet file
+        return Dataset(pq.read_table(path))
+    return Dataset.from_parquet(str(path), cache_dir=str(paths.work / "datasets"))
+
+
+def _tally(kinds: list[str]) -> dict[str, int]:
+    return {k: kinds.count(k) for k in sorted(set(kinds))}
+
+
+def final_filter(ifd: list, rifd: list, status: list, top_share: float | None) -> tuple[list[bool], list[str], dict[str, Any]]:
+    """Stage 5: keep ``ifd < 1`` and ``rifd < 1`` (the paper's sRecycled data), then the top share by IFD."""
+    from .selection import top_ifd_decisions
+
+    selected, reasons = [False] * len(ifd), [""] * len(ifd)
+    eligible = []
+    for i, (a, b, s) in enumerate(zip(ifd, rifd, status)):
+        if not (_finite(a) and _finite(b)):
+            reasons[i] = f"dropped: not scored ({s})"
+        elif a >= 1:
+            reasons[i] = f"dropped: final ifd >= 1 ({a:.4f})"
+        elif b >= 1:
+            reasons[i] = f"dropped: final rifd >= 1 ({b:.4f})"
+        else:
+            eligible.append(i)
+    rule: dict[str, Any] = {"rule": "ifd < 1 and rifd < 1", "eligible": len(eligible)}
+    if top_share is None:
+        for i in eligible:
+            selected[i], reasons[i] = True, "kept: final ifd < 1 and rifd < 1"
+    else:
+        kept, why, info = top_ifd_decisions([ifd[i] for i in eligible], rate=top_share, max_ifd=None)
+        for j, i in enumerate(eligible):
+            selected[i], reasons[i] = bool(kept[j]), why[j]
+        rule.update({"rule": f"ifd < 1 and rifd < 1, then the top {top_share:g} by IFD", "top_share": top_share, "kept": info["kept"]})
+    return selected, reasons, rule
