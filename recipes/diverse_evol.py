@@ -99,7 +99,10 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
         if saved is not None:  # resume
             picks, dists = saved
         else:
-            model_dir = train_sft(args.model_name_or_path, _subset(records, pool), out / f"round_{r:02d}" / "model", args=training_args)
+            model_dir = out / f"round_{r:02d}" / "model"
+            if not any(model_dir.glob("*.safetensors")):  # a finished checkpoint is reused on resume
+                train_sft(args.model_name_or_path, _subset(records, pool), model_dir, args=training_args)
+            model_dir = str(model_dir)
             embedder = Embedder(EmbedConfig(**_mapping(args), model=model_dir, max_length=args.embed_max_length))
             vectors, status = _embed(ds, embedder, args.embed_batch_rows, f"round {r}: embedding")
             usable = [i for i in range(n) if status[i] == "ok" and i not in problems]

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_PROMPT = 'Solve this problem. Show the calculation briefly, then end with "The answer is <number>."\n\n{question}'
+DEFAULT_PROMPT = 'Answer in one short line: the calculation, then "The answer is <number>."\n\n{question}'
 
 
 @dataclass
@@ -54,6 +54,7 @@ class SelfImproveArguments:
     prompt_template: str = field(default=DEFAULT_PROMPT, metadata={"help": "User message of the sampling prompt, with {question}; also the SFT prompt."})
     ds_template: str = field(default="Question: {question}\nAnswer: {answer}", metadata={"help": "Text template of the DS-weight loss ({question}, {answer}), or 'chat'."})
     quantile: float = field(default=0.79, metadata={"help": "Keep consistent answers with d at or below this quantile."})
+    min_votes: int = field(default=2, metadata={"help": "Answers that must agree for a majority (1: plain plurality)."})
 
 
 def run(args: SelfImproveArguments, training_args) -> dict:
@@ -113,7 +114,7 @@ def run(args: SelfImproveArguments, training_args) -> dict:
     candidates = datasets.Dataset.from_dict(rows)
 
     # 2-3. vote and DS weight
-    ds_config = DSWeightConfig(model=args.model_name_or_path, template=args.ds_template, quantile=args.quantile)
+    ds_config = DSWeightConfig(model=args.model_name_or_path, template=args.ds_template, quantile=args.quantile, min_votes=args.min_votes)
     table, decisions = ds_weight_filter(
         candidates, valid, ds_config, question_column="question", response_column="output", group_column="question_id",
         valid_question_column=args.question_column, valid_answer_column=args.valid_answer_column,
@@ -133,7 +134,7 @@ def run(args: SelfImproveArguments, training_args) -> dict:
         "teacher": {"model": (args.endpoint_model or sampler_name) if args.endpoint_url else models.display_name(sampler_name),
                     "role": "samples the candidate answers", "temperature": args.temperature, "top_p": args.top_p,
                     "max_new_tokens": args.max_new_tokens, "num_samples": args.num_samples, "seed": args.sampling_seed},
-        "selection": {"rule": "ds_weight_self_consistency", "quantile": args.quantile, "threshold": decisions.threshold,
+        "selection": {"rule": "ds_weight_self_consistency", "quantile": args.quantile, "min_votes": args.min_votes, "threshold": decisions.threshold,
                       "mean_valid_loss": decisions.mean_valid_loss, "ds_template": args.ds_template,
                       "valid_set": args.valid_file or "srt_hf/data/arith_valid.jsonl (bundled)", "valid_rows": len(valid)},
         "prompts": {"sampling": args.prompt_template},

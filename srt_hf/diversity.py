@@ -88,11 +88,11 @@ def kcenter_greedy(
     if len(set(pool)) != len(pool):
         raise ConfigError("k-center greedy: the initial pool lists a row twice; pass each row position once.")
     k = min(k, n - len(pool))
-    state = _KCenter(X, chunk_rows)
     picks: list[int] = []
     dists: list[float] = []
     if k <= 0:
         return (picks, dists) if return_distances else picks
+    state = _KCenter(X, chunk_rows)
     if pool:
         state.add(pool)
     else:

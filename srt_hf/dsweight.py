@@ -13,7 +13,9 @@ its own distribution:
   small labelled valid set (~5% of the train size); ``w = 0`` when ``loss = 0``.
 * ``d = w if w > 1 else min(1 / w, 5)`` — how far the candidate is from the valid data, either way.
 * Among the majority-consistent candidates, those with ``d`` at or below the ``quantile`` (0.79, as
-  in the reference scripts) of their ``d`` values are kept.
+  in the reference scripts) of their ``d`` values are kept. A majority needs ``min_votes`` agreeing
+  answers (default 2: with every answer different there is no consensus to learn from; 1 gives a
+  plain plurality vote).
 
 Every candidate row carries its extracted answer, the vote, ``loss``, ``w``, ``d``, ``selected`` and a
 ``selection_reason``. Everything is deterministic: the same candidates give the same decisions.
@@ -64,7 +66,7 @@ class Vote:
     """Self-consistency over one question's candidates."""
 
     answers: list[str | None]  # the extracted answer of each candidate (None: none found)
-    majority: str | None  # the most common answer (ties: the one that appeared first); None if no answers
+    majority: str | None  # the most common answer (ties: the one that appeared first); None below min_votes
     votes: int  # candidates giving the majority answer
     answered: int  # candidates with an answer
 
@@ -73,15 +75,23 @@ class Vote:
         return [a is not None and a == self.majority for a in self.answers]
 
 
-def self_consistency(candidates: Sequence[str | None], extract_answer: Callable[[str | None], str | None] = extract_last_number) -> Vote:
-    """Majority vote over the final answers of ``candidates`` (unanswered candidates do not vote)."""
+def self_consistency(
+    candidates: Sequence[str | None],
+    extract_answer: Callable[[str | None], str | None] = extract_last_number,
+    min_votes: int = 1,
+) -> Vote:
+    """Majority vote over the final answers of ``candidates`` (unanswered candidates do not vote).
+
+    The most common answer wins (ties: the one that appeared first); it is no majority (None) when
+    fewer than ``min_votes`` candidates give it.
+    """
     answers = [extract_answer(c) for c in candidates]
     counts = Counter(a for a in answers if a is not None)
     if not counts:
         return Vote(answers, None, 0, 0)
     top = max(counts.values())
     majority = next(a for a in answers if a is not None and counts[a] == top)  # first to appear among the tied
-    return Vote(answers, majority, top, sum(counts.values()))
+    return Vote(answers, majority if top >= min_votes else None, top, sum(counts.values()))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,6 +128,7 @@ class DSWeightConfig:
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Text template with {question} and {answer} (nothing after {answer} is scored), or 'chat' for the model's chat template."})
     quantile: float = field(default=0.79, metadata={"help": "Keep majority-consistent candidates whose d is at or below this quantile of their d values."})
+    min_votes: int = field(default=2, metadata={"help": "Answers that must agree for a majority (1: plain plurality)."})
     max_weight: float = field(default=2.0, metadata={"help": "Upper clip of w = mean_valid_loss / loss."})
     max_d: float = field(default=5.0, metadata={"help": "Upper cap of d = 1 / w for w <= 1."})
     max_length: int = field(default=1024, metadata={"help": "Tokens per scored text (the end is cut)."})
@@ -130,6 +141,8 @@ class DSWeightConfig:
             raise ConfigError(f"DS weight `template` must contain {{question}} and {{answer}} (or be 'chat'), got {self.template!r}.")
         if not 0 <= self.quantile <= 1:
             raise ConfigError(f"DS weight `quantile` is between 0 and 1, got {self.quantile}.")
+        if self.min_votes < 1:
+            raise ConfigError(f"DS weight `min_votes` is at least 1, got {self.min_votes}.")
 
     def digest(self) -> str:
         state = {k: v for k, v in asdict(self).items() if k not in ("device", "max_batch_tokens")}
@@ -224,6 +237,7 @@ def ds_weight_decisions(
     quantile: float = 0.79,
     max_weight: float = 2.0,
     max_d: float = 5.0,
+    min_votes: int = 2,
 ) -> DSDecisions:
     """Vote per group (question), weigh, and keep majority-consistent candidates with ``d`` <= the quantile.
 
@@ -241,7 +255,7 @@ def ds_weight_decisions(
     majority: list[str | None] = [None] * n
     votes, answered = [0] * n, [0] * n
     for rows in members.values():
-        vote = self_consistency([candidates[i] for i in rows], extract_answer)
+        vote = self_consistency([candidates[i] for i in rows], extract_answer, min_votes)
         for j, i in enumerate(rows):
             answer[i], majority[i], votes[i], answered[i] = vote.answers[j], vote.majority, vote.votes, vote.answered
     consistent = [a is not None and a == m for a, m in zip(answer, majority)]
@@ -249,12 +263,15 @@ def ds_weight_decisions(
     d = ds_distance(w, max_d)
     pool = [i for i in range(n) if consistent[i] and np.isfinite(d[i])]
     threshold = float(np.quantile(d[pool], quantile)) if pool else None
-    selected = [i in set(pool) and d[i] <= threshold for i in range(n)] if pool else [False] * n
+    in_pool = set(pool)
+    selected = [i in in_pool and d[i] <= threshold for i in range(n)] if pool else [False] * n
     reasons = []
     for i in range(n):
         tally = f"{votes[i]}/{len(members[groups[i]])} votes"
         if answer[i] is None:
             reasons.append("dropped: no final numeric answer")
+        elif majority[i] is None:
+            reasons.append(f"dropped: no majority answer (the most common answer has {tally}, {min_votes} needed)")
         elif not consistent[i]:
             reasons.append(f"dropped: disagrees with the majority answer (answer {answer[i]}, majority {majority[i]}, {tally})")
         elif not np.isfinite(d[i]):
@@ -308,6 +325,7 @@ def ds_weight_filter(
     decisions = ds_weight_decisions(
         candidates[group_column or question_column], candidates[response_column], losses, float(finite.mean()),
         extract_answer=extract_answer, quantile=config.quantile, max_weight=config.max_weight, max_d=config.max_d,
+        min_votes=config.min_votes,
     )
     cols = dict(decisions.columns)
     selected, reasons = cols.pop("selected"), cols.pop("selection_reason")

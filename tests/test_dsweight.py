@@ -36,6 +36,8 @@ def test_self_consistency_majority_ties_and_unanswered():
     assert vote.majority == "4" and vote.votes == 2 and vote.answered == 4  # 4 and 5 tie: 4 appeared first
     assert vote.agree == [True, False, True, False, False]
     assert self_consistency(["a", "b"]).majority is None
+    lonely = self_consistency(["1", "2", "3", "3"], min_votes=3)
+    assert lonely.majority is None and lonely.votes == 2 and lonely.agree == [False] * 4
     assert self_consistency(["x"], extract_answer=lambda t: t.upper()).majority == "X"
 
 
@@ -49,9 +51,9 @@ def test_w_and_d_formulas():
 
 
 def test_decisions_keep_consistent_candidates_below_the_quantile():
-    groups = ["q1"] * 4 + ["q2"] * 4 + ["q3"] * 2
-    answers = ["The answer is 7"] * 3 + ["8"] + ["so 3", "3", "3", "3"] + ["no", "none"]
-    losses = [1.0, 2.0, 0.5, 1.0, 1.25, 4.0, 0.9, 1.0, 1.0, 1.0]
+    groups = ["q1"] * 4 + ["q2"] * 4 + ["q3"] * 2 + ["q4"] * 2
+    answers = ["The answer is 7"] * 3 + ["8"] + ["so 3", "3", "3", "3"] + ["no", "none"] + ["1", "2"]
+    losses = [1.0, 2.0, 0.5, 1.0, 1.25, 4.0, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0]
     dec = ds_weight_decisions(groups, answers, losses, 1.0, quantile=0.5)
     cols = dec.columns
     # consistent: rows 0-2 (7) and 4-7 (3); their d: 1, 2, 2, 1.25, 4, 1/0.9=1.111.., 1
@@ -61,6 +63,9 @@ def test_decisions_keep_consistent_candidates_below_the_quantile():
     assert cols["majority_answer"][:4] == ["7"] * 4 and cols["votes"][0] == 3
     assert cols["selection_reason"][3] == "dropped: disagrees with the majority answer (answer 8, majority 7, 3/4 votes)"
     assert cols["selection_reason"][8] == "dropped: no final numeric answer"
+    assert cols["selection_reason"][10] == "dropped: no majority answer (the most common answer has 1/2 votes, 2 needed)"
+    plurality = ds_weight_decisions(groups, answers, losses, 1.0, quantile=0.5, min_votes=1).columns
+    assert plurality["majority_answer"][10:] == ["1", "1"] and plurality["consistent"][10:] == [True, False]
     assert cols["selection_reason"][5].startswith("dropped: d above the 0.5 quantile")
     assert cols["selection_reason"][0].startswith("kept: majority answer, d within the 0.5 quantile (answer 7, 3/4 votes, d=1.000")
     again = ds_weight_decisions(groups, answers, losses, 1.0, quantile=0.5)

@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
     w.add_argument("--valid-answer-column", default="solution", help="Reference answer column of the valid set.")
     w.add_argument("--group-column", default=None, help="Column naming each answer's question (default: the question text).")
     w.add_argument("--quantile", type=float, default=0.79, help="Keep consistent answers with d at or below this quantile.")
+    w.add_argument("--min-votes", type=int, default=2, help="Answers that must agree for a majority (1: plain plurality).")
     w.add_argument("--ds-template", default="Question: {question}\nAnswer: {answer}", help="Loss template with {question} and {answer}, or 'chat'.")
     add_dataclass_arguments(p, ColumnMapping)
     p.set_defaults(run=run)
@@ -191,14 +192,15 @@ def _ds_weight(ds, args, mapping):
         raise InputError("--ds-weight needs a labelled valid set", fix="pass --valid FILE (question + reference answer columns)")
     question = mapping.instruction_column or "question"
     response = mapping.response_column or next((c for c in ("response", "output", "completion") if c in ds.column_names), "response")
-    config = DSWeightConfig(model=args.student, template=args.ds_template, quantile=args.quantile, max_length=args.max_length)
+    config = DSWeightConfig(model=args.student, template=args.ds_template, quantile=args.quantile, max_length=args.max_length,
+                            min_votes=args.min_votes)
     valid = load_input(args.valid, args.split)
     table, decisions = ds_weight_filter(
         ds, valid, config, question_column=question, response_column=response, group_column=args.group_column,
         valid_question_column=args.valid_question_column, valid_answer_column=args.valid_answer_column,
     )
     meta = {
-        "selection": {"rule": "ds_weight_self_consistency", "quantile": args.quantile, "threshold": decisions.threshold,
+        "selection": {"rule": "ds_weight_self_consistency", "quantile": args.quantile, "min_votes": args.min_votes, "threshold": decisions.threshold,
                       "mean_valid_loss": decisions.mean_valid_loss, "ds_template": args.ds_template,
                       "valid_set": str(args.valid), "valid_rows": len(valid)},
         "student": {"model": models.display_name(args.student)},
