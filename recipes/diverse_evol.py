@@ -110,7 +110,8 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
             if lost:
                 raise ConfigError(f"pool row {lost[0]} could not be embedded ({status[lost[0]]}).")
             where = {i: j for j, i in enumerate(usable)}
-            local, dists = kcenter_greedy(vectors[usable], args.step, [where[i] for i in pool], return_distances=True, progress=True)
+            candidates = vectors if len(usable) == n else vectors[usable]
+            local, dists = kcenter_greedy(candidates, args.step, [where[i] for i in pool], return_distances=True, progress=True)
             picks = [usable[j] for j in local]
             np.save(out / f"round_{r:02d}" / "embeddings.npy", vectors)
             (out / f"round_{r:02d}" / "picks.json").write_text(json.dumps({"picks": picks, "sq_distances": dists}))

@@ -191,3 +191,27 @@ def test_cli_ds_weight(tmp_path, tiny_model_dir):
     assert sft[0]["prompt"][0]["content"] == kept[0]["question"] and sft[0]["completion"][0]["content"] == kept[0]["output"]
     with pytest.raises(InputError, match="--valid"):
         run_select([str(tmp_path / "cand.jsonl"), "--ds-weight", "--out", str(tmp_path / "x")])
+
+
+def test_cli_kcenter_embeds_with_the_student(tmp_path, demo_path, tiny_model_dir):
+    out = tmp_path / "kc-student"
+    assert run_select([str(demo_path), "--kcenter", "3", "--student", str(tiny_model_dir), "--start", "2", "--out", str(out)]) == 0
+    table = pq.read_table(out / "rows.parquet")
+    assert table.num_rows == 20 and "embedding" not in table.column_names  # computed vectors stay out of the files
+    rows = table.to_pylist()
+    assert [i for i, r in enumerate(rows) if r["selection_order"] == 1] == [2]  # the start row is the first pick
+    assert sum(r["selected"] for r in rows) == 3
+    assert rows[2]["selection_reason"] == "kept: k-center pick (pick 1 of 3, the first pick, no pool yet)"
+
+
+def test_cli_kcenter_rows_without_embedding_are_explained(tmp_path):
+    vectors = [[0.0, 0.0], None, [3.0, 4.0], [1.0, 1.0], [6.0, 8.0]]
+    ds = make_ds().select(range(5)).add_column("embedding", vectors)
+    path = tmp_path / "partial.parquet"
+    ds.to_parquet(str(path))
+    out = tmp_path / "kc-partial"
+    run_select([str(path), "--kcenter", "2", "--out", str(out)])
+    rows = pq.read_table(out / "rows.parquet").to_pylist()
+    assert [r["selected"] for r in rows] == [True, False, False, False, True]  # start 0, then the farthest: row 4
+    assert rows[1]["selection_reason"] == "dropped: not embedded (invalid: no embedding)"
+    assert rows[2]["selection_reason"] == "dropped: not among the 2 k-center picks"

@@ -129,8 +129,11 @@ def _kcenter(ds, args, mapping):
         ds = ds.map(embedder, batched=True, batch_size=64, desc=f"embedding ({models.display_name(args.student)})")
         status = ds[embedder.status_column]
     else:
-        status = ["ok" if v is not None else "invalid: no embedding" for v in ds[column]]
-    valid = np.array([s == "ok" for s in status])
+        status = None
+    matrix, present = _embedding_matrix(ds, column)
+    if status is None:
+        status = ["ok" if p else "invalid: no embedding" for p in present]
+    valid = np.array([s == "ok" for s in status]) & present
     positions = np.flatnonzero(valid)
     pool_rows: list[int] = []
     if args.pool_column:
@@ -146,8 +149,7 @@ def _kcenter(ds, args, mapping):
         raise InputError(f"--start {args.start} is not the position of a row with an embedding", fix="choose another row position")
     if not len(positions):
         raise InputError("no row could be embedded", fix="check the statuses in the embedding status column")
-    values = ds[column]
-    vectors = np.asarray([values[int(p)] for p in positions], dtype=np.float32)
+    vectors = matrix if len(positions) == len(ds) else matrix[positions]
     picks, dists = kcenter_greedy(vectors, args.kcenter, [where[i] for i in pool_rows], start=where.get(args.start, 0),
                                   return_distances=True, progress=True)
     order = {int(positions[j]): (rank, d) for rank, (j, d) in enumerate(zip(picks, dists), start=1)}
@@ -179,6 +181,32 @@ def _kcenter(ds, args, mapping):
     table = with_decisions(ds, selected, reasons, {"selection_order": ranks, "kcenter_sq_distance": sq})
     drop = [column, f"{column}_status"] if computed else []
     return table, meta, drop
+
+
+def _embedding_matrix(ds, column: str):
+    """The embedding column as an (N, d) float32 matrix (zero rows where missing) and a presence mask, read in batches."""
+    import numpy as np
+
+    from ..errors import InputError
+
+    part = ds.select_columns([column]).with_format("numpy")
+    matrix, present = None, np.zeros(len(ds), dtype=bool)
+    for lo in range(0, len(ds), 8192):
+        values = part[lo : lo + 8192][column]
+        rows = list(values) if values.dtype == object else values
+        for j, v in enumerate(rows):
+            if v is None or not len(v):
+                continue
+            if matrix is None:
+                matrix = np.zeros((len(ds), len(v)), dtype=np.float32)
+            if len(v) != matrix.shape[1]:
+                raise InputError(f"embedding of length {len(v)}, others have {matrix.shape[1]}", row=lo + j, column=column,
+                                 fix="embed every row with the same model")
+            matrix[lo + j] = v
+            present[lo + j] = True
+    if matrix is None:
+        raise InputError("no row has an embedding", column=column, fix="check the embedding status column or the input")
+    return matrix, present
 
 
 def _ds_weight(ds, args, mapping):
