@@ -41,8 +41,13 @@ def top_ifd_decisions(
     rate: float | None = None,
     n: int | None = None,
     max_ifd: float | None = 1.0,
+    excluded: Sequence[str | None] | None = None,
 ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    """The top-IFD rule on plain columns: ``(selected mask, reason per row, summary of the rule)``."""
+    """The top-IFD rule on plain columns: ``(selected mask, reason per row, summary of the rule)``.
+
+    ``excluded[i]``, when not None, is the reason row ``i`` is out of the running before the rule
+    (e.g. an earlier stage dropped it); it becomes that row's ``dropped: …`` reason.
+    """
     _check_amount(rate, n)
     cap = math.inf if max_ifd is None else float(max_ifd)
     values = np.array([np.nan if v is None else float(v) for v in ifd], dtype=float)
@@ -50,7 +55,9 @@ def top_ifd_decisions(
     eligible = np.zeros(len(values), dtype=bool)
     for i, v in enumerate(values):
         st = status[i] if status is not None else "ok"
-        if st != "ok":
+        if excluded is not None and excluded[i] is not None:
+            reasons[i] = f"dropped: {excluded[i]}"
+        elif st != "ok":
             reasons[i] = f"dropped: not scored ({st})"
         elif not math.isfinite(v):
             reasons[i] = "dropped: not scored (ifd is missing or not finite)"

@@ -215,3 +215,40 @@ def test_cli_kcenter_rows_without_embedding_are_explained(tmp_path):
     assert [r["selected"] for r in rows] == [True, False, False, False, True]  # start 0, then the farthest: row 4
     assert rows[1]["selection_reason"] == "dropped: not embedded (invalid: no embedding)"
     assert rows[2]["selection_reason"] == "dropped: not among the 2 k-center picks"
+
+
+def test_cli_on_a_recycle_run_folder_ranks_the_rows_it_kept(tmp_path):
+    import datasets
+
+    from srt_hf.formats import ColumnMapping
+    from srt_hf.selection import with_decisions, write_selection_run
+
+    n = 6
+    ds = datasets.Dataset.from_dict({
+        "id": [str(i) for i in range(n)],
+        "instruction": [f"old question {i}" for i in range(n)], "output": [f"old answer {i}" for i in range(n)],
+        "final_instruction": [f"new question {i}" for i in range(n)], "final_input": [""] * n,
+        "final_response": [f"new answer {i}" for i in range(n)],
+        "final_ifd": [0.9, 0.8, 0.95, 0.3, 1.2, 0.6], "final_rifd": [0.5, 1.1, 0.7, 0.4, 0.9, 0.2],
+        "final_score_status": ["ok"] * n,
+    })
+    earlier = [True, False, True, True, False, True]
+    table = with_decisions(ds, earlier, ["kept: ifd < 1 and rifd < 1" if k else "dropped: rifd >= 1" for k in earlier])
+    recycled = tmp_path / "recycled"
+    write_selection_run(recycled, table, {"kind": "recycle", "student": {"model": "tiny"}, "selection": {"rule": "ifd < 1 and rifd < 1"}},
+                        mapping=ColumnMapping(instruction_column="final_instruction", input_column="final_input", response_column="final_response"))
+    out = tmp_path / "top"
+    assert run_select([str(recycled), "--top-n", "2", "--out", str(out)]) == 0
+    rows = pq.read_table(out / "rows.parquet").to_pylist()
+    assert [r["id"] for r in rows if r["selected"]] == ["0", "2"]  # 0.95 and 0.9 among the rows recycle kept
+    assert rows[1]["selection_reason"] == "dropped: not kept by the earlier run (dropped: rifd >= 1)"
+    sft = pq.read_table(out / "sft" / "train.parquet").to_pylist()
+    assert sft[0]["prompt"][0]["content"] == "new question 0" and sft[0]["completion"][0]["content"] == "new answer 0"
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["student"] == {"model": "tiny"} and meta["selection"]["ifd_column"] == "final_ifd"
+    assert meta["stats"]["rifd"]["after"]["n"] == 2
+    out_all = tmp_path / "top-all"
+    run_select([str(recycled), "--top-n", "2", "--all-rows", "--out", str(out_all)])
+    assert [r["id"] for r in pq.read_table(out_all / "rows.parquet").to_pylist() if r["selected"]] == ["0", "2"]
+    run_select([str(recycled), "--top-n", "3", "--all-rows", "--out", str(out_all)])
+    assert [r["id"] for r in pq.read_table(out_all / "rows.parquet").to_pylist() if r["selected"]] == ["0", "1", "2"]

@@ -4,7 +4,9 @@ Rules:
 
 * ``--top-share R`` / ``--top-n N`` — top-IFD (Cherry LLM / Superfiltering): rows scored ``ok`` with
   ``ifd < --max-ifd`` ranked by IFD, the top ``int(eligible × R)`` or ``min(N, eligible)`` kept. IN must
-  be scored already (``srt-hf score IN --out scored.parquet`` writes the ``ifd`` column).
+  be scored already (``srt-hf score IN --out scored.parquet`` writes the ``ifd`` column). When IN is a
+  run folder, only the rows it kept compete (``--all-rows``: all of them); a ``srt-hf recycle`` folder
+  is ranked by the IFD of its final rows (``final_ifd``), and its final texts become the SFT data.
 * ``--kcenter K`` — one DiverseEvol step: K rows added by k-center greedy on the student's embeddings
   (the ``--embedding-column`` of IN if present, else computed with ``--student``), around the rows
   marked by ``--pool-column`` (e.g. ``selected`` of an earlier run) if given. ``recipes/diverse_evol.py``
@@ -38,6 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ifd-column", default="ifd", help="Column holding IFD.")
     p.add_argument("--status-column", default="score_status", help="Column holding the scoring status (used when present).")
     p.add_argument("--keep-all", action="store_true", help="File output: write every row with `selected` and `selection_reason`.")
+    p.add_argument("--all-rows", action="store_true",
+                   help="IN is a run folder: rank all its rows, not only those the earlier run kept (top-IFD rules).")
     p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
     k = p.add_argument_group("k-center (--kcenter)")
     k.add_argument("--student", default="default", help="Model that embeds the rows (--kcenter) or scores the answers (--ds-weight): 'default', a Hub id or a local checkpoint.")
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.kcenter is not None:
         table, meta, drop = _kcenter(ds, args, mapping)
     else:
-        table, meta, drop = _top_ifd(ds, args)
+        table, meta, drop, mapping = _top_ifd(ds, args, mapping)
     meta.setdefault("source", {"name": str(args.input), "split": args.split})
     _carry_run_meta(Path(args.input), meta)
     if file_out:
@@ -87,31 +91,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _top_ifd(ds, args):
+def _top_ifd(ds, args, mapping):
     from ..errors import InputError
-    from ..selection import quantiles, top_ifd_decisions, with_decisions
+    from ..formats import ColumnMapping
+    from ..selection import REASON, SELECTED, quantiles, top_ifd_decisions, with_decisions
 
-    if args.ifd_column not in ds.column_names:
+    ifd_column, status_column = args.ifd_column, args.status_column
+    recycled = ifd_column == "ifd" and ifd_column not in ds.column_names and "final_ifd" in ds.column_names
+    if recycled:  # a `srt-hf recycle` run folder: the scores and texts of the final (recycled) rows
+        ifd_column, status_column = "final_ifd", "final_score_status"
+        if not any(vars(mapping).values()):
+            mapping = ColumnMapping(instruction_column="final_instruction", input_column="final_input", response_column="final_response")
+    if ifd_column not in ds.column_names:
         raise InputError(
-            f"{args.input} has no {args.ifd_column!r} column, so it is not scored", column=args.ifd_column,
+            f"{args.input} has no {ifd_column!r} column, so it is not scored", column=ifd_column,
             fix=f"score it first: `srt-hf score {args.input} --out scored.parquet`, then `srt-hf select scored.parquet ...` "
             "(or name the IFD column with --ifd-column)",
         )
-    status = ds[args.status_column] if args.status_column in ds.column_names else None
-    ifd = ds[args.ifd_column]
+    excluded = None
+    if _is_run_folder(Path(args.input)) and SELECTED in ds.column_names and not args.all_rows:
+        excluded = [None if kept else f"not kept by the earlier run ({why})" for kept, why in zip(ds[SELECTED], ds[REASON])]
+    status = ds[status_column] if status_column in ds.column_names else None
+    ifd = ds[ifd_column]
     max_ifd = None if args.max_ifd == float("inf") else args.max_ifd
-    selected, reasons, info = top_ifd_decisions(ifd, status, rate=args.top_share, n=args.top_n, max_ifd=max_ifd)
-    info["ifd_column"] = args.ifd_column
+    selected, reasons, info = top_ifd_decisions(ifd, status, rate=args.top_share, n=args.top_n, max_ifd=max_ifd, excluded=excluded)
+    info["ifd_column"] = ifd_column
+    info["within_earlier_selection"] = excluded is not None
     kept = [v for v, s in zip(ifd, selected) if s]
     meta = {
         "selection": info,
         "stats": {"ifd": {"before": quantiles(ifd), "after": quantiles(kept)}},
-        "histograms": {"ifd": {"before": f"rows.parquet:{args.ifd_column}", "after": f"selected.parquet:{args.ifd_column}"}},
+        "histograms": {"ifd": {"before": f"rows.parquet:{ifd_column}", "after": f"selected.parquet:{ifd_column}"}},
     }
-    if "rifd" in ds.column_names:
-        rifd = ds["rifd"]
+    rifd_column = "final_rifd" if recycled else "rifd"
+    if rifd_column in ds.column_names:
+        rifd = ds[rifd_column]
         meta["stats"]["rifd"] = {"before": quantiles(rifd), "after": quantiles([v for v, s in zip(rifd, selected) if s])}
-    return with_decisions(ds, selected, reasons), meta, []
+        meta["histograms"]["rifd"] = {"before": f"rows.parquet:{rifd_column}", "after": f"selected.parquet:{rifd_column}"}
+    return with_decisions(ds, selected, reasons), meta, [], mapping
+
+
+def _is_run_folder(path: Path) -> bool:
+    from .. import runs
+
+    return path.is_dir() and runs.RunPaths(path).rows.is_file()
 
 
 def _kcenter(ds, args, mapping):
