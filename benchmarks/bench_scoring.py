@@ -123,7 +123,8 @@ def matmul_peak(cfg, tokens: int = 512, repeat: int = 5) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA if SHARED_DATA.exists() else DEMO_DATA)
-    parser.add_argument("--rows", type=int, default=48)
+    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="Timed rounds, alternating which side runs first; medians are reported.")
     parser.add_argument("--student", default="default")
     parser.add_argument("--template", default="vicuna", choices=["vicuna", "alpaca"])
     args = parser.parse_args()
@@ -137,14 +138,18 @@ def main() -> None:
     print(f"data: {args.data} ({n} rows), student: {args.student}, torch threads: {torch.get_num_threads()}")
 
     scorer(dict((k, v[:2]) for k, v in batch.items()))  # warm-up
-    t = time.perf_counter()
-    ours = scorer(batch)
-    t_ours = time.perf_counter() - t
-
-    base_counter = Counter()
-    t = time.perf_counter()
-    ref = reference_loop(model, tok, rows, args.template, 2048, base_counter)
-    t_base = time.perf_counter() - t
+    times: dict[str, list[float]] = {"baseline": [], "srt_hf": []}
+    for r in range(args.rounds):
+        for side in (("baseline", "srt_hf") if r % 2 == 0 else ("srt_hf", "baseline")):
+            t = time.perf_counter()
+            if side == "srt_hf":
+                ours = scorer(batch)
+            else:
+                base_counter = Counter()
+                ref = reference_loop(model, tok, rows, args.template, 2048, base_counter)
+            times[side].append(time.perf_counter() - t)
+            print(f"round {r + 1}: {side:8} {times[side][-1]:7.1f} s", flush=True)
+    t_base, t_ours = float(np.median(times["baseline"])), float(np.median(times["srt_hf"]))
 
     worst = 0.0
     for i, r in enumerate(ref):
@@ -161,7 +166,7 @@ def main() -> None:
         gf = c.flops(cfg) / 1e9
         print(f"{name:10}{n / secs:>10.3f}{c.body_tokens / secs:>12.0f}{gf:>10.1f}{gf / secs:>10.1f}{100 * gf / secs / peak:>10.0f}%")
     print(f"matmul peak at the model's shapes: {peak:.1f} GFLOP/s")
-    print(f"speed-up srt_hf / baseline: {t_base / t_ours:.2f}x  (same rows, same outputs)")
+    print(f"speed-up srt_hf / baseline: {t_base / t_ours:.2f}x  (medians of {args.rounds} rounds; same rows, same outputs)")
     print(f"srt_hf does {our_counter.flops(cfg) / base_counter.flops(cfg):.2f}x of the baseline's FLOPs")
 
 
