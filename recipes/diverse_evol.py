@@ -124,7 +124,7 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
 
     final_dir = None
     if args.train_final:
-        final_dir = train_sft(args.model_name_or_path, _subset(records, pool), out / "final", args=training_args)
+        final_dir = train_sft(args.model_name_or_path, _subset(records, pool), out / "final", args=training_args).args.output_dir
 
     rounds_done = max(round_of.values())
     in_pool = set(pool)

@@ -155,7 +155,7 @@ def run(args: SelfImproveArguments, training_args) -> dict:
     kept = table.filter(lambda r: r["selected"])
     if len(kept):
         sft = datasets.Dataset.from_list([to_prompt_completion(r["instruction"], "", r["output"]) for r in kept])
-        model_dir = train_sft(args.model_name_or_path, sft, out / "model", args=training_args)
+        model_dir = train_sft(args.model_name_or_path, sft, out / "model", args=training_args).args.output_dir
         meta["training"] = {"status": "trained", "output_dir": model_dir, "rows": len(kept), "max_steps": training_args.max_steps}
     else:
         meta["training"] = {"status": "skipped: no answer was kept (see data/rows.parquet selection_reason)", "rows": 0}

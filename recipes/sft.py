@@ -155,37 +155,6 @@ def to_prompt_completion(ds):
 # Training
 
 
-def _trainer_class():
-    from trl import SFTTrainer
-
-    class SRTSFTTrainer(SFTTrainer):
-        """``SFTTrainer`` that writes the srt-hf model card and loss history instead of TRL's card."""
-
-        def __init__(self, *args, card: dict[str, Any], **kwargs):
-            self._card = card
-            super().__init__(*args, **kwargs)
-
-        def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> None:
-            if self.is_world_process_zero():
-                write_card(self, self.args.output_dir, **self._card)
-
-    return SRTSFTTrainer
-
-
-def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
-    """``loss_history.json``, ``loss_curve.png`` and ``README.md`` of a trained model in ``output_dir``."""
-    from srt_hf.cards import loss_history, training_hyperparameters, write_model_card
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    history = loss_history(trainer.state.log_history)
-    (output_dir / "loss_history.json").write_text(json.dumps(history, indent=2))
-    return write_model_card(
-        output_dir, hyperparameters=training_hyperparameters(trainer.args, trainer.accelerator.num_processes),
-        history=history, **card,
-    )
-
-
 def train(script_args: ScriptArguments, training_args, model_args):
     """Fine-tune ``model_args.model_name_or_path`` on ``script_args.dataset``; returns the trainer.
 
@@ -194,6 +163,7 @@ def train(script_args: ScriptArguments, training_args, model_args):
     """
     from srt_hf import hub, models
     from srt_hf.errors import ConfigError
+    from srt_hf.train import train_sft
 
     push = bool(training_args.push_to_hub)
     if push:
@@ -207,15 +177,12 @@ def train(script_args: ScriptArguments, training_args, model_args):
     if training_args.eval_strategy != "no" and eval_ds is None:
         raise ConfigError("eval_strategy is set but there is no eval data: set `dataset_test_split` or `eval_strategy: no`")
 
-    path, extra = models.resolve(model_args.model_name_or_path)
-    init = {"revision": model_args.model_revision, "dtype": model_args.dtype,
-            "attn_implementation": model_args.attn_implementation, **extra, **(training_args.model_init_kwargs or {})}
-    training_args.model_init_kwargs = {k: v for k, v in init.items() if v is not None}
-    tokenizer = models.load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision)
-
+    training_args.model_init_kwargs = {
+        k: v for k, v in {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
+                          **(training_args.model_init_kwargs or {})}.items() if v is not None
+    }
     card = {
         "base_model": script_args.base_model_id or models.hub_id(model_args.model_name_or_path),
-        "base_model_source": models.display_name(model_args.model_name_or_path),
         "dataset": script_args.dataset,
         "dataset_repo_id": script_args.dataset_repo_id,
         "run_meta": run_meta,
@@ -227,13 +194,10 @@ def train(script_args: ScriptArguments, training_args, model_args):
         from trl import get_peft_config
 
         peft_config = get_peft_config(model_args)
-    trainer = _trainer_class()(
-        model=path, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, peft_config=peft_config, card=card,
+    trainer = train_sft(
+        model_args.model_name_or_path, train_ds, args=training_args, eval_dataset=eval_ds,
+        revision=model_args.model_revision, peft_config=peft_config, card=card,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.create_model_card()
     if trainer.is_world_process_zero():
         trainer.accelerator.print(f"srt-hf sft: model and card saved to {training_args.output_dir}")
         if push:
@@ -243,7 +207,7 @@ def train(script_args: ScriptArguments, training_args, model_args):
                 commit_message="srt-hf sft: model, tokenizer and card",
             )
             trainer.accelerator.print(f"srt-hf sft: pushed to {url}")
-    training_args.push_to_hub = push
+    training_args.push_to_hub = trainer.args.push_to_hub = push
     return trainer
 
 

@@ -1,17 +1,19 @@
-"""A small SFT step for the recipes that train in a loop (DiverseEvol rounds, self-improvement).
+"""Supervised fine-tuning with TRL and the srt-hf model card: the one training function of srt_hf.
 
-    out = train_sft("default", train_ds, "outputs/round-1", max_steps=100)
+    trainer = train_sft("default", train_ds, "outputs/round-1", max_steps=100)
 
-``train_ds`` holds conversational ``prompt`` / ``completion`` records (what :func:`srt_hf.runs.write_sft`
-writes); TRL's ``SFTTrainer`` then computes the loss on the completion only. The model is saved with
-its tokenizer to ``output_dir``, whose path is returned. Without a GPU the run is put on the CPU in
-float32 (``use_cpu=True``, ``bf16=False``; TRL would otherwise turn bf16 on and fail). The
-user-facing training script with cards and Hub upload is ``recipes/sft.py``.
+``recipes/sft.py`` (the user-facing TRL script) and the recipes that train in a loop (DiverseEvol rounds,
+self-improvement) all train through :func:`train_sft`. ``train_ds`` holds conversational ``prompt`` /
+``completion`` records, so TRL's ``SFTTrainer`` computes the loss on the completion only. The model,
+its tokenizer, ``loss_history.json``, ``loss_curve.png`` and the srt-hf model card (in place of TRL's)
+are saved to the output directory. Without a GPU the run goes on the CPU in float32 (TRL would turn
+bf16 on and fail).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,40 +32,90 @@ def sft_config(output_dir: str | Path, **overrides: Any):
     return SFTConfig(output_dir=str(output_dir), **{**defaults, **overrides})
 
 
-def train_sft(model_name_or_path: str | None, train_dataset, output_dir: str | Path, *, args=None, **overrides: Any) -> str:
-    """Fine-tune ``model_name_or_path`` on ``train_dataset`` (conversational prompt/completion); returns ``output_dir``.
+def train_sft(
+    model_name_or_path: str | None,
+    train_dataset,
+    output_dir: str | Path | None = None,
+    *,
+    args=None,
+    eval_dataset=None,
+    revision: str | None = None,
+    peft_config=None,
+    card: dict[str, Any] | None = None,
+    **overrides: Any,
+):
+    """Fine-tune ``model_name_or_path`` on conversational prompt/completion data; returns the trainer.
 
     ``args``: an ``SFTConfig`` to start from (e.g. parsed by a recipe); it is copied, never changed,
     and ``output_dir`` plus ``overrides`` are applied to the copy. Without ``args``, :func:`sft_config`.
+    ``card``: keyword arguments of :func:`srt_hf.cards.write_model_card` (dataset, run_meta, repo_id…);
+    the base model defaults to ``model_name_or_path``.
     """
     import torch
-    from trl import SFTTrainer
 
-    if not {"prompt", "completion"} <= set(train_dataset.column_names):
-        raise InputError(
-            f"the training data has no prompt/completion columns (it has {train_dataset.column_names})",
-            fix="convert it with srt_hf.formats.to_prompt_completion or srt_hf.runs.write_sft",
-        )
+    for name, data in (("training", train_dataset), ("evaluation", eval_dataset)):
+        if data is not None and not {"prompt", "completion"} <= set(data.column_names):
+            raise InputError(
+                f"the {name} data has no prompt/completion columns (it has {data.column_names})",
+                fix="convert it with srt_hf.formats.to_prompt_completion or srt_hf.runs.write_sft",
+            )
     if not len(train_dataset):
         raise InputError("the training data has no rows", fix="select at least one row before training")
     if args is None:
-        config = sft_config(output_dir, **overrides)
+        config = sft_config(output_dir or "outputs/sft", **overrides)
     else:
         config = copy.deepcopy(args)
-        config.output_dir = str(output_dir)
+        if output_dir is not None:
+            config.output_dir = str(output_dir)
         for key, value in overrides.items():
             setattr(config, key, value)
     path, extra = models.resolve(model_name_or_path)
-    init = {**extra, **(config.model_init_kwargs or {})}
-    if "dtype" not in init and not torch.cuda.is_available():
+    init = {**extra, **({"revision": revision} if revision else {}), **(config.model_init_kwargs or {})}
+    if init.get("dtype") is None and not torch.cuda.is_available():
         init["dtype"] = torch.float32
     config.model_init_kwargs = init
-    trainer = SFTTrainer(
-        model=path,
-        args=config,
-        train_dataset=train_dataset.select_columns(["prompt", "completion"]),
-        processing_class=models.load_tokenizer(model_name_or_path),
+    card = {
+        "base_model": models.hub_id(model_name_or_path), "base_model_source": models.display_name(model_name_or_path),
+        "dataset": f"{len(train_dataset)} prompt/completion rows passed in memory", **(card or {}),
+    }
+    trainer = _trainer_class()(
+        model=path, args=config, train_dataset=train_dataset.select_columns(["prompt", "completion"]),
+        eval_dataset=eval_dataset.select_columns(["prompt", "completion"]) if eval_dataset is not None else None,
+        processing_class=models.load_tokenizer(model_name_or_path, **({"revision": revision} if revision else {})),
+        peft_config=peft_config, card=card,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
-    return config.output_dir
+    trainer.create_model_card()
+    return trainer
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class SRTSFTTrainer(SFTTrainer):
+        """``SFTTrainer`` that writes the srt-hf model card and loss history instead of TRL's card."""
+
+        def __init__(self, *args, card: dict[str, Any], **kwargs):
+            self._card = card
+            super().__init__(*args, **kwargs)
+
+        def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None) -> None:
+            if self.is_world_process_zero():
+                write_card(self, self.args.output_dir, **self._card)
+
+    return SRTSFTTrainer
+
+
+def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
+    """``loss_history.json``, ``loss_curve.png`` and ``README.md`` of a trained model in ``output_dir``."""
+    from .cards import loss_history, training_hyperparameters, write_model_card
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    history = loss_history(trainer.state.log_history)
+    (output_dir / "loss_history.json").write_text(json.dumps(history, indent=2))
+    return write_model_card(
+        output_dir, hyperparameters=training_hyperparameters(trainer.args, trainer.accelerator.num_processes),
+        history=history, **card,
+    )

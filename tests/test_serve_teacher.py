@@ -73,3 +73,20 @@ def test_instruction_reflection_through_transformers_serve(served_model, demo_pa
     assert all(status_kind(s) in {"ok", "parse_failed", "placeholder"} for s in statuses), statuses
     assert teacher.stats.completed >= 3 and teacher.stats.failed == 0
     assert all(isinstance(v, str) for v in list(out["instruction_reflected"]) + list(out["response_reflected"]))
+
+
+def test_recycle_pipeline_through_transformers_serve(served_model, demo_path, tiny_model_dir, tmp_path):
+    """The whole selective pipeline with a real OpenAI-compatible server as the teacher."""
+    import datasets
+
+    from srt_hf.pipeline import recycle
+
+    url, model = served_model
+    rows = datasets.load_dataset("json", data_files=str(demo_path), split="train").select(range(3))
+    teacher = EndpointTeacher(f"{url}/v1", model=model, config=GenerationConfig(max_new_tokens=16, timeout=60, max_retries=1))
+    result = recycle(rows, teacher=teacher, student=str(tiny_model_dir), out=tmp_path / "run")
+    out = result.rows.to_list()
+    assert len(out) == 3 and all(r["selection_reason"] and r["instruction_choice_reason"] for r in out)
+    assert all(status_kind(r["instruction_reflection_status"]) in {"ok", "parse_failed", "placeholder"} for r in out)
+    assert result.meta["teacher_requests"]["completed"] >= 6 and result.meta["teacher_requests"]["failed"] == 0
+    assert (result.run_dir / "README.md").is_file() and (result.run_dir / "sft" / "train.parquet").is_file()
