@@ -25,6 +25,7 @@ A comparison needs both scores: a side the student could not score never wins ov
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -128,7 +129,6 @@ def recycle(
     generation: GenerationConfig | None = None,
     teacher_model: str | None = None,
     source: str | None = None,
-    progress: bool = True,
 ) -> RecycleResult:
     """Run stages 1–5 on ``ds`` and write the run folder ``out`` (rerun the same call to resume).
 
@@ -147,13 +147,26 @@ def recycle(
     stages = _Stages(config, teacher)
     key = f"{__version__}:{ds._fingerprint}:{_digest(config, teacher, '')}"
 
-    current = ds.map(stages.canonical, batched=True, desc="0/5 read rows", with_indices=True)
-    for name, fn, label in stages.plan():
-        key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
-        parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label)
-        current = _from_parts(parts, paths.work / "datasets")
-    rows = current
-    return _finish(rows, run_dir, config, teacher, stages, source)
+    with _quiet_datasets():  # the stage bars say what happens; datasets' own bars would repeat it
+        current = ds.map(stages.canonical, batched=True, with_indices=True)
+        for name, fn, label in stages.plan():
+            key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
+            parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label)
+            current = _from_parts(parts, paths.work / "datasets")
+        return _finish(current, run_dir, config, teacher, stages, source)
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
 
 
 class _Stages:
