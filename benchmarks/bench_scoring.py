@@ -11,7 +11,6 @@ prompt heads once and computes logits only at labelled positions. Both must agre
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
