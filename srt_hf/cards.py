@@ -175,10 +175,7 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
         "load_id": repo_id or "path/to/" + run_dir.resolve().name,
         "license": license,
         "source": source,
-        "teacher": _as_dict(meta.get("teacher"), "model"),
-        "student": _as_dict(meta.get("student"), "model"),
-        "scoring": _as_dict(meta.get("scoring"), "preset"),
-        "selection": _as_dict(meta.get("selection"), "rule"),
+        **_provenance(meta),
         "prompts": dict(meta.get("prompts") or {}),
         "settings": _settings(meta),
         "counts": counts,
@@ -410,10 +407,7 @@ def write_model_card(
         "license": license,
         "kind": meta.get("kind"),
         "source": _as_dict(meta.get("source"), "name"),
-        "teacher": _as_dict(meta.get("teacher"), "model"),
-        "student": _as_dict(meta.get("student"), "model"),
-        "scoring": _as_dict(meta.get("scoring"), "preset"),
-        "selection": _as_dict(meta.get("selection"), "rule"),
+        **_provenance(meta),
         "counts": dict(meta.get("counts") or {}),
         "has_run": bool(meta),
         "hyperparameters": dict(hyperparameters),
@@ -496,6 +490,16 @@ def _as_dict(value: Any, key: str) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     return {key: value} if value not in (None, "") else {}
+
+
+def _provenance(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Teacher, student, scoring and selection of a run, as the card templates read them."""
+    return {
+        "teacher": _as_dict(meta.get("teacher"), "model"),
+        "student": _as_dict(meta.get("student"), "model"),
+        "scoring": _as_dict(meta.get("scoring"), "preset"),
+        "selection": _as_dict(meta.get("selection"), "rule"),
+    }
 
 
 def _looks_like_hub_id(name: Any) -> bool:
