@@ -652,7 +652,7 @@ def loss_curve_png(path: Path, series: Mapping[str, Sequence[tuple[float, float]
         c.line(left, y, right, y, _GRID)
     c.line(left, bottom, right, bottom, _INK)
     c.line(left, top_px, left, bottom, _INK)
-    for (name, pts), color in zip(series.items(), (_BEFORE, _AFTER, _MARK)):
+    for pts, color in zip(series.values(), (_BEFORE, _AFTER, _MARK)):
         pts = [p for p in pts if math.isfinite(p[1])]
         px = [to_px(*p) for p in pts]
         for (xa, ya), (xb, yb) in zip(px, px[1:]):

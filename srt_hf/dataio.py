@@ -75,8 +75,14 @@ def check_output_path(out: Path) -> None:
         raise InputError(f"cannot write {out}: the suffix decides the format", fix="end --out with .parquet or .jsonl")
 
 
-def write_tables(tables: Iterable[pa.Table], out: Path) -> int:
-    """Stream tables into one Parquet or JSONL file (chosen by suffix); returns the rows written."""
+PROVENANCE_KEY = b"srt_hf"
+
+
+def write_tables(tables: Iterable[pa.Table], out: Path, provenance: dict | None = None) -> int:
+    """Stream tables into one Parquet or JSONL file (chosen by suffix); returns the rows written.
+
+    ``provenance`` (student, scoring, …) goes into the Parquet schema metadata, so a later
+    ``srt-hf select`` can name it on its card; JSONL has no place for it."""
     check_output_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -86,7 +92,10 @@ def write_tables(tables: Iterable[pa.Table], out: Path) -> int:
         for table in tables:
             table = nan_to_null(table)
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
+                schema = table.schema
+                if provenance:
+                    schema = schema.with_metadata({**(schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance)})
+                writer = pq.ParquetWriter(tmp, schema)
             writer.write_table(table.cast(writer.schema))
             rows += table.num_rows
         if writer is None:
@@ -100,3 +109,11 @@ def write_tables(tables: Iterable[pa.Table], out: Path) -> int:
                 rows += table.num_rows
     tmp.replace(out)
     return rows
+
+
+def read_provenance(path: Path) -> dict:
+    """The provenance ``write_tables`` stored in a Parquet file; empty for any other input."""
+    if not (path.is_file() and path.suffix.lower() == ".parquet"):
+        return {}
+    raw = (pq.read_schema(path).metadata or {}).get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else {}

@@ -262,7 +262,7 @@ def _canonical(ds, mapping):
 
     def convert(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"_srt_instruction": [], "_srt_input": [], "_srt_response": []}
-        for j, ex in enumerate(read_batch(batch, fmt)):
+        for ex in read_batch(batch, fmt):
             if isinstance(ex, RowProblem):
                 raise InputError(f"a kept row cannot be read as SFT data: {ex}", fix="fix the row or drop it before selecting")
             out["_srt_instruction"].append(ex.instruction)

@@ -91,3 +91,20 @@ def test_two_processes_with_accelerate(tmp_path, tiny_model_dir):
     assert [r["id"] for r in b] == [r["id"] for r in a]
     for x, y in zip(a, b):
         assert y["ifd"] == pytest.approx(x["ifd"], rel=1e-5) and y["score_status"] == x["score_status"]
+
+
+def test_scored_parquet_carries_its_provenance_into_select(tmp_path, tiny_model_dir):
+    from srt_hf import models
+    from srt_hf.dataio import read_provenance
+
+    scored = tmp_path / "s.parquet"
+    assert run_score(tiny_model_dir, scored, "--limit", "6") == 0
+    provenance = read_provenance(scored)
+    assert provenance["student"]["model"] == models.display_name(str(tiny_model_dir))
+    assert provenance["scoring"] == {"preset": "reflection", "template": "vicuna"}
+    assert provenance["source"]["name"] == "demo"
+
+    assert main(["select", str(scored), "--top-share", "0.5", "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["student"] == provenance["student"] and meta["scoring"]["preset"] == "reflection"
+    assert models.display_name(str(tiny_model_dir)) in (tmp_path / "run" / "README.md").read_text()

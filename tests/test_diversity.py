@@ -173,7 +173,7 @@ def test_embedder_in_dataset_map_keeps_every_row(embedder, tiny_model_dir):
 
 
 def test_embedder_pickles_without_the_model(embedder):
-    embedder.model  # loaded
+    assert embedder.model is not None  # loaded before pickling
     blob = pickle.dumps(embedder)
     assert len(blob) < 4000
     clone = pickle.loads(blob)

@@ -251,7 +251,7 @@ def test_a_parse_failure_is_retried_once_as_a_new_request():
         assert server.requests == 4
         assert transform.counts == {"ok": 2, "parse_retries": 2}
         first, retry = sorted((e["body"] for e in server.log), key=lambda b: b["seed"])[1:3]
-        assert {first["seed"], first["temperature"]} == {0, 0.0} and (retry["seed"], retry["temperature"]) == (1, 0.7)
+        assert (first["seed"], first["temperature"]) == (0, 0.0) and (retry["seed"], retry["temperature"]) == (1, 0.7)
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,14 @@ def run(args: argparse.Namespace) -> int:
     state = process_state()
     if state and not state.is_main_process:
         return 0
-    rows = write_tables(read_parts(parts), args.out)
+    from .. import models
+
+    provenance = {
+        "source": {"name": str(args.input), "split": args.split},
+        "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student)},
+        "scoring": {"preset": config.preset, "template": scorer.preset.template},
+    }
+    rows = write_tables(read_parts(parts), args.out, provenance=provenance)
     summary_columns = [c for c in ("ifd", "rifd", "score_status") if c in config.output_columns()]
     result = pa.concat_tables(pq.read_table(p, columns=summary_columns) for p in parts)
     shutil.rmtree(work, ignore_errors=True)

@@ -265,8 +265,17 @@ def _ds_weight(ds, args, mapping):
 
 
 def _carry_run_meta(path: Path, meta: dict) -> None:
-    """When IN is a run folder, keep its provenance (source, teacher, student, scoring) in the new run."""
+    """When IN is a run folder or a scored Parquet file, keep its provenance (source, teacher, student,
+    scoring) in the new run."""
     from .. import runs
+    from ..dataio import read_provenance
+
+    scored = read_provenance(path)
+    if scored:
+        meta["source"] = scored.get("source", meta["source"])
+        for key in ("student", "scoring"):
+            if key in scored:
+                meta.setdefault(key, scored[key])
 
     if path.is_dir() and runs.RunPaths(path).meta.is_file():
         earlier = runs.read_meta(path)
