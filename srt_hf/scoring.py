@@ -17,15 +17,17 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import __version__, models
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch, user_content
-from .span_loss import Span, span_losses
 from .templates import Preset, format_prompt, format_reverse_prompt, get_preset
+
+if TYPE_CHECKING:  # torch loads only when a model is scored, so `srt-hf --help` stays fast
+    from .span_loss import Span
 
 SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
 STATUS_COLUMN = "score_status"
@@ -125,6 +127,8 @@ class IFDScorer:
     # -- scoring --------------------------------------------------------------------------------
     def score_examples(self, examples: list[Example | RowProblem]) -> dict[str, Any]:
         """Score canonical examples; returns the output columns (numpy float64 arrays + statuses)."""
+        from .span_loss import span_losses
+
         encoder = _Encoder(self.tokenizer, chat=self.preset.name == "chat")
         plans = [self._plan(ex, encoder) for ex in examples]
         spans = [span for p in plans if isinstance(p, _RowPlan) for span in p.spans()]
@@ -282,6 +286,8 @@ class _Encoder:
 
     def span(self, text: str, target: str, max_length: int, group: str) -> Span:
         """The reference labelling: tokens before the *last* occurrence of ``target`` are masked."""
+        from .span_loss import Span
+
         ids = self.truncate(self(text), max_length)
         start = len(self(text[: text.rfind(target)]))
         return Span(ids, start, group)
