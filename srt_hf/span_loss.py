@@ -15,6 +15,7 @@ A :class:`Span` is one scoring pass of the references: token ids and the first l
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import defaultdict
 from contextlib import nullcontext
@@ -110,7 +111,13 @@ def _shared_prefix_len(spans: Sequence[Span]) -> int:
 def _prefix_cache(model, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ids = torch.tensor([list(prefix)], device=model.device)
     out = model.base_model(input_ids=ids, use_cache=True)
-    return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_argument(model) -> str:
+    """Recent transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``; use this version's name."""
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
 
 def _packs(order: list[Span], prefix_len: int, max_tokens: int) -> Iterator[list[Span]]:
@@ -193,7 +200,7 @@ def _padded_losses(model, batch: list[Span], prefix_len: int, prefix_kv) -> list
         owner.extend([b] * len(tgt))
     kwargs: dict = {"use_cache": prefix_kv is not None}
     if prefix_kv is not None:
-        kwargs["past_key_values"] = DynamicCache(
+        kwargs[_cache_argument(model)] = DynamicCache(
             ddp_cache_data=[(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1)) for k, v in prefix_kv],
             config=model.config,
         )
