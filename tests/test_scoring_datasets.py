@@ -76,3 +76,19 @@ def test_second_identical_map_is_served_from_cache(tmp_path, tiny_model_dir):
         changed = IFDScorer(**{"student": str(tiny_model_dir), **change})
         assert ds.map(changed, batched=True, batch_size=2)._fingerprint != first._fingerprint
         assert changed._model is not None, change
+
+
+def test_with_rank_puts_the_student_on_the_gpu_of_its_rank(monkeypatch, scorer):
+    """Where GPUs exist, the rank datasets passes (with_rank=True) picks cuda:rank, wrapping round the GPUs."""
+    import torch
+
+    from srt_hf import models, scoring
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    devices = []
+    monkeypatch.setattr(scoring, "_load_student", lambda student, revision, dtype, device: devices.append(device) or (None, None))
+    for rank in (0, 1, 2, None):
+        scorer._load(rank)
+    assert devices == ["cuda:0", "cuda:1", "cuda:0", "cuda"]
+    assert models.prepare_device("cpu", 1) == "cpu"  # an explicit device wins over the rank
