@@ -21,23 +21,21 @@ The cards are Jinja templates in ``hub_cards/`` (shipped in the package as ``srt
     srt_hf_version, created
 
 ``write_model_card(output_dir, ...)`` renders the card of a model trained by ``recipes/sft.py``.
-Charts are drawn by a small PNG rasteriser (numpy + zlib), so no plotting library is needed.
+The charts come from :mod:`srt_hf.charts` (matplotlib).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import struct
-import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import __version__
+from .charts import histogram_png, loss_curve_png
 from .runs import ROWS, SELECTED, SFT, RunPaths, read_meta
 
 TEMPLATE_DIRS = (Path(__file__).resolve().parent / "hub_cards", Path(__file__).resolve().parent.parent / "hub_cards")
@@ -507,169 +505,3 @@ def _looks_like_hub_id(name: Any) -> bool:
     if not isinstance(name, str) or not name or Path(name).exists() or os.path.isabs(name):
         return False
     return re.fullmatch(r"(?:[\w.-]+/)?[\w.-]+", name) is not None and not name.endswith((".parquet", ".json", ".jsonl", ".csv"))
-
-
-# ----------------------------------------------------------------------------------------------
-# Charts: a tiny RGB rasteriser with a 3x5 pixel font, written as PNG with zlib.
-
-# Each glyph is five rows of three bits (4 = left pixel, 2 = middle, 1 = right).
-_FONT = {
-    "0": (7, 5, 5, 5, 7), "1": (2, 6, 2, 2, 7), "2": (7, 1, 7, 4, 7), "3": (7, 1, 7, 1, 7), "4": (5, 5, 7, 1, 1),
-    "5": (7, 4, 7, 1, 7), "6": (7, 4, 7, 5, 7), "7": (7, 1, 1, 1, 1), "8": (7, 5, 7, 5, 7), "9": (7, 5, 7, 1, 7),
-    "A": (2, 5, 7, 5, 5), "B": (6, 5, 6, 5, 6), "C": (3, 4, 4, 4, 3), "D": (6, 5, 5, 5, 6), "E": (7, 4, 6, 4, 7),
-    "F": (7, 4, 6, 4, 4), "G": (3, 4, 5, 5, 3), "H": (5, 5, 7, 5, 5), "I": (7, 2, 2, 2, 7), "J": (1, 1, 1, 5, 2),
-    "K": (5, 5, 6, 5, 5), "L": (4, 4, 4, 4, 7), "M": (5, 7, 7, 5, 5), "N": (6, 5, 5, 5, 5), "O": (2, 5, 5, 5, 2),
-    "P": (6, 5, 6, 4, 4), "Q": (2, 5, 5, 6, 3), "R": (6, 5, 6, 5, 5), "S": (3, 4, 2, 1, 6), "T": (7, 2, 2, 2, 2),
-    "U": (5, 5, 5, 5, 7), "V": (5, 5, 5, 5, 2), "W": (5, 5, 7, 7, 5), "X": (5, 5, 2, 5, 5), "Y": (5, 5, 2, 2, 2),
-    "Z": (7, 1, 2, 4, 7), ".": (0, 0, 0, 0, 2), "-": (0, 0, 7, 0, 0), "+": (0, 2, 7, 2, 0), "=": (0, 7, 0, 7, 0),
-    ":": (0, 2, 0, 2, 0), "/": (1, 1, 2, 4, 4), "(": (2, 4, 4, 4, 2), ")": (2, 1, 1, 1, 2), ">": (4, 2, 1, 2, 4),
-    "<": (1, 2, 4, 2, 1), ",": (0, 0, 0, 2, 4), "_": (0, 0, 0, 0, 7), "%": (5, 1, 2, 4, 5), " ": (0, 0, 0, 0, 0),
-    "?": (6, 1, 2, 0, 2),
-}
-_INK, _GRID, _BEFORE, _AFTER, _MARK = (40, 40, 40), (225, 225, 225), (120, 144, 176), (230, 126, 34), (200, 40, 40)
-
-
-class _Canvas:
-    def __init__(self, width: int, height: int):
-        self.pixels = np.full((height, width, 3), 255, dtype=np.uint8)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.pixels.shape[1], self.pixels.shape[0]
-
-    def rect(self, x0: float, y0: float, x1: float, y1: float, color) -> None:
-        w, h = self.size
-        xa, xb = sorted((int(round(x0)), int(round(x1))))
-        ya, yb = sorted((int(round(y0)), int(round(y1))))
-        self.pixels[max(ya, 0):min(yb + 1, h), max(xa, 0):min(xb + 1, w)] = color
-
-    def line(self, x0: float, y0: float, x1: float, y1: float, color, width: int = 1) -> None:
-        steps = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-        for t in np.linspace(0.0, 1.0, steps + 1):
-            x, y = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
-            self.rect(x, y, x + width - 1, y + width - 1, color)
-
-    def text(self, x: float, y: float, s: str, color=_INK, scale: int = 2) -> None:
-        for i, ch in enumerate(s.upper()):
-            rows = _FONT.get(ch, _FONT["?"])
-            for r, bits in enumerate(rows):
-                for c in range(3):
-                    if bits & (4 >> c):
-                        px, py = x + (i * 4 + c) * scale, y + r * scale
-                        self.rect(px, py, px + scale - 1, py + scale - 1, color)
-
-    @staticmethod
-    def text_width(s: str, scale: int = 2) -> int:
-        return max(len(s) * 4 - 1, 0) * scale
-
-    def save(self, path: Path) -> None:
-        Path(path).write_bytes(png_bytes(self.pixels))
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """An 8-bit RGB PNG of an ``(height, width, 3)`` uint8 array."""
-    height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(height))  # filter type 0 per scanline
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
-def _tick(v: float) -> str:
-    return f"{v:.3g}"
-
-
-def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray, *, bins: int = 30,
-                  threshold: float | None = None, width: int = 640, height: int = 320) -> None:
-    """Side-by-side histogram of a score before and after selection (values outside the 0.5–99.5
-    percentile range fall into the edge bins)."""
-    both = np.concatenate([before, after])
-    lo, hi = (float(v) for v in np.percentile(both, [0.5, 99.5])) if len(both) else (0.0, 1.0)
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
-    counts_b = np.histogram(np.clip(before, lo, hi), edges)[0]
-    counts_a = np.histogram(np.clip(after, lo, hi), edges)[0]
-    top = max(int(counts_b.max(initial=0)), int(counts_a.max(initial=0)), 1)
-
-    c = _Canvas(width, height)
-    left, right, top_px, bottom = 56, width - 16, 40, height - 36
-    for frac in (0.25, 0.5, 0.75, 1.0):
-        y = bottom - (bottom - top_px) * frac
-        c.line(left, y, right, y, _GRID)
-    slot = (right - left) / bins
-    for i in range(bins):
-        x = left + i * slot
-        for j, (count, color) in enumerate(((counts_b[i], _BEFORE), (counts_a[i], _AFTER))):
-            if count:
-                y = bottom - (bottom - top_px) * count / top
-                c.rect(x + 1 + j * slot / 2, y, x + (j + 1) * slot / 2 - 1, bottom, color)
-    if threshold is not None and lo < threshold < hi:
-        x = left + (threshold - lo) / (hi - lo) * (right - left)
-        for y in range(top_px, bottom, 6):
-            c.rect(x, y, x + 1, y + 3, _MARK)
-        c.text(x + 4, top_px, _tick(threshold), _MARK)
-    c.line(left, bottom, right, bottom, _INK)
-    c.line(left, top_px, left, bottom, _INK)
-    c.text(left - 6 - c.text_width(str(top)), top_px - 4, str(top))
-    c.text(left - 6 - c.text_width("0"), bottom - 8, "0")
-    for v in (lo, (lo + hi) / 2, hi):
-        label = _tick(v)
-        x = left + (v - lo) / (hi - lo) * (right - left) - c.text_width(label) / 2
-        c.text(min(max(x, 0), width - c.text_width(label) - 2), bottom + 8, label)
-    c.text(left, 12, title)
-    x = left + c.text_width(title) + 24
-    for label, color in ((f"BEFORE N={len(before)}", _BEFORE), (f"AFTER N={len(after)}", _AFTER)):
-        c.rect(x, 12, x + 9, 21, color)
-        c.text(x + 14, 12, label)
-        x += 14 + c.text_width(label) + 20
-    c.save(path)
-
-
-def loss_curve_png(path: Path, series: Mapping[str, Sequence[tuple[float, float]]], *,
-                   width: int = 640, height: int = 320) -> None:
-    """Loss against optimizer step, one polyline per series (train, eval)."""
-    points = [p for s in series.values() for p in s if math.isfinite(p[1])]
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x_lo, x_hi = min(xs), max(xs)
-    y_lo, y_hi = min(ys), max(ys)
-    if not x_hi > x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    if not y_hi > y_lo:
-        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-    c = _Canvas(width, height)
-    left, right, top_px, bottom = 64, width - 20, 40, height - 36
-
-    def to_px(step: float, loss: float) -> tuple[float, float]:
-        return (left + (step - x_lo) / (x_hi - x_lo) * (right - left),
-                bottom - (loss - y_lo) / (y_hi - y_lo) * (bottom - top_px))
-
-    for frac in (0.25, 0.5, 0.75, 1.0):
-        y = bottom - (bottom - top_px) * frac
-        c.line(left, y, right, y, _GRID)
-    c.line(left, bottom, right, bottom, _INK)
-    c.line(left, top_px, left, bottom, _INK)
-    for pts, color in zip(series.values(), (_BEFORE, _AFTER, _MARK)):
-        pts = [p for p in pts if math.isfinite(p[1])]
-        px = [to_px(*p) for p in pts]
-        for (xa, ya), (xb, yb) in zip(px, px[1:]):
-            c.line(xa, ya, xb, yb, color, width=2)
-        if len(px) <= 60:
-            for x, y in px:
-                c.rect(x - 2, y - 2, x + 2, y + 2, color)
-    c.text(left - 6 - c.text_width(_tick(y_hi)), top_px - 4, _tick(y_hi))
-    c.text(left - 6 - c.text_width(_tick(y_lo)), bottom - 8, _tick(y_lo))
-    c.text(left, bottom + 8, _tick(x_lo))
-    c.text(right - c.text_width(_tick(x_hi)), bottom + 8, _tick(x_hi))
-    c.text((left + right) / 2 - c.text_width("STEP") / 2, bottom + 8, "STEP")
-    c.text(left, 12, "LOSS")
-    x = left + c.text_width("LOSS") + 24
-    for (name, _), color in zip(series.items(), (_BEFORE, _AFTER, _MARK)):
-        c.rect(x, 12, x + 9, 21, color)
-        c.text(x + 14, 12, name)
-        x += 14 + c.text_width(name) + 20
-    c.save(path)
-

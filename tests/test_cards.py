@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from srt_hf import cards, runs
+from srt_hf import cards, charts, runs
 
 # Metadata keys of the Hub's card specs (huggingface/hub-docs datasetcard.md and modelcard.md).
 DATASET_CARD_KEYS = {
@@ -79,22 +76,15 @@ def make_run(root: Path, *, n: int = 40, kind: str = "recycle", license: str | N
 
 
 def read_png(path: Path) -> np.ndarray:
-    """Decode the 8-bit RGB PNGs srt_hf writes (filter type 0) back to an array."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert zlib.crc32(tag + body) & 0xFFFFFFFF == crc
-        chunks[tag] = chunks.get(tag, b"") + body
-        pos += 12 + length
-    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, color) == (8, 2)
-    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(height, 1 + width * 3)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(height, width, 3)
+    """A PNG chart as an (height, width, 3) uint8 array."""
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return (imread(path)[..., :3] * 255).round().astype(np.uint8)
+
+
+def colours(pixels: np.ndarray) -> set[tuple[int, ...]]:
+    return {tuple(int(v) for v in c) for c in pixels.reshape(-1, 3)}
 
 
 def test_dataset_card_metadata_configs_and_load(tmp_path):
@@ -139,8 +129,7 @@ def test_histograms_are_valid_pngs_before_and_after(tmp_path):
     for name in ("ifd_histogram.png", "rifd_histogram.png"):
         pixels = read_png(run / "images" / name)
         assert pixels.shape == (320, 640, 3)
-        colours = {tuple(c) for c in pixels.reshape(-1, 3)}
-        assert cards._BEFORE in colours and cards._AFTER in colours  # both series are drawn
+        assert {charts.BEFORE, charts.AFTER} <= colours(pixels)  # both series are drawn
 
 
 def test_dataset_card_tolerates_a_bare_run_folder(tmp_path):
@@ -166,6 +155,7 @@ def test_citations_follow_the_methods_used(tmp_path):
     assert "@article{wu2023diverseevol" in text and "@article{jiang2024importance" in text
     assert "li2023reflection" not in text  # no teacher reflection in a select run
     assert "synthetic" not in text.split("---")[1]
+    assert cards.methods_used({}) == ["srt", "ifd", "reflection_tuning"]  # a run.json without a kind is a recycle run
 
 
 def test_size_categories():
@@ -197,8 +187,7 @@ def test_model_card_metadata_and_loss_curve(tmp_path):
                      "@inproceedings{li2024selective"):
         assert expected in card.text, expected
     pixels = read_png(tmp_path / "model" / "loss_curve.png")
-    colours = {tuple(c) for c in pixels.reshape(-1, 3)}
-    assert cards._BEFORE in colours and cards._AFTER in colours  # train and eval series
+    assert {charts.LINES[0], charts.LINES[1]} <= colours(pixels)  # train and eval series
 
 
 def test_model_card_leaves_out_local_paths(tmp_path):
@@ -223,12 +212,16 @@ def test_templates_ship_inside_the_package():
     assert cards.TEMPLATE_DIRS[0] == package_dir.resolve()
 
 
-def test_png_writer_roundtrip(tmp_path):
-    rgb = np.zeros((3, 5, 3), dtype=np.uint8)
-    rgb[1, 2] = (10, 20, 30)
-    (tmp_path / "x.png").write_bytes(cards.png_bytes(rgb))
-    assert (read_png(tmp_path / "x.png") == rgb).all()
-    assert json.dumps(cards.methods_used({}))  # default: srt, ifd, reflection_tuning
+def test_charts_are_reproducible(tmp_path):
+    """Same scores, same bytes: a rerun of a card does not change its images (no timestamps, no versions)."""
+    rng = np.random.default_rng(0)
+    before, after = rng.gamma(2.0, 0.4, 200), rng.gamma(2.0, 0.3, 80)
+    for name in ("a.png", "b.png"):
+        charts.histogram_png(tmp_path / name, "IFD", before, after, threshold=1.0)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert charts.THRESHOLD in colours(read_png(tmp_path / "a.png"))  # the dashed line at 1
+    charts.histogram_png(tmp_path / "empty.png", "r-IFD", np.array([]), np.array([]))  # nothing scored: still a chart
+    assert read_png(tmp_path / "empty.png").shape == (320, 640, 3)
 
 
 def test_card_of_a_select_run(tmp_path, monkeypatch):

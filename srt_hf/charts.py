@@ -1,0 +1,66 @@
+"""The PNG charts of the cards: score histograms before → after selection, and the training loss curve.
+
+Drawn with matplotlib's object API (a ``Figure`` saved through the Agg renderer): no pyplot state and
+no display, so it works in scripts, workers and on machines without a screen.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+BEFORE, AFTER, THRESHOLD = (120, 144, 176), (230, 126, 34), (200, 40, 40)  # RGB
+LINES = (BEFORE, AFTER, (46, 139, 87))  # train, eval, any further series
+SIZE = (6.4, 3.2)  # inches at DPI: 640 × 320 pixels
+DPI = 100
+
+
+def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
+    return tuple(c / 255 for c in color)  # type: ignore[return-value]
+
+
+def _figure():
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _save(figure, path: Path) -> None:
+    figure.savefig(path, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp: same data, same bytes
+
+
+def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray, *, bins: int = 30,
+                  threshold: float | None = None) -> None:
+    """Side-by-side histogram of a score before and after selection. Values outside the 0.5–99.5
+    percentile range fall into the edge bins, so one outlier does not squash the rest."""
+    both = np.concatenate([before, after])
+    lo, hi = (float(v) for v in np.percentile(both, [0.5, 99.5])) if len(both) else (0.0, 1.0)
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    figure, ax = _figure()
+    ax.hist([np.clip(before, lo, hi), np.clip(after, lo, hi)], bins=np.linspace(lo, hi, bins + 1),
+            color=[_rgb(BEFORE), _rgb(AFTER)], label=[f"before (n={len(before)})", f"after (n={len(after)})"])
+    if threshold is not None and lo < threshold < hi:
+        ax.axvline(threshold, color=_rgb(THRESHOLD), linestyle="--", linewidth=1)
+    ax.set(title=f"{title} before → after selection", xlabel=title, ylabel="rows")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(frameon=False)
+    _save(figure, path)
+
+
+def loss_curve_png(path: Path, series: Mapping[str, Sequence[tuple[float, float]]]) -> None:
+    """Loss against optimizer step, one line per series (train, eval)."""
+    figure, ax = _figure()
+    for (name, points), color in zip(series.items(), LINES):
+        points = [p for p in points if math.isfinite(p[1])]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=name, color=_rgb(color),
+                linewidth=2, marker="o" if len(points) <= 60 else None, markersize=3)
+    ax.set(title="Training loss", xlabel="step", ylabel="loss")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    _save(figure, path)
