@@ -232,7 +232,7 @@ def write_selection_run(
         "srt_hf_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **meta,
-        "counts": {"input": len(table), "selected": int(selected_mask.sum()), "sft": sft_rows, **meta.get("counts", {})},
+        "counts": {"input": len(table), **meta.get("counts", {}), "selected": int(selected_mask.sum()), "sft": sft_rows},
         "reasons": reason_counts(reasons),
     }
     full.setdefault("columns", {}).update({
