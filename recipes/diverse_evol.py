@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from srt_hf.formats import ColumnMapping
+from srt_hf.status import INVALID, is_ok, make
 
 
 @dataclass
@@ -105,7 +106,7 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
             model_dir = str(model_dir)
             embedder = Embedder(EmbedConfig(**_mapping(args), model=model_dir, max_length=args.embed_max_length))
             vectors, status = _embed(ds, embedder, args.embed_batch_rows, f"round {r}: embedding")
-            usable = [i for i in range(n) if status[i] == "ok" and i not in problems]
+            usable = [i for i in range(n) if is_ok(status[i]) and i not in problems]
             lost = [i for i in pool if i not in set(usable)]
             if lost:
                 raise ConfigError(f"pool row {lost[0]} could not be embedded ({status[lost[0]]}).")
@@ -174,7 +175,7 @@ def _sft_records(ds, args):
     for lo in range(0, len(ds), 1000):
         for j, ex in enumerate(read_batch(ds[lo : lo + 1000], fmt)):
             if isinstance(ex, RowProblem):
-                problems[lo + j] = f"invalid: {ex}"
+                problems[lo + j] = make(INVALID, ex)
                 records.append(None)
             else:
                 records.append(to_prompt_completion(ex.instruction, ex.input, ex.response))

@@ -61,7 +61,7 @@ def run(args: SelfImproveArguments, training_args) -> dict:
     """Sample, vote, DS-filter, SFT; returns the metadata written to output_dir/data/run.json."""
     import datasets
 
-    from srt_hf import models, runs
+    from srt_hf import models, runs, status
     from srt_hf.dsweight import DSWeightConfig, ds_weight_filter
     from srt_hf.errors import ConfigError, InputError
     from srt_hf.formats import to_prompt_completion
@@ -119,7 +119,7 @@ def run(args: SelfImproveArguments, training_args) -> dict:
         candidates, valid, ds_config, question_column="question", response_column="output", group_column="question_id",
         valid_question_column=args.question_column, valid_answer_column=args.valid_answer_column,
     )
-    failed = [i for i, s in enumerate(rows["sample_status"]) if s != "ok"]
+    failed = [i for i, s in enumerate(rows["sample_status"]) if not status.is_ok(s)]
     if failed:  # a failed request is not an answer: say so instead of "no numeric answer"
         from srt_hf.selection import with_decisions
 
@@ -158,7 +158,7 @@ def run(args: SelfImproveArguments, training_args) -> dict:
         model_dir = train_sft(args.model_name_or_path, sft, out / "model", args=training_args).args.output_dir
         meta["training"] = {"status": "trained", "output_dir": model_dir, "rows": len(kept), "max_steps": training_args.max_steps}
     else:
-        meta["training"] = {"status": "skipped: no answer was kept (see data/rows.parquet selection_reason)", "rows": 0}
+        meta["training"] = {"status": status.make(status.SKIPPED, "no answer was kept (see data/rows.parquet selection_reason)"), "rows": 0}
     runs.write_meta(out / "data", meta)
     _print_summary(meta, out)
     return meta

@@ -41,6 +41,7 @@ import numpy as np
 from . import __version__, models
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch, to_prompt_completion
+from .status import INVALID, OK, make
 
 # Rows per BLAS call. Small calls run single-threaded in OpenBLAS, which is as fast as memory allows for
 # a matrix-vector product and, unlike its threaded path, does not stall when the CPU is shared.
@@ -379,10 +380,10 @@ class Embedder:
         status: list[str] = []
         for i, ex in enumerate(examples):
             if isinstance(ex, RowProblem):
-                status.append(f"invalid: {ex}")
+                status.append(make(INVALID, ex))
                 continue
             ids[i] = self.tokenizer(self.training_text(ex), add_special_tokens=False)["input_ids"][: self.config.max_length]
-            status.append("ok" if ids[i] else "invalid: empty training text")
+            status.append(OK if ids[i] else make(INVALID, "empty training text"))
         vectors = self.embed_ids({i: t for i, t in ids.items() if t})
         column = [vectors[i] if i in vectors else None for i in range(len(examples))]
         return {self.config.output_column: column, self.status_column: status}

@@ -40,9 +40,10 @@ from . import __version__, models
 from .chunks import map_in_chunks
 from .errors import ConfigError
 from .formats import ColumnMapping, RowProblem, detect_format, read_batch
-from .reflection import InstructionReflection, ReflectionConfig, ResponseReflection, status_kind
+from .reflection import InstructionReflection, ReflectionConfig, ResponseReflection
 from .runs import RunPaths
 from .scoring import IFDScorer, ScoringConfig
+from .status import INVALID, OK, SKIPPED, is_ok, kind_of, make
 from .teachers import GenerationConfig, Teacher, load_teacher
 
 ORIGINAL = ("original_instruction", "original_input", "original_response")
@@ -204,7 +205,7 @@ class _Stages:
         out: dict[str, list] = {"row_id": list(indices), "read_status": [], **{c: [] for c in ORIGINAL}}
         for ex in read_batch(batch, self.fmt):
             bad = isinstance(ex, RowProblem)
-            out["read_status"].append(f"invalid: {ex}" if bad else "ok")
+            out["read_status"].append(make(INVALID, ex) if bad else OK)
             for col, value in zip(ORIGINAL, ("", "", "") if bad else (ex.instruction, ex.input, ex.response)):
                 out[col].append(value)
         return out
@@ -219,7 +220,7 @@ class _Stages:
         return self.instruction(batch)
 
     def choose_instruction(self, batch: dict[str, list]) -> dict[str, Any]:
-        ok = [status_kind(s) == "ok" for s in batch["instruction_reflection_status"]]
+        ok = [is_ok(s) for s in batch["instruction_reflection_status"]]
         scores = _score_where(self.scorers["reflected_pair_"], batch, ok, "reflection did not succeed")
         out: dict[str, Any] = {**scores, "instruction_choice": [], "instruction_choice_reason": [], **{c: [] for c in CHOSEN}}
         for i in range(len(ok)):
@@ -240,7 +241,7 @@ class _Stages:
         return {"better_response": out["response_reflected"], "response_reflection_status": out["response_reflection_status"]}
 
     def choose_response(self, batch: dict[str, list]) -> dict[str, Any]:
-        ok = [status_kind(s) == "ok" for s in batch["response_reflection_status"]]
+        ok = [is_ok(s) for s in batch["response_reflection_status"]]
         scores = _score_where(self.scorers["better_"], batch, ok, "reflection did not succeed")
         renamed = {k.replace("better_", "better_response_", 1): v for k, v in scores.items()}
         out: dict[str, Any] = {**renamed, "response_choice": [], "response_choice_reason": [], **{c: [] for c in FINAL},
@@ -279,14 +280,14 @@ def _mapping(cols: tuple[str, str, str]) -> dict[str, str]:
 def _carry_read_problems(batch: dict[str, list], out: dict[str, Any], status_column: str) -> None:
     """A row that could not be read keeps its real reason, not 'empty instruction'."""
     for i, status in enumerate(batch["read_status"]):
-        if status != "ok":
+        if not is_ok(status):
             out[status_column][i] = status
 
 
 def _score_where(scorer: IFDScorer, batch: dict[str, list], mask: list[bool], why_not: str) -> dict[str, Any]:
     """Score only the rows in ``mask``; the others get NaN and ``skipped: <why_not>``."""
     columns = scorer.config.output_columns()
-    out: dict[str, Any] = {c: (["skipped: " + why_not] * len(mask) if c.endswith("score_status") else np.full(len(mask), np.nan)) for c in columns}
+    out: dict[str, Any] = {c: ([make(SKIPPED, why_not)] * len(mask) if c.endswith("score_status") else np.full(len(mask), np.nan)) for c in columns}
     idx = [i for i, m in enumerate(mask) if m]
     if idx:
         scored = scorer({k: [v[i] for i in idx] for k, v in batch.items()})
@@ -315,7 +316,7 @@ def _with_cache(teacher: Teacher, path: Path) -> Teacher:
     """The teacher with the run folder's response cache, unless it already has one of its own."""
     if teacher.cache_path:
         return teacher
-    from .teacher_cache import ResponseCache
+    from .teachers import ResponseCache
 
     teacher = copy.copy(teacher)
     teacher.cache_path, teacher.cache = str(path), ResponseCache(path)
@@ -338,14 +339,14 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
 
     selected, reasons, rule = final_filter(list(rows["final_ifd"]), list(rows["final_rifd"]), list(rows["final_score_status"]), config.top_share)
     table = with_decisions(rows, selected, reasons)
-    inst = [status_kind(s) for s in rows["instruction_reflection_status"]]
-    resp = [status_kind(s) for s in rows["response_reflection_status"]]
+    inst = [kind_of(s) for s in rows["instruction_reflection_status"]]
+    resp = [kind_of(s) for s in rows["response_reflection_status"]]
     counts = {
         "input": len(rows),
-        "read ok": sum(s == "ok" for s in rows["read_status"]),
-        "instruction reflections ok": inst.count("ok"),
+        "read ok": sum(is_ok(s) for s in rows["read_status"]),
+        "instruction reflections ok": inst.count(OK),
         "instructions replaced": sum(c == "reflected" for c in rows["instruction_choice"]),
-        "response reflections ok": resp.count("ok"),
+        "response reflections ok": resp.count(OK),
         "responses replaced": sum(c == "reflected" for c in rows["response_choice"]),
     }
     meta = {

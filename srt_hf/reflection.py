@@ -17,7 +17,7 @@ columns (so they never hold None) and says why in its status:
 
 A parse failure or placeholder is retried once as a new request (``seed + 1``, and ``retry_temperature``
 when the teacher is greedy, since a greedy retry would repeat itself); the status then ends with
-``(after retry)``. The status kind is the part before the first ``:``.
+``(after retry)``. Statuses are made and read through :mod:`srt_hf.status`.
 
 ``transform.counts`` counts the status kinds of the rows it has reflected in this process, and
 ``parse_retries``; the teacher's own counters are in ``transform.teacher.stats``.
@@ -39,6 +39,7 @@ from typing import Any, Sequence
 from . import __version__
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch
+from .status import EMPTY_INPUT, INVALID, OK, PARSE_FAILED, PLACEHOLDER, is_ok, kind_of, make
 from .teachers import Teacher, TeacherSession, run_sync
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -89,7 +90,7 @@ class ParsedReflection:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return is_ok(self.status)
 
 
 def is_placeholder(text: str) -> bool:
@@ -155,12 +156,12 @@ def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: st
     A reply that merely reuses the template's questions as headings, with sections of its own, passes.
     """
     if reply is None or not reply.strip():
-        return ParsedReflection({}, "parse_failed: empty reply")
+        return ParsedReflection({}, make(PARSE_FAILED, "empty reply"))
     parsed = _parse_sections(reply, sections)
     if skeleton is not None and echoes(reply, skeleton):
         template_text = _normalise(skeleton)
         if not parsed.ok or all(_contains_phrase(template_text, _normalise(v)) for v in parsed.sections.values()):
-            return ParsedReflection({}, "parse_failed: reply echoes the prompt")
+            return ParsedReflection({}, make(PARSE_FAILED, "reply echoes the prompt"))
     return parsed
 
 
@@ -173,14 +174,14 @@ def _parse_sections(reply: str, sections: Sequence[str]) -> ParsedReflection:
     for name in sections:
         candidates = _candidates(reply, name)
         if not candidates:
-            return ParsedReflection(found, f"parse_failed: no [{name}] section")
+            return ParsedReflection(found, make(PARSE_FAILED, f"no [{name}] section"))
         usable = [(text, closed) for text, closed in candidates if not is_placeholder(text)]
         if not usable:
             text = candidates[-1][0]
-            return ParsedReflection(found, f"placeholder: [{name}] is {text[:40]!r}" if text else f"placeholder: [{name}] is empty")
+            return ParsedReflection(found, make(PLACEHOLDER, f"[{name}] is {text[:40]!r}" if text else f"[{name}] is empty"))
         closed = [text for text, is_closed in usable if is_closed]
         found[name] = closed[-1] if closed else usable[-1][0]
-    return ParsedReflection(found, "ok")
+    return ParsedReflection(found, OK)
 
 
 def parse_instruction_reflection(reply: str | None, *, skeleton: str | None = None) -> ParsedReflection:
@@ -318,7 +319,7 @@ class _Reflection:
         """Every row's request in flight together (within the teacher's bound); rows finish independently."""
         async with self.teacher.session() as session:
             outcomes = await asyncio.gather(*(self._reflect_row(session, ex) for ex in examples))
-        self.counts.update(status_kind(o.status) for o in outcomes)
+        self.counts.update(kind_of(o.status) for o in outcomes)
         self.counts["parse_retries"] += sum(o.retried for o in outcomes)
         prefix = self.config.output_prefix
         columns = {prefix + c: [o.values[c] for o in outcomes] for c in self.value_columns}
@@ -346,10 +347,10 @@ class _Reflection:
 
     async def _reflect_row(self, session: TeacherSession, ex: Example | RowProblem) -> _RowOutcome:
         if isinstance(ex, RowProblem):
-            return _RowOutcome(dict.fromkeys(self.value_columns, ""), f"invalid: {ex}")
+            return _RowOutcome(dict.fromkeys(self.value_columns, ""), make(INVALID, ex))
         original = self._original(ex)
         if not ex.instruction.strip():
-            return _RowOutcome(original, "empty_input: empty instruction")
+            return _RowOutcome(original, make(EMPTY_INPUT, "empty instruction"))
         messages = self.render(ex)
         skeleton = self._templates()[3 if ex.input.strip() else 2]
         completion = await session.complete(messages)
@@ -369,7 +370,7 @@ class _Reflection:
                 return _RowOutcome(original, f"{parsed.status} (after retry)", raw, retried)
         if not parsed.ok:
             return _RowOutcome(original, parsed.status, raw, retried)
-        return _RowOutcome(self._reflected(parsed.sections), "ok", raw, retried)
+        return _RowOutcome(self._reflected(parsed.sections), OK, raw, retried)
 
     def _original(self, ex: Example) -> dict[str, str]:
         raise NotImplementedError
@@ -420,12 +421,7 @@ def _rebuild(cls: type, version: str, config: dict, templates: tuple[str, str], 
     return obj
 
 
-def status_kind(status: str) -> str:
-    """``ok``, ``parse_failed``, ``placeholder``, ``request_failed``, ``empty_input`` or ``invalid``."""
-    return status.split(":", 1)[0].strip()
-
-
 __all__ = [
     "InstructionReflection", "ParsedReflection", "ReflectionConfig", "ResponseReflection", "builtin_template",
-    "is_placeholder", "parse_instruction_reflection", "parse_reflection", "parse_response_reflection", "status_kind",
+    "is_placeholder", "parse_instruction_reflection", "parse_reflection", "parse_response_reflection",
 ]

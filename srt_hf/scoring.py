@@ -24,6 +24,7 @@ import numpy as np
 from . import __version__, models
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch, user_content
+from .status import INVALID, OK, SKIPPED, make
 from .templates import Preset, format_prompt, format_reverse_prompt, get_preset
 
 if TYPE_CHECKING:  # torch loads only when a model is scored, so `srt-hf --help` stays fast
@@ -155,11 +156,11 @@ class IFDScorer:
 
     def _plan(self, ex: Example | RowProblem, enc: "_Encoder") -> "_RowPlan | str":
         if isinstance(ex, RowProblem):
-            return f"invalid: {ex}"
+            return make(INVALID, ex)
         if not ex.instruction.strip():
-            return "invalid: empty instruction"
+            return make(INVALID, "empty instruction")
         if not ex.response.strip():
-            return "skipped: empty response"
+            return make(SKIPPED, "empty response")
         L = self.max_length()
         plan = _RowPlan()
         if self.preset.name == "chat":
@@ -206,13 +207,13 @@ class IFDScorer:
                 reason = f"prompt + response longer than max_length ({L} tokens)"
             if reason:
                 out["ifd"][i] = np.nan
-                return f"skipped: {reason}"
+                return make(SKIPPED, reason)
         missing = [name for name, v in values.items() if math.isnan(v)]
         if missing:
-            return f"skipped: no token to score for {', '.join('loss_' + m for m in missing)} (truncated to max_length {self.max_length()})"
+            return make(SKIPPED, f"no token to score for {', '.join('loss_' + m for m in missing)} (truncated to max_length {self.max_length()})")
         if not math.isfinite(out["ifd"][i]) or ("Q_cond" in values and not math.isfinite(out["rifd"][i])):
-            return "skipped: a direct loss is zero, the ratio is undefined"
-        return "ok"
+            return make(SKIPPED, "a direct loss is zero, the ratio is undefined")
+        return OK
 
 
 def _reverse_request(response: str) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ConfigError, InputError
+from .status import OK, is_ok
 
 SELECTED, REASON = "selected", "selection_reason"
 
@@ -54,10 +55,10 @@ def top_ifd_decisions(
     reasons: list[str] = [""] * len(values)
     eligible = np.zeros(len(values), dtype=bool)
     for i, v in enumerate(values):
-        st = status[i] if status is not None else "ok"
+        st = status[i] if status is not None else OK
         if excluded is not None and excluded[i] is not None:
             reasons[i] = f"dropped: {excluded[i]}"
-        elif st != "ok":
+        elif not is_ok(st):
             reasons[i] = f"dropped: not scored ({st})"
         elif not math.isfinite(v):
             reasons[i] = "dropped: not scored (ifd is missing or not finite)"

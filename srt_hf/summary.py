@@ -7,6 +7,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .status import is_ok, kind_of
+
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -41,7 +43,7 @@ def quantile_rows(columns: dict[str, Sequence[float | None]]) -> list[list[objec
 
 def status_counts(statuses: Iterable[str]) -> Counter:
     """Counts by status kind: ok / skipped / invalid (the part before ':')."""
-    return Counter(s.split(":", 1)[0] for s in statuses)
+    return Counter(kind_of(s) for s in statuses)
 
 
 def score_summary(statuses: Sequence[str], ifd: Sequence[float | None], rifd: Sequence[float | None] | None) -> str:
@@ -54,7 +56,7 @@ def score_summary(statuses: Sequence[str], ifd: Sequence[float | None], rifd: Se
     finite = [v for v in ifd if v is not None and np.isfinite(v)]
     share = sum(v >= 1 for v in finite) / len(finite) if finite else float("nan")
     parts.append(f"\nshare with IFD >= 1 (instruction does not help): {share:.1%} of {len(finite)} scored rows")
-    reasons = Counter(s for s in statuses if s != "ok")
+    reasons = Counter(s for s in statuses if not is_ok(s))
     if reasons:
         parts.append("\n" + table(["not ok", "rows"], reasons.most_common()))
     return "\n".join(parts)

@@ -18,8 +18,8 @@ from srt_hf.reflection import (
     is_placeholder,
     parse_instruction_reflection,
     parse_response_reflection,
-    status_kind,
 )
+from srt_hf.status import kind_of as status_kind
 from srt_hf.teachers import EndpointTeacher, GenerationConfig
 
 FAST = GenerationConfig(backoff_base=0.01, backoff_max=0.05, timeout=2.0, max_retries=2)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..status import INVALID, OK, is_ok, make
+
 
 def add_parser(sub) -> None:
     from ..cli import add_dataclass_arguments
@@ -155,8 +157,8 @@ def _kcenter(ds, args, mapping):
         status = None
     matrix, present = _embedding_matrix(ds, column)
     if status is None:
-        status = ["ok" if p else "invalid: no embedding" for p in present]
-    valid = np.array([s == "ok" for s in status]) & present
+        status = [OK if p else make(INVALID, "no embedding") for p in present]
+    valid = np.array([is_ok(s) for s in status]) & present
     positions = np.flatnonzero(valid)
     pool_rows: list[int] = []
     if args.pool_column:

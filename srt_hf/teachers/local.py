@@ -1,0 +1,154 @@
+"""LocalTeacher: a transformers causal LM generating in-process, in length-sorted batches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from dataclasses import asdict
+from typing import Any, Sequence
+
+from .. import models
+from ..status import OK, REQUEST_FAILED, make
+from .base import Completion, GenerationConfig, Messages, Teacher, TeacherSession
+
+logger = logging.getLogger(__name__)
+
+
+class LocalTeacher(Teacher):
+    """A transformers causal LM generating in-process: batched, left-padded, with its chat template.
+
+    ``model``: ``"default"``/None (the embedded SmolLM2-135M-Instruct), a Hub id, a local directory or
+    a .gguf file. Greedy when ``temperature`` is 0, else sampling seeded with ``seed`` once per
+    ``generate`` call (so a sampled reply depends on the batch it ran in). Loads lazily, never pickles
+    the model.
+    """
+
+    kind = "local"
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = "default",
+        config: GenerationConfig | None = None,
+        cache_path: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: str = "float32",
+    ):
+        super().__init__(config, cache_path)
+        self.model_name = None if models.is_default(model) else str(model)
+        self.revision, self.device, self.dtype = revision, device, dtype
+        self._model = self._tokenizer = None
+        self._loaded_device: str | None = None
+        self._rank: int | None = None
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        return (
+            _rebuild_local,
+            (self.model_name, asdict(self.config), self.cache_path, self.revision, self.device, self.dtype),
+        )
+
+    def __repr__(self) -> str:
+        return f"LocalTeacher({models.display_name(self.model_name)!r})"
+
+    def scope(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "model": models.display_name(self.model_name), "revision": self.revision,
+            "dtype": self.dtype, "files": models.local_model_stamp(self.model_name),
+        }
+
+    def bind_rank(self, rank: int | None) -> None:
+        self._rank = rank
+
+    def session(self) -> "_LocalSession":
+        return _LocalSession(self)
+
+    def load(self):
+        """(tokenizer, model), loaded once per process and device."""
+        with self._lock:
+            device = models.prepare_device(self.device, self._rank)
+            if self._model is None or self._loaded_device != device:
+                kwargs = {"revision": self.revision} if self.revision else {}
+                tokenizer = models.load_tokenizer(self.model_name, **kwargs)
+                tokenizer.padding_side = "left"
+                self._model = models.load_causal_lm(self.model_name, device=device, dtype=self.dtype, **kwargs)
+                self._tokenizer, self._loaded_device = tokenizer, device
+            return self._tokenizer, self._model
+
+    def generate_batch(self, conversations: Sequence[Messages], settings: dict[str, Any]) -> list[str]:
+        """One ``generate`` call over a batch (blocking): the reply text of each conversation."""
+        import torch
+
+        tokenizer, model = self.load()
+        prompts = [self._render(tokenizer, m) for m in conversations]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        gen = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
+        gen.max_new_tokens, gen.max_length = settings["max_new_tokens"], None
+        gen.pad_token_id = tokenizer.pad_token_id
+        if settings["temperature"] > 0:
+            gen.do_sample, gen.temperature, gen.top_p, gen.top_k = True, settings["temperature"], settings["top_p"], None
+            torch.manual_seed(settings["seed"])
+        else:
+            gen.do_sample, gen.temperature, gen.top_p, gen.top_k = False, None, None, None
+        with torch.inference_mode():
+            out = model.generate(**batch, generation_config=gen)
+        return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    @staticmethod
+    def _render(tokenizer, messages: Messages) -> str:
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # A base model without a chat template: a plain transcript ending where the reply starts.
+        turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n\n".join(turns) + "\n\nAssistant:"
+
+
+def _rebuild_local(model, config, cache_path, revision, device, dtype) -> LocalTeacher:
+    return LocalTeacher(model, GenerationConfig(**config), cache_path, revision=revision, device=device, dtype=dtype)
+
+
+class _LocalSession(TeacherSession):
+    """Collects the requests made while the loop is busy and runs them as length-sorted batches."""
+
+    teacher: LocalTeacher
+
+    async def __aenter__(self) -> "_LocalSession":
+        self._queue: list[tuple[Messages, dict[str, Any], asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+        return self
+
+    async def _fetch(self, messages: Messages, settings: dict[str, Any]) -> Completion:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((messages, settings, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        teacher = self.teacher
+        while self._queue:
+            await asyncio.sleep(0)  # let every request of this round join the queue
+            items, self._queue = self._queue, []
+            groups: dict[str, list] = {}
+            for item in items:
+                groups.setdefault(json.dumps(item[1], sort_keys=True), []).append(item)
+            for group in groups.values():
+                group.sort(key=lambda it: sum(len(str(m.get("content", ""))) for m in it[0]))
+                size = teacher.config.batch_size
+                for lo in range(0, len(group), size):
+                    chunk = group[lo:lo + size]
+                    teacher.stats.add(requests_sent=len(chunk))
+                    try:
+                        texts = await asyncio.to_thread(teacher.generate_batch, [c[0] for c in chunk], chunk[0][1])
+                        results = [Completion(t, OK, attempts=1) for t in texts]
+                    except Exception as err:  # noqa: BLE001 - a failed batch becomes statuses, never a crash
+                        logger.warning("local teacher: generate failed for %d prompts: %s", len(chunk), err)
+                        teacher.stats.add(failed=len(chunk))
+                        results = [Completion(None, make(REQUEST_FAILED, f"{type(err).__name__}: {str(err)[:160]}"), 1)] * len(chunk)
+                    for (_, _, future), result in zip(chunk, results):
+                        if not future.done():
+                            future.set_result(result)
