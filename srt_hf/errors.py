@@ -27,3 +27,10 @@ class InputError(SrtHfError):
 
 class ConfigError(SrtHfError):
     """An invalid setting. Names the setting to change."""
+
+
+class TeacherError(SrtHfError):
+    """The teacher cannot serve this run (refused credentials, unknown model or URL, a dead server).
+
+    Finished work is kept: fix the setting the message names and rerun the same command to resume.
+    """

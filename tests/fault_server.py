@@ -11,10 +11,19 @@ Each request gets a *fault*: the next one of ``faults`` (a queue consumed in arr
 
 * ``ok`` — answer after ``latency ± jitter`` seconds with ``answer(messages, body)``;
 * ``500`` / ``503`` / any 3-digit code — that HTTP status with a JSON error body;
-* ``429`` or ``429:<retry-after>`` — rate limited, with a ``Retry-After`` header when given;
+* ``429`` or ``429:<retry-after>`` — rate limited, with a ``Retry-After`` header when given (``429ms:<ms>``:
+  a ``retry-after-ms`` header instead);
 * ``slow:<seconds>`` — answer normally, but only after that many seconds;
 * ``malformed`` — status 200 with a body that is not JSON;
-* ``drop`` — close the connection without answering.
+* ``drop`` — close the connection without answering;
+* ``length`` — answer normally but with finish reason ``length`` (cut off at the token limit).
+
+``model_id`` is what ``GET /v1/models`` lists. ``structured`` says how the server treats a JSON-schema
+``response_format``: ``"json_schema"`` (default; also ``"tgi"``, ``"json_object"``, ``"guided_json"``) answers
+requests in that dialect with a JSON object filling the schema's fields and rejects the others with 400;
+``"ignore"`` answers as if it were absent; ``"reject"`` answers 400 to any ``response_format`` (as
+``transformers serve`` does). ``require_max_completion_tokens`` answers 400 to ``max_tokens`` (as newer
+OpenAI models do). Every request's headers are logged (``log[i]["headers"]``).
 
 Error faults answer at once unless ``fail_after_latency`` is set. The server counts requests per
 prompt (the JSON of the messages) so tests can assert that nothing was asked twice, and tracks the
@@ -97,6 +106,43 @@ ANSWERS: dict[str, Answer] = {
 }
 
 
+def json_answer(messages: list[dict], schema: dict) -> str:
+    """A reply that fills a JSON schema's string fields, review first (what a structured server returns)."""
+    tag = _tag(messages)
+    texts = {
+        "review": "The answer is short and skips the reasoning.",
+        "new_instruction": f"Explain the topic step by step, with one example (ref {tag}).",
+        "new_answer": f"Step one sets the scene; step two gives the example (ref {tag}).",
+        "better_answer": f"A complete, well-organised answer (ref {tag}). Endless detail is not needed.",
+    }
+    return json.dumps({name: texts.get(name, f"{name} (ref {tag})") for name in schema.get("properties", {})})
+
+
+_DIALECT_SCHEMA = {
+    "json_schema": lambda b: (b.get("response_format") or {}).get("json_schema", {}).get("schema")
+    if (b.get("response_format") or {}).get("type") == "json_schema" else None,
+    "tgi": lambda b: (b.get("response_format") or {}).get("value") if (b.get("response_format") or {}).get("type") == "json" else None,
+    "json_object": lambda b: (b.get("response_format") or {}).get("schema")
+    if (b.get("response_format") or {}).get("type") == "json_object" else None,
+    "guided_json": lambda b: b.get("guided_json"),
+}
+
+
+def _schema_of(server: "FaultServer", body: dict) -> dict | None:
+    read = _DIALECT_SCHEMA.get(server.structured)
+    return read(body) if read else None
+
+
+def _refusal(server: "FaultServer", body: dict) -> str | None:
+    """Why the server answers 400 to this body (None: it does not)."""
+    if server.require_max_completion_tokens and "max_tokens" in body:
+        return "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+    asks = "response_format" in body or "guided_json" in body
+    if asks and (server.structured == "reject" or server.structured in _DIALECT_SCHEMA and _schema_of(server, body) is None):
+        return "response_format is not supported"
+    return None
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (right now)."""
     with socket.socket() as s:
@@ -120,7 +166,13 @@ class FaultServer:
         fail_after_latency: bool = False,
         port: int = 0,
         seed: int = 0,
+        model_id: str = "fault-model",
+        structured: str = "json_schema",
+        require_max_completion_tokens: bool = False,
     ):
+        self.model_id, self.structured = model_id, structured
+        self.require_max_completion_tokens = require_max_completion_tokens
+        self.get_log: list[dict[str, Any]] = []  # GET requests: path and headers
         self.latency, self.jitter = latency, jitter
         self.failure_rate, self.failure_kind = failure_rate, failure_kind
         self.faults: collections.deque[str] = collections.deque(faults or [])
@@ -179,7 +231,7 @@ class FaultServer:
         return {k: n for k, n in self.per_prompt.items() if n > 1}
 
     # -- per-request decisions (called from handler threads) --
-    def _admit(self, body: dict, authorization: str | None) -> tuple[str, float]:
+    def _admit(self, body: dict, authorization: str | None, headers: dict[str, str] | None = None) -> tuple[str, float]:
         with self._lock:
             self.requests += 1
             key = json.dumps(body.get("messages"), sort_keys=True)
@@ -193,7 +245,8 @@ class FaultServer:
             delay = max(0.0, self.latency + self._rng.uniform(-self.jitter, self.jitter))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            self.log.append({"time": time.monotonic(), "wall": time.time(), "fault": fault, "body": body, "authorization": authorization})
+            self.log.append({"time": time.monotonic(), "wall": time.time(), "fault": fault, "body": body,
+                             "authorization": authorization, "headers": headers or {}})
         return fault, delay
 
     def _leave(self) -> None:
@@ -223,12 +276,14 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(payload)
 
         def do_GET(self) -> None:
+            with server._lock:
+                server.get_log.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
             if self.path.rstrip("/") == "/health":
                 self._send(200, b'{"status":"ok"}')
             elif self.path.rstrip("/") == "/stats":
                 self._send(200, json.dumps(server.stats()).encode())
             elif self.path.rstrip("/") == "/v1/models":
-                self._send(200, json.dumps({"object": "list", "data": [{"id": "fault-model", "object": "model"}]}).encode())
+                self._send(200, json.dumps({"object": "list", "data": [{"id": server.model_id, "object": "model"}]}).encode())
             else:
                 self._send(404, b'{"error":"not found"}')
 
@@ -243,7 +298,14 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 self._send(400, b'{"error":"request body is not JSON"}')
                 return
-            fault, delay = server._admit(body, self.headers.get("Authorization"))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            refusal = _refusal(server, body)
+            if refusal:
+                server._admit(body, self.headers.get("Authorization"), headers)
+                server._leave()
+                self._send(400, json.dumps({"error": {"message": refusal, "type": "invalid_request_error"}}).encode())
+                return
+            fault, delay = server._admit(body, self.headers.get("Authorization"), headers)
             try:
                 self._serve(fault, delay, body)
             except (BrokenPipeError, ConnectionResetError):
@@ -261,6 +323,9 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             if fault == "malformed":
                 self._send(200, b'{"choices": [ {"message": oops')
                 return
+            if fault.startswith("429ms:"):  # OpenAI's and Azure's header, in milliseconds
+                self._send(429, b'{"error":"rate limited"}', {"retry-after-ms": fault.split(":", 1)[1]})
+                return
             if fault.startswith("429"):
                 retry_after = fault.split(":", 1)[1] if ":" in fault else None
                 self._send(429, b'{"error":"rate limited"}', {"Retry-After": retry_after} if retry_after else None)
@@ -269,10 +334,14 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 self._send(int(fault), json.dumps({"error": f"injected {fault}"}).encode())
                 return
             text = server.answer(body.get("messages") or [], body)
+            schema = _schema_of(server, body)
+            if schema is not None and server.answer is reflection_answer:
+                text = json_answer(body.get("messages") or [], schema)
             reply = {
                 "id": "chatcmpl-fault", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model") or "fault-model",
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "choices": [{"index": 0, "finish_reason": "length" if fault == "length" else "stop",
+                             "message": {"role": "assistant", "content": text}}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
             self._send(200, json.dumps(reply).encode())

@@ -15,6 +15,7 @@ from datasets import Dataset
 
 from srt_hf.dataio import load_input
 from srt_hf.pipeline import RecycleConfig, final_filter, recycle
+from srt_hf.errors import TeacherError
 from srt_hf.teachers import EndpointTeacher, GenerationConfig
 from fault_server import FaultServer, SpawnedServer, garbage_answer
 
@@ -60,15 +61,24 @@ def test_pipeline_through_a_faulty_server(tmp_path, tiny_model_dir, demo):
     assert meta["kind"] == "recycle" and meta["counts"]["input"] == 8
 
 
-def test_a_dead_teacher_keeps_every_row_with_the_reason(tmp_path, tiny_model_dir, demo):
+def test_a_failing_teacher_keeps_every_row_with_the_reason(tmp_path, tiny_model_dir, demo):
     with FaultServer(failure_rate=1.0, failure_kind="500") as server:
-        teacher = EndpointTeacher(server.url, model="fake", config=GenerationConfig(**{**FAST, "max_retries": 1}))
+        config = GenerationConfig(**{**FAST, "max_retries": 1, "breaker_failures": 10_000})
+        teacher = EndpointTeacher(server.url, model="fake", config=config)
         result = recycle(demo, teacher=teacher, student=str(tiny_model_dir), out=tmp_path / "run")
     rows = check_every_row_explained(result, 8)
     for r in rows:
         assert r["instruction_reflection_status"].startswith("request_failed")
         assert r["instruction_choice_reason"].startswith("instruction reflection request_failed")
         assert (r["final_instruction"], r["final_response"]) == (r["original_instruction"], r["original_response"])
+
+
+def test_a_dead_teacher_stops_the_run_and_keeps_finished_work(tmp_path, tiny_model_dir, demo):
+    with FaultServer(failure_rate=1.0, failure_kind="503") as server:
+        teacher = EndpointTeacher(server.url, model="fake", config=GenerationConfig(**{**FAST, "breaker_failures": 5}))
+        with pytest.raises(TeacherError, match="failed 5 requests in a row .last: HTTP 503"):
+            recycle(demo, teacher=teacher, student=str(tiny_model_dir), out=tmp_path / "run")
+    assert list((tmp_path / "run" / "work" / "1-score-original").glob("*.parquet"))  # the student's work is kept
 
 
 def test_a_teacher_that_ignores_the_format(tmp_path, tiny_model_dir, demo):

@@ -361,8 +361,10 @@ def test_local_teacher_reflection(tiny_model_dir):
     teacher = LocalTeacher(str(tiny_model_dir), config=GenerationConfig(max_new_tokens=8, batch_size=4), device="cpu")
     out = dataset(ROWS[:3]).map(InstructionReflection(teacher), batched=True)
     assert len(out) == 3
-    assert all(status_kind(s) in {"ok", "parse_failed", "placeholder"} for s in out["instruction_reflection_status"])
-    assert teacher.stats.requests_sent == 6  # a random model never parses: one retry each
+    # a random model never stops by itself within 8 tokens: truncated, final (not retried), originals kept
+    assert all(status_kind(s) == "truncated" for s in out["instruction_reflection_status"])
+    assert out["instruction_reflected"] == [r["instruction"] for r in ROWS[:3]]
+    assert teacher.stats.requests_sent == 3
 
 
 def test_config_object_or_keywords():

@@ -71,7 +71,7 @@ def test_instruction_reflection_through_transformers_serve(served_model, demo_pa
     statuses = list(out["instruction_reflection_status"])
     assert len(statuses) == 3 and all(statuses)
     # a random 2-layer model rarely writes the markers: parse failures are fine, unreachable is not
-    assert all(status_kind(s) in {"ok", "parse_failed", "placeholder"} for s in statuses), statuses
+    assert all(status_kind(s) in {"ok", "parse_failed", "placeholder", "truncated"} for s in statuses), statuses
     assert teacher.stats.completed >= 3 and teacher.stats.failed == 0
     assert all(isinstance(v, str) for v in list(out["instruction_reflected"]) + list(out["response_reflected"]))
 
@@ -88,6 +88,6 @@ def test_recycle_pipeline_through_transformers_serve(served_model, demo_path, ti
     result = recycle(rows, teacher=teacher, student=str(tiny_model_dir), out=tmp_path / "run")
     out = result.rows.to_list()
     assert len(out) == 3 and all(r["selection_reason"] and r["instruction_choice_reason"] for r in out)
-    assert all(status_kind(r["instruction_reflection_status"]) in {"ok", "parse_failed", "placeholder"} for r in out)
+    assert all(status_kind(r["instruction_reflection_status"]) in {"ok", "parse_failed", "placeholder", "truncated"} for r in out)
     assert result.meta["teacher_requests"]["completed"] >= 6 and result.meta["teacher_requests"]["failed"] == 0
     assert (result.run_dir / "README.md").is_file() and (result.run_dir / "sft" / "train.parquet").is_file()

@@ -20,7 +20,10 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="IN", help="JSON/JSONL/CSV/Parquet file, save_to_disk folder, Hub dataset id, or 'demo'.")
     p.add_argument("--out", type=Path, required=True, help="Run folder (created; an existing one is resumed).")
     p.add_argument("--teacher", action="append", default=None, help="Teacher: a server base URL (repeat for several), 'default' (embedded SmolLM2), a Hub id or a local model directory.")
-    p.add_argument("--teacher-model", default=None, help="Model name sent to the teacher server (vLLM and transformers serve need it).")
+    p.add_argument("--teacher-model", default=None, help="Model name sent to the teacher server. Default: the one the server says it serves (/v1/models).")
+    p.add_argument("--teacher-api-key-env", default=None, metavar="NAME", help="Environment variable holding the teacher server's API key, sent to its host only. Default: OPENAI_API_KEY for api.openai.com, the HF token for Hugging Face hosts, nothing elsewhere.")
+    p.add_argument("--teacher-header", action="append", default=None, metavar="'NAME: VALUE'", help="A header for the teacher's host (repeatable), e.g. 'api-key: …' for Azure.")
+    p.add_argument("--teacher-extra-body", default=None, metavar="JSON", help="JSON object merged into every teacher request (server-specific sampling settings), e.g. '{\"top_k\": 20}'.")
     p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
     p.add_argument("--limit", type=int, default=None, help="Recycle only the first N rows.")
     add_dataclass_arguments(p, RecycleConfig)
@@ -35,16 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import RecycleConfig, recycle
     from ..summary import recycle_summary
     from ..teachers import GenerationConfig, load_teacher
+    from ..teachers.factory import endpoint_options
 
     config = dataclass_from_args(RecycleConfig, args)
     generation = dataclass_from_args(GenerationConfig, args)
-    teachers = args.teacher or ["default"]
-    urls = [t for t in teachers if t.startswith(("http://", "https://"))]
-    if urls and len(urls) != len(teachers) or not urls and len(teachers) > 1:
-        from ..errors import ConfigError
-
-        raise ConfigError("Repeat --teacher only with server URLs; a local teacher is one model.")
-    teacher = load_teacher(",".join(teachers), model=args.teacher_model, config=generation)
+    options = endpoint_options(args.teacher_api_key_env, args.teacher_header, args.teacher_extra_body)
+    teacher = load_teacher(args.teacher or ["default"], model=args.teacher_model, config=generation, **options)
     ds = load_input(args.input, args.split)
     if args.limit is not None:
         ds = ds.select(range(min(args.limit, len(ds))))

@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from ..errors import ConfigError
-from ..status import OK, is_ok
+from ..errors import ConfigError, SrtHfError
+from ..status import OK, TRUNCATED, is_ok, kind_of, make
 from .cache import ResponseCache, cache_key
 
 Messages = list[dict[str, Any]]
@@ -33,18 +33,31 @@ GENERATION_KEYS = ("temperature", "max_new_tokens", "top_p", "seed")
 
 @dataclass
 class GenerationConfig:
-    """How a teacher generates, and how srt_hf talks to a teacher server."""
+    """How a teacher generates, and how srt_hf talks to a teacher server.
 
+    Generation (part of the cache key): ``temperature``, ``max_new_tokens``, ``top_p``, ``seed``.
+
+    Transport (endpoint teachers): ``timeout``, ``max_retries``, ``max_concurrency``, ``backoff_base``,
+    ``backoff_max``, ``max_retry_after``, and the circuit breaker ``breaker_failures`` / ``breaker_seconds``.
+
+    Local teachers: ``batch_size``.
+    """
+
+    # generation
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the teacher; 0 is greedy."})
-    max_new_tokens: int = field(default=1024, metadata={"help": "Most tokens the teacher may write per reply."})
+    max_new_tokens: int = field(default=1024, metadata={"help": "Most tokens the teacher may write per reply; a reply that reaches it is marked truncated."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (used when temperature > 0)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed sent with each request (and used by the local teacher)."})
+    # transport
     timeout: float = field(default=120.0, metadata={"help": "Seconds one request to a teacher server may take before it is retried."})
     max_retries: int = field(default=5, metadata={"help": "Retries of a failed request (connection error, timeout, 429, 5xx) before it counts as failed."})
     max_concurrency: int = field(default=16, metadata={"help": "Most requests in flight at once, over all base URLs."})
     backoff_base: float = field(default=0.5, metadata={"help": "Backoff before retry k is uniform in [0, min(backoff_max, backoff_base * 2**k)] seconds."})
     backoff_max: float = field(default=30.0, metadata={"help": "Longest backoff between two attempts of a request, in seconds."})
     max_retry_after: float = field(default=600.0, metadata={"help": "Longest Retry-After (seconds) to wait for; a server asking for more fails the request."})
+    breaker_failures: int = field(default=10, metadata={"help": "Failed requests in a row to every teacher URL after which the run stops (finished work is kept; rerun to resume)."})
+    breaker_seconds: float = field(default=120.0, metadata={"help": "Seconds of nothing but failures (3 or more) from every teacher URL after which the run stops."})
+    # local teacher
     batch_size: int = field(default=8, metadata={"help": "Local teacher: prompts per generate call."})
 
     def __post_init__(self) -> None:
@@ -52,11 +65,14 @@ class GenerationConfig:
             "temperature": self.temperature >= 0, "max_new_tokens": self.max_new_tokens > 0,
             "top_p": 0 < self.top_p <= 1, "timeout": self.timeout > 0, "max_retries": self.max_retries >= 0,
             "max_concurrency": self.max_concurrency > 0, "backoff_base": self.backoff_base >= 0,
-            "backoff_max": self.backoff_max >= 0, "max_retry_after": self.max_retry_after >= 0, "batch_size": self.batch_size > 0,
+            "backoff_max": self.backoff_max >= 0, "max_retry_after": self.max_retry_after >= 0,
+            "breaker_failures": self.breaker_failures > 0, "breaker_seconds": self.breaker_seconds > 0,
+            "batch_size": self.batch_size > 0,
         }
         for name, ok in checks.items():
             if not ok:
-                raise ConfigError(f"Invalid teacher setting `{name}` = {getattr(self, name)!r}: {GenerationConfig.__dataclass_fields__[name].metadata['help']}")
+                help_text = GenerationConfig.__dataclass_fields__[name].metadata["help"]
+                raise ConfigError(f"Invalid teacher setting `{name}` = {getattr(self, name)!r}: {help_text}")
 
     def generation_settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in GENERATION_KEYS}
@@ -64,16 +80,26 @@ class GenerationConfig:
 
 @dataclass
 class Completion:
-    """One teacher reply. ``status`` is ``ok`` or ``request_failed: <reason>`` (then ``text`` is None)."""
+    """One teacher reply: ``ok``, ``truncated: …`` (``text`` holds the cut-off reply) or ``request_failed: …``
+    (``text`` is None). ``usage`` holds the server's token counts when it sent them."""
 
     text: str | None
     status: str = OK
     attempts: int = 0  # requests sent for it (0 when it came from the cache)
     cached: bool = False
+    usage: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return is_ok(self.status)
+
+
+class StructuredOutputUnsupported(SrtHfError):
+    """The teacher cannot answer in a JSON schema (the server rejected every ``response_format`` dialect)."""
+
+
+def truncated_status(max_new_tokens: int) -> str:
+    return make(TRUNCATED, f"the reply stopped at max_new_tokens ({max_new_tokens}); raise --max-new-tokens")
 
 
 class TeacherStats:
@@ -84,8 +110,9 @@ class TeacherStats:
 
     #: requests_sent: HTTP requests (or prompts generated locally), retries included; retried: retries after
     #: a transport failure; failed: completions that ended as request_failed; cache_hits: completions served
-    #: from the response cache; completed: successful replies received from the teacher itself.
-    FIELDS = ("requests_sent", "retried", "failed", "cache_hits", "completed")
+    #: from the response cache; completed: successful replies received from the teacher itself; truncated:
+    #: replies that stopped at max_new_tokens; prompt_tokens / completion_tokens: the servers' usage counts.
+    FIELDS = ("requests_sent", "retried", "failed", "cache_hits", "completed", "truncated", "prompt_tokens", "completion_tokens")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -152,6 +179,10 @@ class Teacher:
             settings[key] = value
         return settings
 
+    def transport(self) -> dict[str, Any]:
+        """How the teacher is reached, without secrets (for run.json); the structured-output mechanism if known."""
+        return {}
+
     def bind_rank(self, rank: int | None) -> None:
         """Called by transforms under ``Dataset.map(with_rank=True)``; local teachers pick ``cuda:rank``."""
 
@@ -160,14 +191,22 @@ class Teacher:
         """An async context manager bound to the running event loop; ``await s.complete(messages)``."""
         raise NotImplementedError
 
-    async def agenerate(self, conversations: Sequence[Messages], overrides: dict[str, Any] | None = None) -> list[Completion]:
-        """All conversations in flight together (within the concurrency bound); results in input order."""
-        async with self.session() as session:
-            return list(await asyncio.gather(*(session.complete(m, overrides) for m in conversations)))
+    async def agenerate(
+        self, conversations: Sequence[Messages], overrides: dict[str, Any] | None = None, *, schema: dict | None = None
+    ) -> list[Completion]:
+        """All conversations in flight together (within the concurrency bound); results in input order.
 
-    def generate(self, conversations: Sequence[Messages], overrides: dict[str, Any] | None = None) -> list[Completion]:
+        ``schema``: a JSON Schema the replies must follow (structured output); raises
+        :class:`StructuredOutputUnsupported` when the teacher cannot enforce one.
+        """
+        async with self.session() as session:
+            return list(await asyncio.gather(*(session.complete(m, overrides, schema=schema) for m in conversations)))
+
+    def generate(
+        self, conversations: Sequence[Messages], overrides: dict[str, Any] | None = None, *, schema: dict | None = None
+    ) -> list[Completion]:
         """Sync :meth:`agenerate` (runs its own event loop)."""
-        return run_sync(lambda: self.agenerate(conversations, overrides))
+        return run_sync(lambda: self.agenerate(conversations, overrides, schema=schema))
 
 
 class TeacherSession:
@@ -184,26 +223,33 @@ class TeacherSession:
     async def __aexit__(self, *exc: Any) -> None:
         pass
 
-    async def complete(self, messages: Messages, overrides: dict[str, Any] | None = None) -> Completion:
+    async def complete(
+        self, messages: Messages, overrides: dict[str, Any] | None = None, *, schema: dict | None = None
+    ) -> Completion:
+        """One reply: from the cache, from an identical request in flight, or from the teacher (then cached)."""
         teacher = self.teacher
         settings = teacher.settings(overrides)
-        key = cache_key(self._scope, messages, settings)
+        key = cache_key(self._scope, messages, settings if schema is None else {**settings, "schema": schema})
         if teacher.cache is not None:
-            text = teacher.cache.get(key)
-            if text is not None:
+            entry = teacher.cache.get_entry(key)
+            if entry is not None:
+                text, meta = entry
                 teacher.stats.add(cache_hits=1)
-                return Completion(text, OK, attempts=0, cached=True)
+                status = truncated_status(settings["max_new_tokens"]) if meta.get("finish") == "length" else OK
+                return Completion(text, status, attempts=0, cached=True)
         if key in self._pending:  # the same request is already on its way: share its answer
             done = await asyncio.shield(self._pending[key])
             return Completion(done.text, done.status, attempts=0, cached=done.cached)
         future = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            result = await self._fetch(messages, settings)
-            if result.ok:
-                teacher.stats.add(completed=1)
+            result = await self._fetch(messages, settings, schema)
+            truncated = kind_of(result.status) == TRUNCATED
+            if result.ok or truncated:  # both are final for these settings: keep them
+                teacher.stats.add(completed=1, truncated=int(truncated), **result.usage)
                 if teacher.cache is not None:
-                    teacher.cache.put(key, result.text or "", {"settings": settings})
+                    meta = {"settings": settings, "finish": "length" if truncated else "stop"}
+                    teacher.cache.put(key, result.text or "", meta)
             future.set_result(result)
             return result
         except asyncio.CancelledError:
@@ -216,5 +262,6 @@ class TeacherSession:
         finally:
             del self._pending[key]
 
-    async def _fetch(self, messages: Messages, settings: dict[str, Any]) -> Completion:
+    async def _fetch(self, messages: Messages, settings: dict[str, Any], schema: dict | None) -> Completion:
+        """Ask the teacher itself (no cache): the backend's one job."""
         raise NotImplementedError

@@ -1,8 +1,9 @@
 """Persistent cache of teacher completions: one SQLite file, safe for many threads and processes.
 
 The key is the SHA-256 of (teacher scope, messages, generation settings), so changing the model, a
-prompt or a setting asks again while a rerun asks nothing it already has. Only successful
-completions are stored, each committed the moment it arrives: a run killed at any point and
+prompt or a setting asks again while a rerun asks nothing it already has. Only replies are stored
+(successful ones, and those cut off at the token limit, which stay ``truncated``), never failures, each
+committed the moment it arrives: a run killed at any point and
 restarted repeats no finished request. WAL mode lets readers and one writer at a time work
 together; writers from other processes wait (``busy_timeout``) instead of failing.
 """
@@ -58,8 +59,13 @@ class ResponseCache:
         return conn
 
     def get(self, key: str) -> str | None:
-        row = self._conn().execute("SELECT text FROM completions WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        entry = self.get_entry(key)
+        return entry[0] if entry else None
+
+    def get_entry(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        """(text, meta) of a stored completion; meta holds the settings and how the reply finished."""
+        row = self._conn().execute("SELECT text, meta FROM completions WHERE key = ?", (key,)).fetchone()
+        return (row[0], json.loads(row[1] or "{}")) if row else None
 
     def put(self, key: str, text: str, meta: dict[str, Any] | None = None) -> None:
         """Store one completion; committed before returning (autocommit)."""

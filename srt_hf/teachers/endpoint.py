@@ -1,16 +1,20 @@
-"""EndpointTeacher: any OpenAI-compatible chat server, through ``huggingface_hub.AsyncInferenceClient``.
+"""EndpointTeacher: any OpenAI-compatible chat server.
 
-    teacher = EndpointTeacher("http://127.0.0.1:8000/v1", model="Qwen/Qwen2.5-72B-Instruct")
+    teacher = EndpointTeacher("http://127.0.0.1:8000/v1", model="Qwen/Qwen2.5-72B-Instruct", api_key_env="VLLM_API_KEY")
 
-TGI, vLLM, ``transformers serve``, Inference Endpoints, Inference Providers
-(``https://router.huggingface.co/v1``). The client never retries on its own; srt_hf owns the per-request
-timeout, retries with exponential backoff and full jitter (see :mod:`srt_hf.teachers.http`), a bound on
-requests in flight, and load spreading with failover over several base URLs.
+TGI, vLLM, SGLang, llama.cpp, ``transformers serve``, OpenAI, Azure, Inference Endpoints and Inference
+Providers (``https://router.huggingface.co/v1``). srt_hf writes the chat-completion request itself, on the
+HTTP library huggingface_hub uses (httpx2): huggingface_hub's ``chat_completion`` would attach the HF token
+to any host and rewrite OpenAI's ``json_schema`` response format into TGI's. srt_hf owns the per-request
+timeout, retries with exponential backoff and full jitter (see :mod:`.http`), a bound on requests in flight,
+load spreading with failover over several base URLs, a circuit breaker per URL, and which credential goes
+to which host (see :mod:`.credentials`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -18,24 +22,42 @@ import time
 from dataclasses import asdict
 from typing import Any, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TeacherError
 from ..status import OK, REQUEST_FAILED, make
-from .base import Completion, GenerationConfig, Messages, Teacher, TeacherSession
-from .http import _Fault, _http_module, _is_hub_host, _PrioritySlots, _read_error_body, _reply_text, _UrlHealth, classify
+from .base import Completion, GenerationConfig, Messages, StructuredOutputUnsupported, Teacher, TeacherSession, truncated_status
+from .credentials import Credentials, host_of, is_hf_host
+from .http import (
+    HTTPStatusError,
+    _Fault,
+    _http_module,
+    _PrioritySlots,
+    _UrlHealth,
+    api_root,
+    chat_url,
+    classify,
+    parse_reply,
+)
+from .structured import DIALECTS, UNSUPPORTED, looks_like_json_object
 
 logger = logging.getLogger(__name__)
 
-_EXPLICIT_TOKENS: dict[tuple, str] = {}  # tokens passed as arguments; never pickled (see EndpointTeacher)
+#: Secrets passed as arguments (api_key, header values), by (base URLs, model). Never pickled: processes forked
+#: by ``Dataset.map(num_proc=…)`` inherit them, spawned ones read ``api_key_env`` from their environment.
+_SECRETS: dict[tuple, tuple[str | None, dict[str, str]]] = {}
+_RETRY_LOG_EVERY = 5.0  # seconds between two retry lines per URL at the default log level
 
 
 class EndpointTeacher(Teacher):
     """A teacher behind one or more OpenAI-compatible chat endpoints.
 
     ``base_urls``: one URL, a list, or a comma-separated string (``http://host:8000`` or ``…/v1``).
-    ``model``: the model name sent with each request (vLLM and ``transformers serve`` need it; TGI does
-    not). ``token``: sent as the bearer token; default: the usual Hugging Face token (``HF_TOKEN`` or
-    ``hf auth login``). An explicit token is kept out of pickles and fingerprints; processes forked by
-    ``Dataset.map(num_proc=…)`` inherit it, spawned ones fall back to the environment.
+    ``model``: the model name sent with each request; without it srt_hf asks the server which model it
+    serves (``/v1/models``, TGI's ``/info``) and keys the cache and the provenance on that id.
+    ``api_key`` / ``api_key_env``: the key sent as ``Authorization: Bearer …`` to these URLs' hosts (default:
+    the HF token for Hugging Face hosts only, ``OPENAI_API_KEY`` for api.openai.com, nothing elsewhere).
+    ``headers``: more headers for these hosts (Azure's ``api-key``, an organisation id). ``extra_body``:
+    fields merged into every request body (server-specific sampling settings such as ``top_k``); they are
+    part of the cache key. ``token`` is the old name of ``api_key``.
     """
 
     kind = "endpoint"
@@ -47,6 +69,12 @@ class EndpointTeacher(Teacher):
         config: GenerationConfig | None = None,
         cache_path: str | os.PathLike | None = None,
         token: str | None = None,
+        *,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra_body: dict[str, Any] | None = None,
+        served_model: str | None = None,
     ):
         super().__init__(config, cache_path)
         urls = [u.strip() for u in base_urls.split(",")] if isinstance(base_urls, str) else [str(u).strip() for u in base_urls]
@@ -54,34 +82,93 @@ class EndpointTeacher(Teacher):
         bad = [u for u in urls if not u.startswith(("http://", "https://"))]
         if not urls or bad:
             raise ConfigError(f"EndpointTeacher needs http(s) base URLs (got {bad or base_urls!r}); set `base_urls` to e.g. http://127.0.0.1:8000/v1.")
+        if extra_body is not None and not isinstance(extra_body, dict):
+            raise ConfigError(f"`extra_body` must be a JSON object (a dict), got {type(extra_body).__name__}.")
         self.base_urls = urls
         self.model = model
-        if token is not None:
-            _EXPLICIT_TOKENS[self._token_key()] = token
+        self.api_key_env = api_key_env
+        self.extra_body = dict(extra_body or {})
+        api_key = api_key if api_key is not None else token
+        if api_key is not None or headers:
+            _SECRETS[self._secret_key()] = (api_key, dict(headers or {}))
+        secret_key, secret_headers = _SECRETS.get(self._secret_key(), (None, {}))
+        self.credentials = Credentials([host_of(u) for u in urls], api_key=secret_key, api_key_env=api_key_env, headers=secret_headers)
         self._health = {u: _UrlHealth() for u in urls}
         self._rr = 0
+        self.tokens_field = "max_tokens"  # becomes max_completion_tokens when the server asks for it
+        self.structured_dialect: str | None = None  # found on the first structured request
+        self._served = served_model  # the model the server named, asked once (and carried by pickles)
 
-    def _token_key(self) -> tuple:
+    def _secret_key(self) -> tuple:
         return (tuple(self.base_urls), self.model)
 
     def __reduce__(self):
-        return (_rebuild_endpoint, (self.base_urls, self.model, asdict(self.config), self.cache_path))
+        settings = {"api_key_env": self.api_key_env, "extra_body": self.extra_body, "served_model": self._served}
+        return (_rebuild_endpoint, (self.base_urls, self.model, asdict(self.config), self.cache_path, settings))
 
     def __repr__(self) -> str:
         return f"EndpointTeacher({self.base_urls!r}, model={self.model!r})"
 
+    # identity
+    def served_model(self) -> str | None:
+        """The model name for requests and the cache key: the configured one, else the one the server names."""
+        if self.model is not None:
+            return self.model
+        if self._served is None:
+            names = {_ask_served_model(u, self.credentials) for u in self.base_urls} - {None}
+            if len(names) > 1:
+                raise ConfigError(f"The teacher URLs serve different models ({', '.join(sorted(names))}); name one with --teacher-model.")
+            self._served = names.pop() if names else ""  # "" once asked without an answer
+        return self._served or None
+
     def scope(self) -> dict[str, Any]:
-        scope: dict[str, Any] = {"kind": self.kind, "model": self.model}
-        if self.model is None:  # the server decides the model: tell servers apart by address
+        model = self.served_model()
+        scope: dict[str, Any] = {"kind": self.kind, "model": model}
+        if model is None:  # the server would not say which model it serves: tell servers apart by address
             scope["base_urls"] = sorted(self.base_urls)
+        if self.extra_body:
+            scope["extra_body"] = self.extra_body
         return scope
+
+    def transport(self) -> dict[str, Any]:
+        """How srt_hf talks to the server, without any secret (for run.json)."""
+        return {"base_urls": self.base_urls, "credentials": self.credentials.describe(), "structured": self.structured_dialect}
 
     def session(self) -> "_EndpointSession":
         return _EndpointSession(self)
 
 
-def _rebuild_endpoint(base_urls: list[str], model: str | None, config: dict, cache_path: str | None) -> EndpointTeacher:
-    return EndpointTeacher(base_urls, model, GenerationConfig(**config), cache_path)
+def _rebuild_endpoint(base_urls: list[str], model: str | None, config: dict, cache_path: str | None, settings: dict | None = None) -> EndpointTeacher:
+    return EndpointTeacher(base_urls, model, GenerationConfig(**config), cache_path, **(settings or {}))
+
+
+def _ask_served_model(base_url: str, credentials: Credentials) -> str | None:
+    """Which model a server serves: ``/v1/models`` (one model), else TGI's ``/info``; None if it will not say."""
+    http = _http_module()
+    root = api_root(base_url)
+    found: str | None = None
+    with http.Client(timeout=10.0, follow_redirects=False) as client:
+        for path, read in (("/v1/models", _one_model_id), ("/info", lambda d: d.get("model_id"))):
+            url = root + path
+            try:
+                response = client.get(url, headers=credentials.headers_for(url))
+                data = response.json() if response.status_code == 200 else None
+            except (http.HTTPError, ValueError):
+                continue
+            if isinstance(data, dict):
+                found = read(data)
+                if found:
+                    break
+    if found is None:
+        logger.warning("teacher %s: could not ask which model it serves; its replies are cached under the URL (pass --teacher-model to name it).", base_url)
+    return found
+
+
+def _one_model_id(data: dict) -> str | None:
+    models = [m.get("id") for m in data.get("data") or [] if isinstance(m, dict) and m.get("id")]
+    if len(models) > 1:
+        raise ConfigError(f"The teacher server lists {len(models)} models ({', '.join(models[:5])}…); choose one with --teacher-model.")
+    return models[0] if models else None
 
 
 class _EndpointSession(TeacherSession):
@@ -90,38 +177,39 @@ class _EndpointSession(TeacherSession):
     async def __aenter__(self) -> "_EndpointSession":
         from huggingface_hub import constants
 
-        hub_urls = [u for u in self.teacher.base_urls if _is_hub_host(u)]
+        hub_urls = [u for u in self.teacher.base_urls if is_hf_host(u)]
         if hub_urls and constants.is_offline_mode():
             raise ConfigError(
                 f"HF_HUB_OFFLINE=1 forbids requests to {hub_urls[0]}; unset HF_HUB_OFFLINE to use a Hugging Face "
                 "endpoint or provider as the teacher, or set `teacher` to a server of your own or a local model."
             )
+        self._model = self.teacher.served_model()
         self._slots = _PrioritySlots(self.teacher.config.max_concurrency)
-        self._clients: dict[str, Any] = {}
+        self._probe = asyncio.Lock()
         self._in_flight = dict.fromkeys(self.teacher.base_urls, 0)
+        self._last_log = dict.fromkeys(self.teacher.base_urls, 0.0)
+        # timeout=None: the deadline is ours (asyncio.wait_for), and so are the retries.
+        self._http = _http_module().AsyncClient(timeout=None, follow_redirects=True, event_hooks={"request": [self._authorize]})
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+        await self._http.aclose()
 
-    async def _client(self, url: str):
-        client = self._clients.get(url)
-        if client is None:
-            from huggingface_hub import AsyncInferenceClient, constants
+    async def _authorize(self, request) -> None:
+        """Every request, redirects included, carries the credentials of its own host and no others."""
+        request.headers.pop("authorization", None)
+        request.headers.update(self.teacher.credentials.headers_for(str(request.url)))
 
-            token = _EXPLICIT_TOKENS.get(self.teacher._token_key())
-            # timeout=None: the deadline is ours (asyncio.wait_for), and so are the retries.
-            client = self._clients[url] = AsyncInferenceClient(base_url=url, token=token, timeout=None)
-            if constants.is_offline_mode() and hasattr(client, "_async_client"):
-                # huggingface_hub's HTTP session refuses every request under HF_HUB_OFFLINE=1, a server of
-                # your own included. Offline mode is about the Hub, so srt_hf lets the client talk to
-                # non-Hub hosts through a plain session (Hub hosts are refused in __aenter__).
-                session = _http_module().AsyncClient(follow_redirects=True, timeout=None, event_hooks={"response": [_read_error_body]})
-                client._async_client = await client.exit_stack.enter_async_context(session)
-        return client
+    def body(self, messages: Messages, settings: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The chat-completion request body (what a batch file line would hold, too)."""
+        body: dict[str, Any] = {"model": self._model or "default", "messages": messages}
+        body[self.teacher.tokens_field] = settings["max_new_tokens"]
+        body.update(temperature=settings["temperature"], top_p=settings["top_p"], seed=settings["seed"])
+        body.update(self.teacher.extra_body)
+        body.update(extra or {})
+        return body
 
+    # -- URL choice and health ------------------------------------------------------------------
     async def _wait_for_url(self) -> None:
         """Sleep while every URL is marked down (connection refused, or told to wait by Retry-After)."""
         health = self.teacher._health
@@ -143,11 +231,14 @@ class _EndpointSession(TeacherSession):
         return url
 
     def _record(self, url: str, fault: _Fault | None) -> None:
-        health = self.teacher._health[url]
+        health, cfg, now = self.teacher._health[url], self.teacher.config, time.monotonic()
         if fault is None:
-            health.failures = 0
+            health.failures, health.in_row, health.failing_since = 0, 0, None
             return
-        cfg, now = self.teacher.config, time.monotonic()
+        health.in_row += 1
+        health.last_fault = fault
+        if health.failing_since is None:
+            health.failing_since = now
         if fault.url_down:
             if now >= health.down_until:  # requests already in flight when it went down do not escalate the pause
                 health.failures += 1
@@ -157,43 +248,109 @@ class _EndpointSession(TeacherSession):
         elif fault.retryable:
             health.failures += 1
 
-    async def _fetch(self, messages: Messages, settings: dict[str, Any]) -> Completion:
+    def _check_fatal(self, url: str, fault: _Fault) -> None:
+        """Stop the run on a fault no retry can fix, or when every URL's breaker is open."""
+        teacher = self.teacher
+        if fault.fatal:
+            raise TeacherError(f"The teacher at {url} answered {fault.reason}: {fault.fatal}. Finished work is kept; rerun to resume.")
+        now = time.monotonic()
+        if all(teacher._health[u].broken(teacher.config, now) for u in teacher.base_urls):
+            last = teacher._health[url].last_fault
+            raise TeacherError(
+                f"The teacher at {', '.join(teacher.base_urls)} failed {teacher._health[url].in_row} requests in a row "
+                f"(last: {last.reason if last else fault.reason}); check that the server is up and the URL is right "
+                "(--teacher), or raise --breaker-failures. Finished work is kept; rerun to resume."
+            )
+
+    def _log_retry(self, url: str, attempt: int, fault: _Fault) -> None:
+        now = time.monotonic()
+        if now - self._last_log[url] >= _RETRY_LOG_EVERY:
+            self._last_log[url] = now
+            logger.warning("teacher %s: %s; retrying (attempt %d of %d)", url, fault.reason, attempt + 1, self.teacher.config.max_retries + 1)
+
+    # -- requests -------------------------------------------------------------------------------
+    async def _fetch(self, messages: Messages, settings: dict[str, Any], schema: dict | None) -> Completion:
+        if schema is None:
+            return (await self._request(messages, settings))[0]
+        if self.teacher.structured_dialect is None:
+            async with self._probe:  # the first structured request finds the dialect; the others wait for it
+                if self.teacher.structured_dialect is None:
+                    return await self._find_dialect(messages, settings, schema)
+        if self.teacher.structured_dialect == UNSUPPORTED:
+            raise StructuredOutputUnsupported(f"the teacher at {', '.join(self.teacher.base_urls)} does not enforce JSON schemas")
+        return (await self._request(messages, settings, DIALECTS[self.teacher.structured_dialect](schema)))[0]
+
+    async def _find_dialect(self, messages: Messages, settings: dict[str, Any], schema: dict) -> Completion:
+        for name, fields in DIALECTS.items():
+            completion, fault = await self._request(messages, settings, fields(schema))
+            if completion.text is not None and looks_like_json_object(completion.text):
+                self.teacher.structured_dialect = name
+                logger.info("teacher %s: structured output through %s", self.teacher.base_urls[0], name)
+                return completion
+            if completion.text is None and not (fault and fault.reason.startswith("HTTP 4")):
+                return completion  # not reached (timeouts, 5xx): decide on a later request
+            # rejected (HTTP 4xx) or ignored (a reply that is no JSON object): try the next dialect
+        self.teacher.structured_dialect = UNSUPPORTED
+        logger.warning("teacher %s rejects or ignores JSON-schema response formats; reflections use the marker layout", self.teacher.base_urls[0])
+        raise StructuredOutputUnsupported(f"the teacher at {', '.join(self.teacher.base_urls)} does not enforce JSON schemas")
+
+    async def _request(self, messages: Messages, settings: dict[str, Any], extra: dict | None = None) -> tuple[Completion, _Fault | None]:
+        """One request with its retries; a failure becomes a ``request_failed`` completion (or a fatal error)."""
         teacher, cfg = self.teacher, self.teacher.config
-        request = {
-            "model": teacher.model, "max_tokens": settings["max_new_tokens"], "temperature": settings["temperature"],
-            "top_p": settings["top_p"], "seed": settings["seed"],
-        }
         url: str | None = None
-        for attempt in range(1, cfg.max_retries + 2):
+        attempt, fault = 0, None
+        while attempt <= cfg.max_retries:
+            attempt += 1
             await self._wait_for_url()
             await self._slots.acquire(priority=0 if attempt > 1 else 1)
             try:
                 url = self._choose(avoid=url)
-                text, fault = await self._attempt(url, messages, request)
+                reply, fault = await self._attempt(url, self.body(messages, settings, extra))
             finally:
                 self._slots.release()
+            if fault is not None and self._tokens_field_rejected(fault):
+                teacher.tokens_field, attempt = "max_completion_tokens", attempt - 1  # not the server's fault: ask again
+                continue
             self._record(url, fault)
             if fault is None:
-                return Completion(text, OK, attempts=attempt)
-            logger.debug("teacher request to %s failed (attempt %d): %s", url, attempt, fault.reason)
+                if reply.finish_reason == "length":
+                    return Completion(reply.text, truncated_status(settings["max_new_tokens"]), attempt, usage=reply.usage), None
+                return Completion(reply.text, OK, attempts=attempt, usage=reply.usage), None
+            self._check_fatal(url, fault)
             if not fault.retryable or attempt > cfg.max_retries:
                 break
             teacher.stats.add(retried=1)
+            self._log_retry(url, attempt, fault)
             others_up = any(teacher._health[u].down_until <= time.monotonic() for u in teacher.base_urls if u != url)
             if not (others_up and (fault.url_down or fault.retry_after is not None)):
                 await asyncio.sleep(random.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))))
         teacher.stats.add(failed=1)
-        return Completion(None, make(REQUEST_FAILED, fault.reason), attempts=attempt)
+        return Completion(None, make(REQUEST_FAILED, fault.reason), attempts=attempt), fault
 
-    async def _attempt(self, url: str, messages: Messages, request: dict[str, Any]) -> tuple[str | None, _Fault | None]:
+    def _tokens_field_rejected(self, fault: _Fault) -> bool:
+        """A 400 saying to use ``max_completion_tokens`` (newer OpenAI models): switch once for the run."""
+        return (
+            self.teacher.tokens_field == "max_tokens" and fault.reason.startswith("HTTP 400")
+            and "max_completion_tokens" in fault.body
+        )
+
+    async def _attempt(self, url: str, body: dict[str, Any]):
         """One HTTP request under our deadline; a failure comes back as a fault, never raised."""
         self._in_flight[url] += 1
         self.teacher.stats.add(requests_sent=1)
         try:
-            client = await self._client(url)
-            output = await asyncio.wait_for(client.chat_completion(messages, **request), self.teacher.config.timeout)
-            return _reply_text(output), None
-        except Exception as err:  # noqa: BLE001 - every failure becomes a status, never a crash
+            response = await asyncio.wait_for(self._post(chat_url(url), body), self.teacher.config.timeout)
+            return parse_reply(response), None
+        except Exception as err:  # noqa: BLE001 - every failure becomes a status or a fatal error, never a crash
             return None, classify(err, self.teacher.config)
         finally:
             self._in_flight[url] -= 1
+
+    async def _post(self, url: str, body: dict[str, Any]) -> Any:
+        response = await self._http.post(url, content=json.dumps(body, ensure_ascii=False), headers={"content-type": "application/json"})
+        if response.status_code >= 400:
+            raise HTTPStatusError(response.status_code, response.headers, response.text)
+        return response.json()
+
+
+__all__ = ["EndpointTeacher"]

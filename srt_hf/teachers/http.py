@@ -13,6 +13,12 @@ from typing import Any
 from .base import GenerationConfig
 
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+#: HTTP statuses that no retry can fix: the run stops and says which setting to change.
+_FATAL_STATUS = {
+    401: "the server refused the credentials: set the key with --teacher-api-key-env NAME (or --teacher-header)",
+    403: "the server refused the credentials: set the key with --teacher-api-key-env NAME (or --teacher-header)",
+    404: "no such model or URL: check --teacher-model and the URL (a vLLM or OpenAI URL usually ends in /v1)",
+}
 
 
 @dataclass
@@ -21,6 +27,16 @@ class _Fault:
     retryable: bool
     url_down: bool = False  # the server cannot be reached: try another URL first
     retry_after: float | None = None
+    fatal: str | None = None  # no retry can fix it: what to change (the run stops)
+    body: str = ""  # the server's error message, for the top-level error
+
+
+class HTTPStatusError(Exception):
+    """A teacher server answered an HTTP error status."""
+
+    def __init__(self, status: int, headers: Any, body: str):
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status, self.headers, self.body = status, headers, body
 
 
 class _MalformedReply(ValueError):
@@ -43,6 +59,29 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def retry_after(headers: Any) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` (OpenAI, Azure) or else ``Retry-After``."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def error_message(body: str) -> str:
+    """The server's own words from an error body: OpenAI's ``{"error": {"message": …}}``, TGI's ``{"error": …}``."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return " ".join(body.split())[:300]
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("detail") or error
+    return " ".join(str(error).split())[:300]
+
+
 def _http_module():
     """The HTTP library under huggingface_hub: ``httpx2`` from huggingface_hub 2.x, ``httpx`` before."""
     try:
@@ -53,29 +92,27 @@ def _http_module():
 
 
 def classify(err: BaseException, config: GenerationConfig) -> _Fault:
-    """Whether an error is worth a retry, and why it happened (for the status).
+    """Whether an error is worth a retry, is fatal for the run, and why it happened (for the status).
 
-    What ``AsyncInferenceClient.chat_completion`` raises in huggingface_hub 2.x (checked against the fault
-    server): ``HfHubHTTPError`` with ``.response`` for an HTTP error status; ``httpx2.ConnectError`` when
-    the server refuses, ``httpx2.RemoteProtocolError``/``ReadError`` when it drops the connection;
-    ``json.JSONDecodeError`` for a body that is not JSON; ``InferenceTimeoutError`` (a ``TimeoutError``)
-    for a client timeout, which we leave unset: our ``asyncio.wait_for`` raises ``TimeoutError``.
+    What a request raises (checked against the fault server): :class:`HTTPStatusError` for an HTTP error
+    status; ``ConnectError`` when the server refuses, ``RemoteProtocolError``/``ReadError`` when it drops
+    the connection; ``json.JSONDecodeError`` for a body that is not JSON; ``TimeoutError`` from our own
+    ``asyncio.wait_for`` deadline.
     """
-    from huggingface_hub.errors import HfHubHTTPError
-
     http = _http_module()
 
-    if isinstance(err, HfHubHTTPError) and getattr(err, "response", None) is not None:
-        code = err.response.status_code
+    if isinstance(err, HTTPStatusError):
+        code, message = err.status, error_message(err.body)
+        if code in _FATAL_STATUS:
+            return _Fault(f"HTTP {code} ({message})", False, fatal=_FATAL_STATUS[code], body=message)
         if code == 429:
-            wait = parse_retry_after(err.response.headers.get("retry-after"))
+            wait = retry_after(err.headers)
             if wait is not None and wait > config.max_retry_after:
-                return _Fault(f"rate limited (HTTP 429), Retry-After {wait:.0f}s exceeds max_retry_after", False)
-            return _Fault("rate limited (HTTP 429)", True, retry_after=wait)
-        first_line = str(err).splitlines()[0] if str(err) else ""
+                return _Fault(f"rate limited (HTTP 429), Retry-After {wait:.0f}s exceeds max_retry_after", False, body=message)
+            return _Fault("rate limited (HTTP 429)", True, retry_after=wait, body=message)
         retryable = code in _RETRYABLE_STATUS or code >= 500
-        return _Fault(f"HTTP {code}" + (f" ({first_line[:160]})" if not retryable and first_line else ""), retryable,
-                      retry_after=parse_retry_after(err.response.headers.get("retry-after")) if retryable else None)
+        reason = f"HTTP {code}" + (f" ({message[:160]})" if not retryable and message else "")
+        return _Fault(reason, retryable, retry_after=retry_after(err.headers) if retryable else None, body=message)
     if isinstance(err, (TimeoutError, asyncio.TimeoutError, http.TimeoutException)):
         return _Fault(f"timeout after {config.timeout:g}s", True)
     if isinstance(err, http.ConnectError):
@@ -87,14 +124,41 @@ def classify(err: BaseException, config: GenerationConfig) -> _Fault:
     return _Fault(f"{type(err).__name__}: {str(err)[:160]}", False)
 
 
-def _reply_text(output: Any) -> str:
+@dataclass
+class Reply:
+    """What srt_hf reads from a chat-completion body."""
+
+    text: str
+    finish_reason: str | None
+    usage: dict[str, int]
+
+
+def parse_reply(data: Any) -> Reply:
+    """``choices[0].message.content``, its finish reason and the token usage; a body without them is malformed."""
     try:
-        content = output.choices[0].message.content
+        choice = data["choices"][0]
+        content = choice["message"].get("content")
     except (AttributeError, IndexError, KeyError, TypeError) as err:
-        raise _MalformedReply(f"no choices[0].message.content ({err})") from None
+        raise _MalformedReply(f"no choices[0].message.content ({err!r})") from None
     if content is not None and not isinstance(content, str):
         raise _MalformedReply(f"content is {type(content).__name__}")
-    return content or ""
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    tokens = {k: int(v) for k, v in usage.items() if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int)}
+    return Reply(content or "", choice.get("finish_reason"), tokens)
+
+
+def chat_url(base_url: str) -> str:
+    """``…/v1/chat/completions`` for a base URL given with or without ``/v1`` (as huggingface_hub builds it)."""
+    base = base_url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+
+
+def api_root(base_url: str) -> str:
+    """The base URL without a trailing ``/v1`` or ``/chat/completions``."""
+    base = base_url.rstrip("/").removesuffix("/chat/completions")
+    return base.removesuffix("/v1")
 
 
 class _PrioritySlots:
@@ -129,27 +193,25 @@ class _PrioritySlots:
         self._free += 1
 
 
-_HUB_HOSTS = ("huggingface.co", "hf.co", "huggingface.cloud", "hf.space")
-
-
-def _is_hub_host(url: str) -> bool:
-    from urllib.parse import urlparse
-
-    host = (urlparse(url).hostname or "").lower()
-    return any(host == h or host.endswith("." + h) for h in _HUB_HOSTS)
-
-
-async def _read_error_body(response) -> None:
-    if response.status_code >= 400:
-        await response.aread()  # so the raised error can quote the server's message
-
-
 class _UrlHealth:
-    """What srt_hf knows about one base URL: consecutive failures, and until when to leave it alone."""
+    """What srt_hf knows about one base URL: its failures, until when to leave it alone, and its breaker.
 
-    __slots__ = ("failures", "down_until")
+    ``failures`` drives the backoff of a URL that is down; ``in_row`` counts failed attempts since the last
+    success and ``failing_since`` when they began: together they open the circuit breaker.
+    """
+
+    __slots__ = ("failures", "down_until", "in_row", "failing_since", "last_fault")
 
     def __init__(self) -> None:
         self.failures = 0
         self.down_until = 0.0
+        self.in_row = 0
+        self.failing_since: float | None = None
+        self.last_fault: _Fault | None = None
+
+    def broken(self, config: GenerationConfig, now: float) -> bool:
+        """Whether the breaker is open: too many failures in a row, or failing for too long."""
+        if self.in_row >= config.breaker_failures:
+            return True
+        return self.in_row >= 3 and self.failing_since is not None and now - self.failing_since > config.breaker_seconds
 

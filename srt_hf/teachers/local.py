@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from .. import models
 from ..status import OK, REQUEST_FAILED, make
-from .base import Completion, GenerationConfig, Messages, Teacher, TeacherSession
+from .base import Completion, GenerationConfig, Messages, StructuredOutputUnsupported, Teacher, TeacherSession, truncated_status
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ class LocalTeacher(Teacher):
             "dtype": self.dtype, "files": models.local_model_stamp(self.model_name),
         }
 
+    def transport(self) -> dict[str, Any]:
+        from .structured import available_locally
+
+        return {"device": self.device, "structured": "llguidance" if available_locally() else None}
+
     def bind_rank(self, rank: int | None) -> None:
         self._rank = rank
 
@@ -79,13 +84,17 @@ class LocalTeacher(Teacher):
                 self._tokenizer, self._loaded_device = tokenizer, device
             return self._tokenizer, self._model
 
-    def generate_batch(self, conversations: Sequence[Messages], settings: dict[str, Any]) -> list[str]:
-        """One ``generate`` call over a batch (blocking): the reply text of each conversation."""
+    def generate_batch(self, conversations: Sequence[Messages], settings: dict[str, Any], schema: dict | None = None) -> list[tuple[str, bool]]:
+        """One ``generate`` call over a batch (blocking): each conversation's (reply, stopped at the token limit).
+
+        With ``schema`` the decoding is constrained to it (a JSON grammar, :class:`.structured.JSONGrammar`).
+        """
         import torch
 
         tokenizer, model = self.load()
         prompts = [self._render(tokenizer, m) for m in conversations]
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        prompt_length = batch["input_ids"].shape[1]
         gen = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
         gen.max_new_tokens, gen.max_length = settings["max_new_tokens"], None
         gen.pad_token_id = tokenizer.pad_token_id
@@ -94,9 +103,19 @@ class LocalTeacher(Teacher):
             torch.manual_seed(settings["seed"])
         else:
             gen.do_sample, gen.temperature, gen.top_p, gen.top_k = False, None, None, None
+        processors = None
+        if schema is not None:
+            from transformers import LogitsProcessorList
+
+            from .structured import JSONGrammar
+
+            processors = LogitsProcessorList([JSONGrammar(tokenizer, schema, batch_size=len(prompts), prompt_length=prompt_length)])
         with torch.inference_mode():
-            out = model.generate(**batch, generation_config=gen)
-        return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(**batch, generation_config=gen, logits_processor=processors)
+        new = out[:, prompt_length:]  # (B, T_new); rows that ended early are padded
+        stops = _stop_ids(gen, tokenizer)
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [(text, _hit_limit(row.tolist(), stops, settings["max_new_tokens"])) for text, row in zip(texts, new)]
 
     @staticmethod
     def _render(tokenizer, messages: Messages) -> str:
@@ -117,13 +136,18 @@ class _LocalSession(TeacherSession):
     teacher: LocalTeacher
 
     async def __aenter__(self) -> "_LocalSession":
-        self._queue: list[tuple[Messages, dict[str, Any], asyncio.Future]] = []
+        self._queue: list[tuple[Messages, dict[str, Any], dict | None, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
         return self
 
-    async def _fetch(self, messages: Messages, settings: dict[str, Any]) -> Completion:
+    async def _fetch(self, messages: Messages, settings: dict[str, Any], schema: dict | None) -> Completion:
+        if schema is not None:
+            from .structured import available_locally
+
+            if not available_locally():
+                raise StructuredOutputUnsupported("llguidance is not installed (pip install llguidance)")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((messages, settings, future))
+        self._queue.append((messages, settings, schema, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._drain())
         return await future
@@ -135,20 +159,33 @@ class _LocalSession(TeacherSession):
             items, self._queue = self._queue, []
             groups: dict[str, list] = {}
             for item in items:
-                groups.setdefault(json.dumps(item[1], sort_keys=True), []).append(item)
+                groups.setdefault(json.dumps(item[1:3], sort_keys=True), []).append(item)
             for group in groups.values():
                 group.sort(key=lambda it: sum(len(str(m.get("content", ""))) for m in it[0]))
                 size = teacher.config.batch_size
                 for lo in range(0, len(group), size):
                     chunk = group[lo:lo + size]
                     teacher.stats.add(requests_sent=len(chunk))
+                    settings, schema = chunk[0][1], chunk[0][2]
                     try:
-                        texts = await asyncio.to_thread(teacher.generate_batch, [c[0] for c in chunk], chunk[0][1])
-                        results = [Completion(t, OK, attempts=1) for t in texts]
+                        replies = await asyncio.to_thread(teacher.generate_batch, [c[0] for c in chunk], settings, schema)
+                        cut = truncated_status(settings["max_new_tokens"])
+                        results = [Completion(text, cut if limit else OK, attempts=1) for text, limit in replies]
                     except Exception as err:  # noqa: BLE001 - a failed batch becomes statuses, never a crash
                         logger.warning("local teacher: generate failed for %d prompts: %s", len(chunk), err)
                         teacher.stats.add(failed=len(chunk))
                         results = [Completion(None, make(REQUEST_FAILED, f"{type(err).__name__}: {str(err)[:160]}"), 1)] * len(chunk)
-                    for (_, _, future), result in zip(chunk, results):
+                    for (*_, future), result in zip(chunk, results):
                         if not future.done():
                             future.set_result(result)
+
+
+def _stop_ids(gen, tokenizer) -> set[int]:
+    eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    return ids
+
+
+def _hit_limit(row: list[int], stops: set[int], max_new_tokens: int) -> bool:
+    """Whether a generated row ran to ``max_new_tokens`` without an end-of-sequence token."""
+    return len(row) >= max_new_tokens and not stops.intersection(row)
