@@ -21,6 +21,17 @@ from typing import Any, Sequence
 
 from .errors import InputError
 
+# Descriptions of the canonical and SFT columns, for the dataset card.
+COLUMN_DOCS = {
+    "prompt": "conversational prompt: a list of {role, content} messages ending with the user turn",
+    "completion": "conversational completion: the assistant message to learn",
+    "id": "row id from the source dataset (or its position)",
+    "instruction": "instruction text",
+    "input": "optional input / context of the instruction",
+    "output": "response text",
+    "response": "response text",
+}
+
 _ROLE_ALIASES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
     "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system",

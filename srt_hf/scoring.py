@@ -32,6 +32,16 @@ if TYPE_CHECKING:  # torch loads only when a model is scored, so `srt-hf --help`
 
 SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
 STATUS_COLUMN = "score_status"
+# Descriptions of the columns IFDScorer adds, for the dataset card.
+COLUMN_DOCS = {
+    "ifd": "Instruction-Following Difficulty: loss(response | instruction) / loss(response), in the preset's ratio",
+    "rifd": "reverse IFD: loss(instruction | response) / loss(instruction), in the preset's ratio",
+    "loss_A_cond": "mean token loss of the response given the prompt",
+    "loss_A_direct": "mean token loss of the response alone",
+    "loss_Q_cond": "mean token loss of the instruction given the reverse prompt",
+    "loss_Q_direct": "mean token loss of the instruction alone",
+    STATUS_COLUMN: " | ".join((OK, make(SKIPPED, "<reason>"), make(INVALID, "<reason>"))),
+}
 
 
 @dataclass

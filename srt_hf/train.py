@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from . import models
 from .errors import InputError
@@ -109,7 +109,7 @@ def _trainer_class():
 
 def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
     """``loss_history.json``, ``loss_curve.png`` and ``README.md`` of a trained model in ``output_dir``."""
-    from .cards import loss_history, training_hyperparameters, write_model_card
+    from .cards import write_model_card
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -119,3 +119,35 @@ def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
         output_dir, hyperparameters=training_hyperparameters(trainer.args, trainer.accelerator.num_processes),
         history=history, **card,
     )
+
+
+def training_hyperparameters(args, num_processes: int = 1) -> dict[str, Any]:
+    """The hyperparameters worth reporting, from an ``SFTConfig`` / ``TrainingArguments``."""
+    per_device = args.per_device_train_batch_size
+    accumulation = args.gradient_accumulation_steps
+    warmup = args.warmup_steps
+    out = {
+        "learning_rate": args.learning_rate,
+        "epochs": args.num_train_epochs if (args.max_steps or -1) <= 0 else None,
+        "max_steps": args.max_steps if (args.max_steps or -1) > 0 else None,
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": accumulation,
+        "num_processes": num_processes,
+        "global_batch_size": per_device * accumulation * num_processes,
+        "max_length": getattr(args, "max_length", None),
+        "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup": f"{warmup:g} of the steps" if 0 < warmup < 1 else f"{warmup:g} steps",
+        "weight_decay": args.weight_decay,
+        "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "completion_only_loss": getattr(args, "completion_only_loss", None),
+        "packing": getattr(args, "packing", None),
+        "seed": args.seed,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def loss_history(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The logged losses of a ``Trainer`` (``trainer.state.log_history``), one dict per logging step."""
+    keys = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm")
+    return [{k: e[k] for k in keys if k in e} for e in log_history if "loss" in e or "eval_loss" in e]

@@ -155,7 +155,22 @@ def test_citations_follow_the_methods_used(tmp_path):
     assert "@article{wu2023diverseevol" in text and "@article{jiang2024importance" in text
     assert "li2023reflection" not in text  # no teacher reflection in a select run
     assert "synthetic" not in text.split("---")[1]
-    assert cards.methods_used({}) == ["srt", "ifd", "reflection_tuning"]  # a run.json without a kind is a recycle run
+    # a run.json without a kind is a recycle run; one without ``methods`` has them inferred
+    assert cards.run_methods({}) == ["selective-reflection-tuning", "ifd", "reflection-tuning"]
+
+
+def test_citations_are_keyed_by_the_recorded_methods():
+    # recorded methods win over the words of the rule; each paper once, in the table's order
+    meta = {"kind": "select", "selection": {"rule": "ds_weight_self_consistency"}, "methods": ["k-center", "diverse-evol"]}
+    assert cards.run_methods(meta) == ["k-center", "diverse-evol"]
+    bib = cards.citations_for(cards.run_methods(meta))
+    assert [b.split(",")[0] for b in bib] == [
+        "@inproceedings{li2024selective", "@inproceedings{li2024quantity", "@article{wu2023diverseevol"]
+    assert cards.citations_for(["sft", "no-such-method"])[-1].startswith("@misc{vonwerra2020trl")
+    assert len(cards.citations_for([])) == 2  # SRT and IFD on every card
+    # an older run.json holding citation keys in ``methods`` is read as before
+    assert cards.run_methods({"kind": "select", "methods": ["ds_weight"]}) == [
+        "selective-reflection-tuning", "ifd", "ds-weight"]
 
 
 def test_size_categories():
@@ -205,8 +220,10 @@ def test_model_card_leaves_out_local_paths(tmp_path):
 
 def test_templates_ship_inside_the_package():
     """srt_hf/hub_cards holds the same templates as hub_cards/, so an installed package finds them."""
-    package_dir = Path(cards.__file__).parent / "hub_cards"
-    repo_dir = Path(cards.__file__).parent.parent / "hub_cards"
+    import srt_hf
+
+    package_dir = Path(srt_hf.__file__).parent / "hub_cards"
+    repo_dir = Path(srt_hf.__file__).parent.parent / "hub_cards"
     for name in (cards.DATASET_TEMPLATE, cards.MODEL_TEMPLATE):
         assert (package_dir / name).read_text() == (repo_dir / name).read_text()
     assert cards.TEMPLATE_DIRS[0] == package_dir.resolve()

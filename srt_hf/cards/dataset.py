@@ -1,0 +1,220 @@
+"""The dataset card of a run folder: metadata, configs, file and column descriptions, counts, histograms.
+
+    write_dataset_card("runs/alpaca-srt")          # -> runs/alpaca-srt/README.md and images/*.png
+
+The card reads the run folder (see :mod:`srt_hf.runs`). Every key of ``run.json`` is optional; the ones
+used are::
+
+    kind        "recycle" | "select"
+    source      {"name": Hub id or path, "license": SPDX/Hub id, "split": str, "language": str | list}
+    teacher     {"model": str, ...generation settings}      (recycle)
+    student     {"model": str, ...}
+    scoring     {"preset": str, "template": str, ...}
+    prompts     {name: template text}                        the teacher prompts, shown verbatim
+    selection   {"rule": str, ...parameters}
+    methods     ["selective-reflection-tuning", "k-center", ...]   what the run did (see cards.citations)
+    counts      {stage: rows}                                in pipeline order
+    reasons     {"kept: …" / "dropped: …": rows}             why rows were kept or dropped
+    columns     {column: description}                        added to the column dictionary
+    histograms  {"ifd": {"before": "rows.parquet:ifd", "after": "selected.parquet:ifd"}, "rifd": {...}}
+    hub         {"repo_id": str, "revision": str}            written by `srt-hf push`
+    srt_hf_version, created
+
+The charts come from :mod:`srt_hf.charts` (matplotlib).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..charts import histogram_png
+from ..runs import ROWS, SELECTED, SFT, RunPaths, read_meta
+from .citations import citations_for, run_methods
+from .common import BASE_TAGS, DATASET_TEMPLATE, as_dict, card_yaml, looks_like_hub_id, provenance, render
+
+IMAGES = "images"
+
+# Data configs of a run folder: (config name, file, description). The first present is the default.
+DATA_CONFIGS = (
+    ("sft", SFT, "the kept rows as conversational prompt/completion records (TRL SFT format)"),
+    ("selected", SELECTED, "the kept rows with every provenance and score column"),
+    ("rows", ROWS, "every input row: original, reflected and chosen texts, scores and statuses"),
+)
+
+
+def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: str | None = None) -> Path:
+    """Render ``RUN/README.md`` (and its charts under ``RUN/images/``) from run.json and the Parquet files.
+
+    ``repo_id`` is used in the loading snippets (default: the one `srt-hf push` recorded, else a
+    placeholder); ``license`` overrides the source license recorded in run.json.
+    """
+    run_dir = Path(run_dir)
+    paths = RunPaths(run_dir)
+    meta = read_meta(run_dir) if paths.meta.is_file() else {}
+    source = as_dict(meta.get("source"), "name")
+    repo_id = repo_id or as_dict(meta.get("hub"), "repo_id").get("repo_id")
+    license = license or source.get("license")
+
+    files = [_describe_file(run_dir, name, rel, text) for name, rel, text in DATA_CONFIGS if (run_dir / rel).is_file()]
+    docs = column_docs(meta)
+    for f in files:
+        for column in f["columns"]:
+            column["description"] = docs.get(column["name"], "")
+    counts = _counts(meta, files)
+    largest = max([f["rows"] for f in files] + [0])
+    metadata: dict[str, Any] = {
+        "license": license or "other",
+        "task_categories": ["text-generation"],
+        "size_categories": [size_category(largest)],
+        "tags": [*BASE_TAGS, "ifd", "data-selection", "instruction-tuning"]
+        + (["synthetic"] if meta.get("kind", "recycle") == "recycle" else []),
+        "pretty_name": meta.get("pretty_name") or (repo_id or run_dir.resolve().name).split("/")[-1],
+        "configs": [
+            {"config_name": f["config"], "data_files": [{"split": "train", "path": f["path"]}],
+             **({"default": True} if i == 0 else {})}
+            for i, f in enumerate(files)
+        ],
+    }
+    if looks_like_hub_id(source.get("name")):
+        metadata["source_datasets"] = [source["name"]]
+    if source.get("language"):
+        metadata["language"] = source["language"]
+
+    charts = _write_histograms(run_dir, meta)
+    context = {
+        "card_data": card_yaml(metadata, "dataset"),
+        "title": metadata["pretty_name"],
+        "kind": meta.get("kind", "recycle"),
+        "repo_id": repo_id,
+        "load_id": repo_id or "path/to/" + run_dir.resolve().name,
+        "license": license,
+        "source": source,
+        **provenance(meta),
+        "prompts": dict(meta.get("prompts") or {}),
+        "settings": _settings(meta),
+        "counts": counts,
+        "reasons": dict(meta.get("reasons") or {}),
+        "files": files,
+        "charts": charts,
+        "version": meta.get("srt_hf_version", __version__),
+        "created": meta.get("created"),
+        "citations": citations_for(run_methods(meta)),
+    }
+    paths.card.write_text(render(DATASET_TEMPLATE, context), encoding="utf-8")
+    return paths.card
+
+
+def column_docs(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Descriptions of the columns: those of the modules that produce them, then run.json's ``columns``."""
+    from ..formats import COLUMN_DOCS as FORMAT_DOCS
+    from ..scoring import COLUMN_DOCS as SCORE_DOCS
+
+    return {**FORMAT_DOCS, **SCORE_DOCS, **{str(k): str(v) for k, v in (meta.get("columns") or {}).items()}}
+
+
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` bucket of ``n`` rows."""
+    edges = [(10**3, "1K"), (10**4, "10K"), (10**5, "100K"), (10**6, "1M"), (10**7, "10M"), (10**8, "100M"),
+             (10**9, "1B"), (10**10, "10B"), (10**11, "100B"), (10**12, "1T")]
+    if n < edges[0][0]:
+        return "n<1K"
+    for (_, lo), (hi_n, hi) in zip(edges, edges[1:]):
+        if n < hi_n:
+            return f"{lo}<n<{hi}"
+    return "n>1T"
+
+
+def _settings(meta: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(label, value) rows of the teacher / student / scoring / selection settings beyond their name."""
+    rows = []
+    for section, key in (("teacher", "model"), ("student", "model"), ("scoring", "preset"), ("selection", "rule")):
+        for name, value in as_dict(meta.get(section), key).items():
+            if name != key and value is not None:
+                rows.append((f"{section} `{name}`", value))
+    return rows
+
+
+def _describe_file(run_dir: Path, config: str, rel: str, text: str) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(run_dir / rel)
+    columns = [{"name": f.name, "type": _type_name(f.type)} for f in meta.schema.to_arrow_schema()]
+    return {"config": config, "path": rel, "rows": meta.num_rows, "description": text, "columns": columns}
+
+
+def _type_name(t) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = t.value_type
+        if pa.types.is_struct(inner) and {inner.field(i).name for i in range(inner.num_fields)} >= {"role", "content"}:
+            return "messages"
+        return f"list[{_type_name(inner)}]"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_boolean(t):
+        return "bool"
+    return str(t)
+
+
+def _counts(meta: Mapping[str, Any], files: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    counts = dict(meta.get("counts") or {})
+    if not counts:
+        by_config = {f["config"]: f["rows"] for f in files}
+        for stage, config in (("input", "rows"), ("selected", "selected"), ("sft", "sft")):
+            if config in by_config:
+                counts[stage] = by_config[config]
+    return counts
+
+
+def _write_histograms(run_dir: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One before → after histogram per score; a score whose columns are missing is skipped."""
+    specs = dict(meta.get("histograms") or {})
+    for score in ("ifd", "rifd"):
+        specs.setdefault(score, {"before": f"{ROWS}:{score}", "after": f"{SELECTED}:{score}"})
+    charts = []
+    for score, spec in specs.items():
+        before, after = _read_scores(run_dir, spec.get("before")), _read_scores(run_dir, spec.get("after"))
+        if before is None or after is None or not (len(before) or len(after)):
+            continue
+        rel = f"{IMAGES}/{score}_histogram.png"
+        (run_dir / IMAGES).mkdir(exist_ok=True)
+        label = {"ifd": "IFD", "rifd": "r-IFD"}.get(score, score)
+        histogram_png(run_dir / rel, label, before, after, threshold=1.0)
+        charts.append({"score": label, "path": rel, "before": _stats(before), "after": _stats(after),
+                       "before_source": spec.get("before"), "after_source": spec.get("after")})
+    return charts
+
+
+def _read_scores(run_dir: Path, spec: str | None) -> np.ndarray | None:
+    if not spec or ":" not in spec:
+        return None
+    import pyarrow.parquet as pq
+
+    rel, column = spec.rsplit(":", 1)
+    path = run_dir / rel
+    if not path.is_file() or column not in pq.read_schema(path).names:
+        return None
+    values = pq.read_table(path, columns=[column]).column(column).to_numpy(zero_copy_only=False)
+    if values.dtype == object:
+        return _finite(np.asarray([np.nan if v is None else v for v in values], dtype=float))
+    return _finite(values.astype(float))
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def _stats(values: np.ndarray) -> dict[str, Any]:
+    if not len(values):
+        return {"n": 0, "mean": None, "median": None, "below_1": None}
+    return {"n": int(len(values)), "mean": float(values.mean()), "median": float(np.median(values)),
+            "below_1": float((values < 1).mean())}
