@@ -142,7 +142,7 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
         "selection": {"rule": "diverse_evol_kcenter", "initial_pool": len(round_of) - len(order), "step": args.step,
                       "rounds": rounds_done, "pool_seed": None if args.initial_pool_column else args.pool_seed,
                       "initial_pool_column": args.initial_pool_column, "embedding": "mean last hidden state of each round's checkpoint"},
-        "methods": ["diverse_evol"],
+        "methods": ["diverse-evol", "k-center"],
         "training": {"final_model": final_dir, "max_steps": training_args.max_steps, "learning_rate": training_args.learning_rate},
         "columns": {"pool_round": "round in which the row joined the pool (0 = initial pool)",
                     "selection_order": "k-center pick number over all rounds (null for the initial pool and rows not picked)",

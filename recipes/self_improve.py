@@ -138,7 +138,7 @@ def run(args: SelfImproveArguments, training_args) -> dict:
                       "mean_valid_loss": decisions.mean_valid_loss, "ds_template": args.ds_template,
                       "valid_set": args.valid_file or "srt_hf/data/arith_valid.jsonl (bundled)", "valid_rows": len(valid)},
         "prompts": {"sampling": args.prompt_template},
-        "methods": ["ds_weight"],
+        "methods": ["ds-weight"],
         "stats": stats,
         "columns": {
             "question_id": "id of the question the answer was sampled for", "sample": "sample number k (seed = sampling_seed + k)",

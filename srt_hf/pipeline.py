@@ -362,6 +362,7 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
             "response reflection (with input)": stages.response.templates[1],
         },
         "selection": rule,
+        "methods": ["selective-reflection-tuning", "reflection-tuning"],
         "counts": counts,
         "teacher_requests": teacher.stats.as_dict(),
         "status_kinds": {"instruction_reflection": _tally(inst), "response_reflection": _tally(resp)},

@@ -197,13 +197,14 @@ def write_selection_run(
 
     Writes rows.parquet (every row), selected.parquet (the kept rows, original order),
     sft/train.parquet (the kept rows as conversational prompt/completion records), run.json
-    (``meta`` + counts + versions) and README.md (the dataset card). ``drop_columns`` are left out
-    of the Parquet files (e.g. large embedding vectors). Returns the metadata written.
+    (``meta`` + counts + versions; ``methods`` gains the scoring preset's) and README.md (the dataset card).
+    ``drop_columns`` are left out of the Parquet files (e.g. large embedding vectors). Returns the metadata written.
     """
     from . import runs
     from .cards import write_dataset_card
     from .dataio import write_tables
     from .formats import ColumnMapping
+    from .templates import preset_methods
 
     if SELECTED not in table.column_names or REASON not in table.column_names:
         raise InputError("the table has no selection columns", fix="build it with with_decisions(...) or keep_all=True")
@@ -236,6 +237,8 @@ def write_selection_run(
         "counts": {"input": len(table), **meta.get("counts", {}), "selected": int(selected_mask.sum()), "sft": sft_rows},
         "reasons": reason_counts(reasons),
     }
+    if "methods" in meta:  # what the caller did, plus what its scores came from (older callers: the card infers)
+        full["methods"] = list(dict.fromkeys([*meta["methods"], *preset_methods(meta.get("scoring"))]))
     full.setdefault("columns", {}).update({
         SELECTED: "whether the selection rule kept the row",
         REASON: "why the row was kept or dropped (kept: … / dropped: …)",

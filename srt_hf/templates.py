@@ -11,7 +11,7 @@ Each preset reproduces one reference implementation per sample (DESIGN.md §2):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 from .errors import ConfigError
 
@@ -56,7 +56,8 @@ class Preset:
     ``direct_prefix``: text put before the response in the unconditioned (direct) pass; its tokens are
     masked. ``direct_budget_offset``: the direct text is truncated to ``max_length - prompt_len + offset``
     tokens. ``skip_over_length``: Cherry's rule that drops rows whose prompt + direct response exceed
-    ``max_length`` (the others score the truncated text).
+    ``max_length`` (the others score the truncated text). ``methods``: the method keys of the cards'
+    citations (:mod:`srt_hf.cards.citations`) that scoring with this preset uses.
     """
 
     name: str
@@ -68,12 +69,14 @@ class Preset:
     skip_over_length: bool
     rifd_default: bool
     templates: tuple[str, ...]
+    methods: tuple[str, ...] = ("ifd",)
 
 
 PRESETS: dict[str, Preset] = {
     "cherry": Preset("cherry", "alpaca", 512, "loss", "### Response:", 4, True, False, ("alpaca",)),
     "reflection": Preset("reflection", "vicuna", 2048, "perplexity", "", 1, False, True, ("vicuna", "alpaca")),
-    "superfiltering": Preset("superfiltering", "none", 1024, "perplexity", "", 1, False, False, ("none",)),
+    "superfiltering": Preset("superfiltering", "none", 1024, "perplexity", "", 1, False, False, ("none",),
+                             ("ifd", "superfiltering")),
     "chat": Preset("chat", "chat", None, "perplexity", "", 1, False, False, ("chat",)),
 }
 
@@ -90,6 +93,13 @@ def get_preset(name: str, template: str | None = None) -> Preset:
             f"Template {template!r} is not part of preset {name!r}. Set `template` to one of {list(preset.templates)}."
         )
     return Preset(**{**preset.__dict__, "template": template})
+
+
+def preset_methods(scoring: Mapping[str, Any] | str | None) -> list[str]:
+    """The method keys of a run's ``scoring`` record (run.json: a dict or the preset name); [] if no known preset."""
+    name = scoring.get("preset") if isinstance(scoring, Mapping) else scoring
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    return list(preset.methods) if preset else []
 
 
 def format_prompt(template: str, instruction: str, input: str) -> str:

@@ -256,6 +256,7 @@ def test_card_of_a_select_run(tmp_path, monkeypatch):
     assert set(card.data.to_dict()) <= DATASET_CARD_KEYS
     assert card.data.license == "cc-by-nc-4.0"  # carried from the input run
     kept = runs.read_meta(out)["counts"]["selected"]
+    assert runs.read_meta(out)["methods"] == ["top-ifd", "ifd"]  # the rule's, then the scoring preset's
     assert len(datasets.load_dataset(str(out), split="train")) == kept > 0
     assert "top_ifd_share" in card.text and "kept: top 50% by IFD" in card.text
     assert (out / "images" / "ifd_histogram.png").is_file()

@@ -59,6 +59,7 @@ def test_pipeline_through_a_faulty_server(tmp_path, tiny_model_dir, demo):
     assert len(sft) == len(result.selected) and all(s["completion"][0]["role"] == "assistant" for s in sft)
     meta = json.loads((run / "run.json").read_text())
     assert meta["kind"] == "recycle" and meta["counts"]["input"] == 8
+    assert meta["methods"] == ["selective-reflection-tuning", "reflection-tuning", "ifd"]  # the card cites these
 
 
 def test_a_failing_teacher_keeps_every_row_with_the_reason(tmp_path, tiny_model_dir, demo):

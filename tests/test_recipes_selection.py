@@ -67,6 +67,8 @@ def test_diverse_evol_two_rounds(tiny_model_dir, tmp_path):
     assert {r["selection_reason"].split(" (")[0] for r in rows} == {
         "kept: in the initial pool", "kept: round 1 k-center pick", "kept: round 2 k-center pick", "dropped: not picked in 2 rounds"}
     assert [r["selection_order"] for r in rows if r["pool_round"] == 2] and meta["counts"]["sft"] == 10
+    assert meta["methods"] == ["diverse-evol", "k-center"]
+    assert "@article{wu2023diverseevol" in (out / "data" / "README.md").read_text()
     assert pq.read_table(out / "data" / "sft" / "train.parquet").num_rows == 10
 
     # a rerun with the same settings resumes the finished rounds (no new picks file is written)
@@ -159,6 +161,7 @@ def test_self_improve_from_an_endpoint_votes_filters_and_trains(tiny_model_dir, 
     sft = pq.read_table(out / "data" / "sft" / "train.parquet").to_pylist()
     assert len(sft) == len(kept) and "The answer is <number>." in sft[0]["prompt"][0]["content"]
     assert json.loads((out / "data" / "run.json").read_text())["training"]["status"] == "trained"
+    assert meta["methods"] == ["ds-weight"] and "@article{jiang2024importance" in (out / "data" / "README.md").read_text()
 
 
 @pytest.mark.slow

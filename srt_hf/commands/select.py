@@ -122,6 +122,7 @@ def _top_ifd(ds, args, mapping):
     kept = [v for v, s in zip(ifd, selected) if s]
     meta = {
         "selection": info,
+        "methods": ["top-ifd"],
         "stats": {"ifd": {"before": quantiles(ifd), "after": quantiles(kept)}},
         "histograms": {"ifd": {"before": f"rows.parquet:{ifd_column}", "after": f"selected.parquet:{ifd_column}"}},
     }
@@ -199,7 +200,7 @@ def _kcenter(ds, args, mapping):
                       "pool_column": args.pool_column, "start": None if pool_rows else args.start,
                       "embedding": column if not computed else f"mean last hidden state of {models.display_name(args.student)}"},
         "student": {"model": models.display_name(args.student)},
-        "methods": ["diverse_evol"],
+        "methods": ["k-center"],
         "columns": {"selection_order": "k-center pick number (1 = first), null for rows not picked",
                     "kcenter_sq_distance": "squared Euclidean distance to the nearest pool row when picked"},
     }
@@ -257,7 +258,7 @@ def _ds_weight(ds, args, mapping):
                       "mean_valid_loss": decisions.mean_valid_loss, "ds_template": args.ds_template,
                       "valid_set": str(args.valid), "valid_rows": len(valid)},
         "student": {"model": models.display_name(args.student)},
-        "methods": ["ds_weight"],
+        "methods": ["ds-weight"],
         "columns": {"answer": "final number extracted from the answer", "majority_answer": "self-consistency majority of the question's answers",
                     "votes": "answers giving the majority", "answered": "answers of the question with a final number",
                     "consistent": "answer equals the majority", "loss": "base-model mean token loss of the answer given the question",
