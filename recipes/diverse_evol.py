@@ -86,8 +86,8 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
         raise ConfigError(f"initial pool row {bad[0]} cannot be trained on ({problems[bad[0]]}); fix or drop it.")
     if not pool:
         raise ConfigError("the initial pool is empty; set --initial_pool > 0 or mark rows with --initial_pool_column.")
-    reason = {i: f"kept: {origin}" for i in pool}
-    round_of = {i: 0 for i in pool}
+    reason = dict.fromkeys(pool, f"kept: {origin}")
+    round_of = dict.fromkeys(pool, 0)
     order: dict[int, int] = {}
     distance: dict[int, float] = {}
     _write_pool(out, 0, ds, pool, round_of, order)

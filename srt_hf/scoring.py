@@ -164,7 +164,7 @@ class IFDScorer:
             return self.config.max_batch_tokens
         return 65536 if str(self.model.device).startswith("cuda") else 4096
 
-    def _plan(self, ex: Example | RowProblem, enc: "_Encoder") -> "_RowPlan | str":
+    def _plan(self, ex: Example | RowProblem, enc: _Encoder) -> _RowPlan | str:
         if isinstance(ex, RowProblem):
             return make(INVALID, ex)
         if not ex.instruction.strip():
@@ -199,7 +199,7 @@ class IFDScorer:
             plan.Q_direct = enc.span(question, question, L - reverse_len + 1, "Q_direct")
         return plan
 
-    def _finish(self, plan: "_RowPlan", values: dict[str, float], out: dict[str, np.ndarray], i: int) -> str:
+    def _finish(self, plan: _RowPlan, values: dict[str, float], out: dict[str, np.ndarray], i: int) -> str:
         ratio = _ratio_fn(self.preset.ratio)
         for name, value in values.items():
             out[f"loss_{name}"][i] = value

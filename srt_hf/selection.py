@@ -177,7 +177,7 @@ def quantiles(values: Sequence[float | None]) -> dict[str, float | int | None]:
     arr = arr[np.isfinite(arr)]
     names = ("min", "p25", "median", "p75", "max")
     if not len(arr):
-        return {"n": 0, **{k: None for k in names}}
+        return {"n": 0, **dict.fromkeys(names)}
     return {"n": int(len(arr)), **{k: float(q) for k, q in zip(names, np.quantile(arr, QUANTILES))}}
 
 

@@ -12,12 +12,12 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset
+from fault_server import FaultServer, SpawnedServer, garbage_answer
 
 from srt_hf.dataio import load_input
-from srt_hf.pipeline import RecycleConfig, final_filter, recycle
 from srt_hf.errors import TeacherError
+from srt_hf.pipeline import RecycleConfig, final_filter, recycle
 from srt_hf.teachers import EndpointTeacher, GenerationConfig
-from fault_server import FaultServer, SpawnedServer, garbage_answer
 
 FAST = dict(timeout=2.0, max_retries=6, backoff_base=0.01, backoff_max=0.05)
 PROVENANCE = ("instruction_choice_reason", "response_choice_reason", "selection_reason")
