@@ -1,4 +1,4 @@
-"""Teacher reflection (DESIGN.md §3): prompts, tolerant parsing, and the two ``Dataset.map`` transforms.
+"""Teacher reflection (DESIGN.md §3): prompts and the two ``Dataset.map`` transforms (parsing: srt_hf.parsing).
 
     ds = ds.map(InstructionReflection(teacher), batched=True)   # + instruction_reflected, input_reflected,
                                                                  #   response_reflected, instruction_reflection_status
@@ -31,165 +31,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch
-from .status import EMPTY_INPUT, INVALID, OK, PARSE_FAILED, PLACEHOLDER, is_ok, kind_of, make
+from .parsing import (
+    BETTER_ANSWER,
+    NEW_ANSWER,
+    NEW_INSTRUCTION,
+    ParsedReflection,
+    echoes,
+    is_placeholder,
+    parse_instruction_reflection,
+    parse_reflection,
+    parse_response_reflection,
+)
+from .status import EMPTY_INPUT, INVALID, OK, kind_of, make
 from .teachers import Teacher, TeacherSession, run_sync
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
-
-NEW_INSTRUCTION, NEW_ANSWER, BETTER_ANSWER = "New Instruction", "New Answer", "Better Answer"
-
-
-# -- parsing ---------------------------------------------------------------------------------------
-_DECO = r"(?:\*\*|__|\*|_|`)?"
-
-
-def _bracket_marker(name: str) -> re.Pattern:
-    words = r"\s+".join(re.escape(w) for w in name.split())
-    # "[New Instruction]" with any case and spacing, optionally bold/heading-decorated and followed by ":".
-    return re.compile(
-        rf"(?:(?:^|(?<=\s))(?:\#+[ \t]*)?{_DECO}{_DECO}[ \t]*)?\[\s*{words}\s*\](?:[ \t]*{_DECO}{_DECO})?[ \t]*:?",
-        re.IGNORECASE | re.MULTILINE,
-    )
-
-
-def _line_marker(name: str) -> re.Pattern:
-    words = r"[ \t]+".join(re.escape(w) for w in name.split())
-    # "**New Instruction:**", "### New Instruction", "New Instruction:" at the start of a line.
-    return re.compile(
-        rf"^[ \t]*(?:\#+[ \t]*)?{_DECO}{_DECO}[ \t]*{words}[ \t]*(?::[ \t]*{_DECO}{_DECO}|{_DECO}{_DECO}[ \t]*:|{_DECO}{_DECO}[ \t]*$)",
-        re.IGNORECASE | re.MULTILINE,
-    )
-
-
-# Only the bracketed marker ends a section: "Endless" or "End of story" inside an answer never does.
-_END = re.compile(rf"(?:(?:^|(?<=\s)){_DECO}{_DECO}[ \t]*)?\[\s*end\s*\](?:[ \t]*{_DECO}{_DECO})?", re.IGNORECASE | re.MULTILINE)
-_ALL_SECTIONS = (NEW_INSTRUCTION, NEW_ANSWER, BETTER_ANSWER)
-_MARKERS = {name: (_bracket_marker(name), _line_marker(name)) for name in _ALL_SECTIONS}
-
-_PLACEHOLDER_WORDS = re.compile(
-    r"^(?:(?:insert|write|put|add|enter|type)\s+)?(?:(?:your|the|a|an|my)\s+)?(?:(?:new|better|improved|rewritten|revised|final)\s+)*"
-    r"(?:instruction|answer|response|question|prompt|text|output|content)s?(?:\s+(?:here|goes\s+here|text))?$"
-)
-_PLACEHOLDER_LITERALS = {"", "n/a", "na", "none", "null", "nil", "todo", "tbd", "tba", "-", "...", "…", "etc", "same as above", "see above"}
-
-
-@dataclass
-class ParsedReflection:
-    """The sections found in a teacher reply, and the parse status (``ok`` or the reason it failed)."""
-
-    sections: dict[str, str]
-    status: str
-
-    @property
-    def ok(self) -> bool:
-        return is_ok(self.status)
-
-
-def is_placeholder(text: str) -> bool:
-    """Template filler rather than content: "your instruction", "N/A", "...", "<answer>", empty."""
-    core = re.sub(r"\s+", " ", text).strip().strip("*_`#\"' \t:.").lower()
-    if core in _PLACEHOLDER_LITERALS or not re.search(r"\w", core):
-        return True
-    if _PLACEHOLDER_WORDS.match(core):
-        return True
-    # A short text wholly wrapped in <...>, (...), [...] or {...} is a slot to fill, e.g. "(the better answer)".
-    wrapped = re.fullmatch(r"[<(\[{]([^<>()\[\]{}]*)[>)\]}]", core)
-    return bool(wrapped and len(core) <= 80)
-
-
-def _normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def echoes(reply: str, skeleton: str, min_share: float = 0.5) -> bool:
-    """Whether a reply repeats the prompt: most of the template's own long lines reappear in it."""
-    lines = {_normalise(line) for line in skeleton.splitlines()}
-    lines = {line for line in lines if len(line) >= 25}
-    if not lines:
-        return False
-    text = _normalise(reply)
-    return sum(line in text for line in lines) >= min_share * len(lines)
-
-
-def _candidates(reply: str, name: str) -> list[tuple[str, bool]]:
-    """Every (content, closed_by_end) that follows a marker of ``name``, in order of appearance."""
-    starts = sorted(
-        {(m.start(), m.end()) for pattern in _MARKERS[name] for m in pattern.finditer(reply)}, key=lambda se: se[0]
-    )
-    # A decorated marker also matches as its bare bracket: keep the widest match at each place.
-    kept: list[tuple[int, int]] = []
-    for start, end in starts:
-        if kept and start < kept[-1][1]:
-            continue
-        kept.append((start, end))
-    other_starts = sorted(
-        m.start() for other in _ALL_SECTIONS for pattern in _MARKERS[other] for m in pattern.finditer(reply) if other != name
-    )
-    out = []
-    for i, (_, end) in enumerate(kept):
-        stop, closed = len(reply), False
-        m = _END.search(reply, end)
-        if m:
-            stop, closed = m.start(), True
-        nxt = [s for s in other_starts if s >= end] + [s for s, _ in kept[i + 1:]]
-        if nxt and min(nxt) < stop:
-            stop, closed = min(nxt), False
-        out.append((reply[end:stop].strip(), closed))
-    return out
-
-
-def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: str | None = None) -> ParsedReflection:
-    """Find ``sections`` (e.g. ``("New Instruction", "New Answer")``) in a teacher reply.
-
-    Tolerant of case, spacing, markdown bold/headings around the markers and a missing final
-    ``[End]``. For each section, the last occurrence closed by ``[End]`` wins, else the last one.
-    ``skeleton`` (the prompt template rendered with empty fields) catches a reply that repeats the
-    prompt: it fails when it echoes the template and its sections are missing or were copied from it.
-    A reply that merely reuses the template's questions as headings, with sections of its own, passes.
-    """
-    if reply is None or not reply.strip():
-        return ParsedReflection({}, make(PARSE_FAILED, "empty reply"))
-    parsed = _parse_sections(reply, sections)
-    if skeleton is not None and echoes(reply, skeleton):
-        template_text = _normalise(skeleton)
-        if not parsed.ok or all(_contains_phrase(template_text, _normalise(v)) for v in parsed.sections.values()):
-            return ParsedReflection({}, make(PARSE_FAILED, "reply echoes the prompt"))
-    return parsed
-
-
-def _contains_phrase(text: str, phrase: str) -> bool:
-    return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
-
-
-def _parse_sections(reply: str, sections: Sequence[str]) -> ParsedReflection:
-    found: dict[str, str] = {}
-    for name in sections:
-        candidates = _candidates(reply, name)
-        if not candidates:
-            return ParsedReflection(found, make(PARSE_FAILED, f"no [{name}] section"))
-        usable = [(text, closed) for text, closed in candidates if not is_placeholder(text)]
-        if not usable:
-            text = candidates[-1][0]
-            return ParsedReflection(found, make(PLACEHOLDER, f"[{name}] is {text[:40]!r}" if text else f"[{name}] is empty"))
-        closed = [text for text, is_closed in usable if is_closed]
-        found[name] = closed[-1] if closed else usable[-1][0]
-    return ParsedReflection(found, OK)
-
-
-def parse_instruction_reflection(reply: str | None, *, skeleton: str | None = None) -> ParsedReflection:
-    return parse_reflection(reply, (NEW_INSTRUCTION, NEW_ANSWER), skeleton=skeleton)
-
-
-def parse_response_reflection(reply: str | None, *, skeleton: str | None = None) -> ParsedReflection:
-    return parse_reflection(reply, (BETTER_ANSWER,), skeleton=skeleton)
 
 
 # -- prompts ---------------------------------------------------------------------------------------
@@ -422,6 +286,7 @@ def _rebuild(cls: type, version: str, config: dict, templates: tuple[str, str], 
 
 
 __all__ = [
-    "InstructionReflection", "ParsedReflection", "ReflectionConfig", "ResponseReflection", "builtin_template",
-    "is_placeholder", "parse_instruction_reflection", "parse_reflection", "parse_response_reflection",
+    "BETTER_ANSWER", "NEW_ANSWER", "NEW_INSTRUCTION", "InstructionReflection", "ParsedReflection", "ReflectionConfig",
+    "ResponseReflection", "builtin_template", "echoes", "is_placeholder", "parse_instruction_reflection",
+    "parse_reflection", "parse_response_reflection",
 ]

@@ -7,8 +7,8 @@ import pickle
 import re
 
 import pytest
-
 from fault_server import FaultServer, reflection_answer
+
 from srt_hf.errors import ConfigError
 from srt_hf.reflection import (
     InstructionReflection,
@@ -113,9 +113,20 @@ def test_an_echoed_custom_prompt_is_a_failure():
                 "Task: {{ instruction }}\nAnswer: {{ response }}")
     transform = InstructionReflection(EndpointTeacher("http://127.0.0.1:1", model="m"), template=template)
     prompt = transform.render(_example("Name a colour.", "", "Blue."))[0]["content"]
-    assert parse_instruction_reflection(prompt).ok  # the bare parser is fooled: "and" sits between the markers ...
+    # markers in the middle of a line are not markers (issue 9): the bare parser is not fooled by "and" between them
+    assert parse_instruction_reflection(prompt).status == "parse_failed: no [New Instruction] section"
     skeleton = transform._templates()[2]
-    assert parse_instruction_reflection(prompt, skeleton=skeleton).status == "parse_failed: reply echoes the prompt"  # ... not with the skeleton
+    assert parse_instruction_reflection(prompt, skeleton=skeleton).status == "parse_failed: reply echoes the prompt"
+    # markers on their own lines around filler that is not a placeholder fool the bare parser, not the skeleton
+    template = template.replace("between [New Instruction] and [End], and its answer between [New Answer] and [End].",
+                                "and its answer like this:\n[New Instruction]\nthe improved task\n[End]\n"
+                                "[New Answer]\nits worked solution\n[End]")
+    transform = InstructionReflection(EndpointTeacher("http://127.0.0.1:1", model="m"), template=template)
+    prompt = transform.render(_example("Name a colour.", "", "Blue."))[0]["content"]
+    assert parse_instruction_reflection(prompt).sections == {"New Instruction": "the improved task",
+                                                             "New Answer": "its worked solution"}
+    skeleton = transform._templates()[2]
+    assert parse_instruction_reflection(prompt, skeleton=skeleton).status == "parse_failed: reply echoes the prompt"
 
 
 def _example(instruction, input, response):
