@@ -123,7 +123,7 @@ def run(args: SelfImproveArguments, training_args) -> dict:
     if failed:  # a failed request is not an answer: say so instead of "no numeric answer"
         from srt_hf.selection import with_decisions
 
-        reasons = table["selection_reason"]
+        reasons = list(table["selection_reason"])
         for i in failed:
             reasons[i] = f"dropped: sampling failed ({rows['sample_status'][i]})"
         table = with_decisions(table, table["selected"], reasons)

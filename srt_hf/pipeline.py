@@ -103,6 +103,11 @@ class RecycleConfig(ColumnMapping):
     response_template: str | None = field(default=None, metadata={"help": "Response-reflection prompt (Jinja text or .jinja file), rows without input."})
     response_template_with_input: str | None = field(default=None, metadata={"help": "Response-reflection prompt for rows with input."})
     retry_parse_failures: bool = field(default=True, metadata={"help": "Ask the teacher once more when a reply cannot be parsed."})
+    structured: str = field(default="auto", metadata={"help": "Teacher reply layout. auto: a JSON object (review first, then the new texts) where the teacher can enforce a schema, else the [marker] layout; json: JSON only; off: markers."})
+    instruction_json_template: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt of the JSON layout (Jinja text or .jinja file)."})
+    instruction_json_template_with_input: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt of the JSON layout for rows with input."})
+    response_json_template: str | None = field(default=None, metadata={"help": "Response-reflection prompt of the JSON layout (Jinja text or .jinja file)."})
+    response_json_template_with_input: str | None = field(default=None, metadata={"help": "Response-reflection prompt of the JSON layout for rows with input."})
 
     def __post_init__(self) -> None:
         if self.top_share is not None and not 0 <= self.top_share <= 1:
@@ -182,12 +187,13 @@ class _Stages:
             prefix: IFDScorer(ScoringConfig(**score, output_prefix=prefix, **_mapping(cols)))
             for prefix, cols in (("original_", ORIGINAL), ("reflected_pair_", REFLECTED_PAIR), ("better_", (*CHOSEN[:2], "better_response")))
         }
+        common = dict(retry_parse_failures=config.retry_parse_failures, structured=config.structured)
         self.instruction = InstructionReflection(teacher, ReflectionConfig(
-            **_mapping(ORIGINAL), template=config.instruction_template,
-            template_with_input=config.instruction_template_with_input, retry_parse_failures=config.retry_parse_failures))
+            **_mapping(ORIGINAL), template=config.instruction_template, template_with_input=config.instruction_template_with_input,
+            json_template=config.instruction_json_template, json_template_with_input=config.instruction_json_template_with_input, **common))
         self.response = ResponseReflection(teacher, ReflectionConfig(
-            **_mapping(CHOSEN), template=config.response_template,
-            template_with_input=config.response_template_with_input, retry_parse_failures=config.retry_parse_failures))
+            **_mapping(CHOSEN), template=config.response_template, template_with_input=config.response_template_with_input,
+            json_template=config.response_json_template, json_template_with_input=config.response_json_template_with_input, **common))
 
     def plan(self) -> list[tuple[str, Callable, str]]:
         return [
@@ -353,6 +359,7 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
         "kind": "recycle",
         "source": {"name": source},
         "teacher": {"model": teacher.scope().get("model"), **teacher.identity().get("generation", {})},
+        "reflection_layout": _layouts(config, teacher, stages),
         "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student)},
         "scoring": {"preset": config.preset, "template": stages.scorers["original_"].preset.template},
         "prompts": {
@@ -389,6 +396,15 @@ def _read(path: Path, paths: RunPaths):
     if pq.ParquetFile(path).metadata.num_rows == 0:  # datasets cannot read an empty Parquet file
         return Dataset(pq.read_table(path))
     return Dataset.from_parquet(str(path), cache_dir=str(paths.work / "datasets"))
+
+
+def _layouts(config: RecycleConfig, teacher: Teacher, stages: _Stages) -> dict[str, Any]:
+    """How the teacher was asked in this process: the mode, the structured-output mechanism, rows per layout."""
+    rows = {
+        name: {k.removeprefix("layout_"): n for k, n in transform.counts.items() if k.startswith("layout_")}
+        for name, transform in (("instruction_reflection", stages.instruction), ("response_reflection", stages.response))
+    }
+    return {"mode": config.structured, "structured_output": teacher.transport().get("structured"), "rows": rows}
 
 
 def _tally(kinds: list[str]) -> dict[str, int]:

@@ -46,12 +46,16 @@ from .parsing import (
     ParsedReflection,
     echoes,
     is_placeholder,
+    json_schema,
     parse_instruction_reflection,
+    parse_json_reflection,
     parse_reflection,
     parse_response_reflection,
 )
 from .status import EMPTY_INPUT, INVALID, OK, kind_of, make
 from .teachers import Teacher, TeacherSession, run_sync
+from .teachers.base import StructuredOutputUnsupported
+from .teachers.structured import UNSUPPORTED
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
@@ -105,6 +109,9 @@ class ReflectionConfig(ColumnMapping):
     template: str | None = field(default=None, metadata={"help": "Prompt template (Jinja text or a .jinja file) for rows without input; it sees instruction, input and response. Default: the built-in one."})
     template_with_input: str | None = field(default=None, metadata={"help": "Prompt template for rows with an input. Default: `template` when given, else the built-in one."})
     output_prefix: str = field(default="", metadata={"help": "Prefix of the output column names."})
+    structured: str = field(default="auto", metadata={"help": "auto: the teacher answers a JSON object (review first, then the new texts) where it can enforce a schema, else the marker layout; json: JSON only (stop if the teacher cannot); off: the marker layout."})
+    json_template: str | None = field(default=None, metadata={"help": "Prompt template of the JSON layout for rows without input. Default: the built-in one."})
+    json_template_with_input: str | None = field(default=None, metadata={"help": "Prompt template of the JSON layout for rows with input. Default: `json_template` when given, else the built-in one."})
     retry_parse_failures: bool = field(default=True, metadata={"help": "Ask once more when a reply cannot be parsed or holds a placeholder."})
     retry_temperature: float = field(default=0.7, metadata={"help": "Temperature of that retry when the teacher is greedy (a greedy retry would repeat the same reply)."})
     keep_raw_reply: bool = field(default=False, metadata={"help": "Also output the teacher's last raw reply (column <kind>_reflection_raw)."})
@@ -116,6 +123,7 @@ class _RowOutcome:
     status: str
     raw: str = ""
     retried: bool = False
+    layout: str = ""  # "json" or "markers": how the teacher was asked (empty: not asked)
 
 
 class _Reflection:
@@ -132,9 +140,13 @@ class _Reflection:
             raise ConfigError(f"{type(self).__name__} needs a teacher (EndpointTeacher or LocalTeacher), got {type(teacher).__name__}; see srt_hf.teachers.load_teacher.")
         self.teacher = teacher
         self.config = config or ReflectionConfig(**kwargs)
+        if self.config.structured not in ("auto", "json", "off"):
+            raise ConfigError(f"`structured` = {self.config.structured!r}: use auto, json or off (CLI: --structured).")
         self.templates = self._resolve_templates()
-        self._compiled = None
+        self.json_templates = self._resolve_json_templates()
+        self._compiled = self._compiled_json = None
         self._templates()  # a broken template fails here, not in the middle of a map
+        self._templates(json=True)
         self.counts: collections.Counter[str] = collections.Counter()
 
     def _resolve_templates(self) -> tuple[str, str]:
@@ -146,11 +158,24 @@ class _Reflection:
             with_input = plain if cfg.template else builtin_template(f"{self.kind}_reflection_input")
         return plain, with_input
 
+    def _resolve_json_templates(self) -> tuple[str, str] | None:
+        """The JSON-layout prompts, or None when the marker layout is the only one (off, or own marker prompts)."""
+        cfg = self.config
+        if cfg.structured == "off" or (cfg.structured == "auto" and cfg.template and not cfg.json_template):
+            return None  # the user's own marker prompt wins over the built-in JSON one
+        plain = load_template(cfg.json_template, "json_template") if cfg.json_template else builtin_template(f"{self.kind}_reflection_json")
+        if cfg.json_template_with_input:
+            with_input = load_template(cfg.json_template_with_input, "json_template_with_input")
+        else:
+            with_input = plain if cfg.json_template else builtin_template(f"{self.kind}_reflection_input_json")
+        return plain, with_input
+
     # -- datasets integration -------------------------------------------------------------------
     def __reduce__(self):
         # The pickle, hence the datasets fingerprint: class, version, config, prompt texts, teacher identity
         # and the teacher's own (client-free) pickle.
-        return (_rebuild, (type(self), __version__, asdict(self.config), self.templates, self.teacher.identity(), self.teacher))
+        templates = (self.templates, self.json_templates)
+        return (_rebuild, (type(self), __version__, asdict(self.config), templates, self.teacher.identity(), self.teacher))
 
     @property
     def status_column(self) -> str:
@@ -184,6 +209,7 @@ class _Reflection:
         async with self.teacher.session() as session:
             outcomes = await asyncio.gather(*(self._reflect_row(session, ex) for ex in examples))
         self.counts.update(kind_of(o.status) for o in outcomes)
+        self.counts.update(f"layout_{o.layout}" for o in outcomes if o.layout)
         self.counts["parse_retries"] += sum(o.retried for o in outcomes)
         prefix = self.config.output_prefix
         columns = {prefix + c: [o.values[c] for o in outcomes] for c in self.value_columns}
@@ -192,18 +218,33 @@ class _Reflection:
             columns[f"{prefix}{self.kind}_reflection_raw"] = [o.raw for o in outcomes]
         return columns
 
-    def render(self, ex: Example) -> list[dict[str, str]]:
-        """The chat messages sent to the teacher for one example."""
-        template = self._templates()[1 if ex.input.strip() else 0]
+    def render(self, ex: Example, *, json: bool = False) -> list[dict[str, str]]:
+        """The chat messages sent to the teacher for one example (in the JSON layout's prompt with ``json``)."""
+        template = self._templates(json=json)[1 if ex.input.strip() else 0]
         return [{"role": "user", "content": template.render(instruction=ex.instruction, input=ex.input, response=ex.response).strip()}]
 
-    def _templates(self):
+    def _templates(self, *, json: bool = False):
         """(template, template with input, and each rendered with empty fields: the skeletons for echo checks)."""
-        if self._compiled is None:
-            plain = _compile(self.templates[0], "template")
-            with_input = _compile(self.templates[1], "template_with_input")
-            self._compiled = (plain, with_input, _skeleton(plain, "template"), _skeleton(with_input, "template_with_input"))
-        return self._compiled
+        if json and self.json_templates is None:
+            return None
+        if (self._compiled_json if json else self._compiled) is None:
+            texts, names = (self.json_templates, ("json_template", "json_template_with_input")) if json else (self.templates, ("template", "template_with_input"))
+            plain, with_input = _compile(texts[0], names[0]), _compile(texts[1], names[1])
+            compiled = (plain, with_input, _skeleton(plain, names[0]), _skeleton(with_input, names[1]))
+            if json:
+                self._compiled_json = compiled
+            else:
+                self._compiled = compiled
+        return self._compiled_json if json else self._compiled
+
+    def _use_json(self) -> bool:
+        """Whether to ask for the JSON layout: configured, and the teacher not known to lack structured output."""
+        return self.json_templates is not None and getattr(self.teacher, "structured_dialect", None) != UNSUPPORTED
+
+    def _parse(self, reply: str | None, skeleton: str, json: bool) -> ParsedReflection:
+        if json:
+            return parse_json_reflection(reply, self.kind, skeleton=skeleton)
+        return parse_reflection(reply, self.sections, skeleton=skeleton)
 
     def _retry_overrides(self) -> dict[str, Any]:
         cfg = self.teacher.config
@@ -215,26 +256,38 @@ class _Reflection:
         original = self._original(ex)
         if not ex.instruction.strip():
             return _RowOutcome(original, make(EMPTY_INPUT, "empty instruction"))
-        messages = self.render(ex)
-        skeleton = self._templates()[3 if ex.input.strip() else 2]
-        completion = await session.complete(messages)
+        if self._use_json():
+            try:
+                return await self._ask(session, ex, original, json=True)
+            except StructuredOutputUnsupported as err:
+                if self.config.structured == "json":
+                    raise ConfigError(f"--structured json: {err}; use --structured auto (falls back to the marker layout) or off.") from None
+        return await self._ask(session, ex, original, json=False)
+
+    async def _ask(self, session: TeacherSession, ex: Example, original: dict[str, str], *, json: bool) -> _RowOutcome:
+        """One request in one layout, parsed; a failed parse is asked once more (``retry_parse_failures``)."""
+        layout = "json" if json else "markers"
+        messages = self.render(ex, json=json)
+        skeleton = self._templates(json=json)[3 if ex.input.strip() else 2]
+        schema = json_schema(self.kind) if json else None
+        completion = await session.complete(messages, schema=schema)
         if not completion.ok:
-            return _RowOutcome(original, completion.status)
-        parsed = parse_reflection(completion.text, self.sections, skeleton=skeleton)
+            return _RowOutcome(original, completion.status, completion.text or "", layout=layout)
+        parsed = self._parse(completion.text, skeleton, json)
         raw = completion.text or ""
         retried = False
         if not parsed.ok and self.config.retry_parse_failures:
             retried = True
-            retry = await session.complete(messages, self._retry_overrides())
+            retry = await session.complete(messages, self._retry_overrides(), schema=schema)
             if not retry.ok:
-                return _RowOutcome(original, f"{parsed.status} (retry {retry.status})", raw, retried)
+                return _RowOutcome(original, f"{parsed.status} (retry {retry.status})", raw, retried, layout)
             raw = retry.text or ""
-            parsed = parse_reflection(retry.text, self.sections, skeleton=skeleton)
+            parsed = self._parse(retry.text, skeleton, json)
             if not parsed.ok:
-                return _RowOutcome(original, f"{parsed.status} (after retry)", raw, retried)
+                return _RowOutcome(original, f"{parsed.status} (after retry)", raw, retried, layout)
         if not parsed.ok:
-            return _RowOutcome(original, parsed.status, raw, retried)
-        return _RowOutcome(self._reflected(parsed.sections), OK, raw, retried)
+            return _RowOutcome(original, parsed.status, raw, retried, layout)
+        return _RowOutcome(self._reflected(parsed.sections), OK, raw, retried, layout)
 
     def _original(self, ex: Example) -> dict[str, str]:
         raise NotImplementedError
@@ -278,9 +331,12 @@ class ResponseReflection(_Reflection):
         return {"response_reflected": sections[BETTER_ANSWER]}
 
 
-def _rebuild(cls: type, version: str, config: dict, templates: tuple[str, str], identity: dict, teacher: Teacher) -> _Reflection:
+def _rebuild(cls: type, version: str, config: dict, templates: tuple, identity: dict, teacher: Teacher) -> _Reflection:
     obj = cls.__new__(cls)
-    obj.teacher, obj.config, obj.templates, obj._compiled = teacher, ReflectionConfig(**config), tuple(templates), None
+    obj.teacher, obj.config = teacher, ReflectionConfig(**config)
+    obj.templates = tuple(templates[0])
+    obj.json_templates = tuple(templates[1]) if templates[1] is not None else None
+    obj._compiled = obj._compiled_json = None
     obj.counts = collections.Counter()
     return obj
 

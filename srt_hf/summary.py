@@ -7,7 +7,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .status import is_ok, kind_of
+from .status import OK as OK_KIND
+from .status import PARSE_FAILED, PLACEHOLDER, TRUNCATED, is_ok, kind_of
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -75,6 +76,8 @@ def recycle_summary(meta: dict) -> str:
         ["responses replaced", counts["responses replaced"]],
         ["instruction reflections failed", failures.get("instruction_reflection", 0)],
         ["response reflections failed", failures.get("response_reflection", 0)],
+        ["reflections without a usable reply", _unusable_share(kinds)],
+        ["teacher reply layout", _layout(meta.get("reflection_layout", {}))],
         ["teacher requests sent", requests.get("requests_sent", 0)],
         ["teacher requests retried", requests.get("retried", 0)],
         ["teacher replies from cache", requests.get("cache_hits", 0)],
@@ -98,3 +101,24 @@ def recycle_summary(meta: dict) -> str:
     if bad:
         parts += ["", table(["reflection status", "rows"], list(bad.items()))]
     return "\n".join(parts)
+
+
+def _unusable_share(kinds: dict[str, dict[str, int]]) -> str:
+    """Reflections the teacher answered but that gave nothing to use (parse_failed, placeholder, truncated)."""
+    asked = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in (OK_KIND, PARSE_FAILED, PLACEHOLDER, TRUNCATED))
+    bad = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in (PARSE_FAILED, PLACEHOLDER, TRUNCATED))
+    return f"{bad} of {asked} ({100 * bad / asked:.0f}%)" if asked else "0"
+
+
+def _layout(layout: dict) -> str:
+    rows: dict[str, int] = {}
+    for tally in (layout.get("rows") or {}).values():
+        for name, n in tally.items():
+            rows[name] = rows.get(name, 0) + n
+    if not rows:
+        return str(layout.get("mode", "-"))
+    mechanism = layout.get("structured_output")
+    parts = [f"{name} {n}" + (f" ({mechanism})" if name == "json" and mechanism else "") for name, n in sorted(rows.items())]
+    if "markers" in rows and mechanism == "unsupported":
+        parts.append("the teacher has no structured output")
+    return ", ".join(parts)

@@ -199,7 +199,7 @@ def dataset(rows=ROWS):
 
 def test_instruction_reflection_on_a_dataset():
     with FaultServer(answer=tagged_answer) as server:
-        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST))
+        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off")
         out = dataset().map(transform, batched=True, batch_size=4, features=None)
     assert len(out) == len(ROWS)
     assert out.column_names == ["instruction", "input", "output", *transform.output_columns()]
@@ -216,7 +216,7 @@ def test_instruction_reflection_on_a_dataset():
 
 def test_response_reflection_with_prefix_and_features():
     with FaultServer(answer=tagged_answer) as server:
-        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), output_prefix="rr_", keep_raw_reply=True)
+        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off", output_prefix="rr_", keep_raw_reply=True)
         out = dataset(ROWS[:3]).map(transform, batched=True, features=None)
         assert transform.output_columns() == ["rr_response_reflected", "rr_response_reflection_status", "rr_response_reflection_raw"]
         assert out["rr_response_reflected"] == [f"A better answer about item-{i}." for i in range(3)]
@@ -232,9 +232,9 @@ def test_chat_formats_are_read():
         {"messages": [{"role": "system", "content": "Be brief."}]},
     ]
     with FaultServer(answer=tagged_answer) as server:
-        out = dataset(rows).map(ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST)), batched=True)
+        out = dataset(rows).map(ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off"), batched=True)
         pc = dataset([{"prompt": "Describe item-8.", "completion": "Pink."}]).map(
-            InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST)), batched=True)
+            InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off"), batched=True)
     assert out["response_reflected"][0] == "A better answer about item-7." and out["response_reflection_status"][0] == "ok"
     assert out["response_reflection_status"][1].startswith("invalid:")
     assert pc["instruction_reflected"] == ["Explain item-8 fully."]
@@ -243,7 +243,7 @@ def test_chat_formats_are_read():
 def test_column_mapping_settings():
     rows = [{"q": "Describe item-9.", "a": "Teal."}]
     with FaultServer(answer=tagged_answer) as server:
-        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), instruction_column="q", response_column="a")
+        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off", instruction_column="q", response_column="a")
         assert dataset(rows).map(transform, batched=True)["response_reflected"] == ["A better answer about item-9."]
 
 
@@ -256,11 +256,11 @@ def test_a_parse_failure_is_retried_once_as_a_new_request():
         return "no markers this time" if asked[key] == 1 else tagged_answer(messages, body)
 
     with FaultServer(answer=flaky) as server:
-        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST))
+        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off")
         out = dataset(ROWS[:2]).map(transform, batched=True)
         assert out["instruction_reflection_status"] == ["ok", "ok"]
         assert server.requests == 4
-        assert transform.counts == {"ok": 2, "parse_retries": 2}
+        assert transform.counts == {"ok": 2, "parse_retries": 2, "layout_markers": 2}
         first, retry = sorted((e["body"] for e in server.log), key=lambda b: b["seed"])[1:3]
         assert (first["seed"], first["temperature"]) == (0, 0.0) and (retry["seed"], retry["temperature"]) == (1, 0.7)
 
@@ -280,7 +280,7 @@ def test_a_parse_failure_is_retried_once_as_a_new_request():
 def test_bad_teachers_give_statuses_never_lost_rows(answer, fault, status):
     rows = ROWS[:3]
     with FaultServer(answer=answer, failure_rate=1.0 if fault else 0.0, failure_kind=fault or "500") as server:
-        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST))
+        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off")
         out = dataset(rows).map(transform, batched=True, batch_size=2)
     assert out["instruction_reflection_status"] == [status] * 3
     assert out["instruction_reflected"] == [r["instruction"] for r in rows]
@@ -294,7 +294,7 @@ def test_placeholder_replies_are_reported():
         return "[Better Answer]\n(the better answer)\n[End]"
 
     with FaultServer(answer=lazy) as server:
-        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), retry_parse_failures=False)
+        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off", retry_parse_failures=False)
         out = dataset(ROWS[:2]).map(transform, batched=True)
         assert server.requests == 2  # no retry when switched off
     assert out["response_reflection_status"] == ["placeholder: [Better Answer] is '(the better answer)'"] * 2
@@ -304,9 +304,9 @@ def test_placeholder_replies_are_reported():
 def test_rerun_is_served_from_the_cache(tmp_path):
     with FaultServer(answer=tagged_answer) as server:
         teacher = EndpointTeacher(server.url, model="m", config=FAST, cache_path=tmp_path / "cache.sqlite")
-        first = dataset().map(InstructionReflection(teacher), batched=True)
+        first = dataset().map(InstructionReflection(teacher, structured="off"), batched=True)
         sent = server.requests
-        again = dataset().map(InstructionReflection(teacher), batched=True)
+        again = dataset().map(InstructionReflection(teacher, structured="off"), batched=True)
         assert server.requests == sent
         assert again["instruction_reflected"] == first["instruction_reflected"]
 
@@ -314,7 +314,7 @@ def test_rerun_is_served_from_the_cache(tmp_path):
 def test_num_proc_workers_build_their_own_clients(tmp_path):
     rows = [{"instruction": f"Describe item-{i}.", "input": "", "output": "x"} for i in range(8)]
     with FaultServer(answer=tagged_answer) as server:
-        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST))
+        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off")
         out = dataset(rows).map(transform, batched=True, batch_size=2, num_proc=2)
         assert server.requests == 8
     assert out["instruction_reflected"] == [f"Explain item-{i} fully." for i in range(8)]
@@ -343,7 +343,7 @@ def test_fingerprint_is_stable_and_follows_what_matters():
 
 def test_pickle_holds_no_client_after_use():
     with FaultServer(answer=tagged_answer) as server:
-        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST))
+        transform = InstructionReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off")
         before = _hash(transform)
         dataset(ROWS[:2]).map(transform, batched=True)
         blob = pickle.dumps(transform)
@@ -360,7 +360,8 @@ def test_reduce_names_version_config_prompt_and_teacher():
     transform = ResponseReflection(EndpointTeacher("http://127.0.0.1:1", model="m"))
     _, (cls, version, config, templates, identity, _teacher) = transform.__reduce__()
     assert cls is ResponseReflection and version == __version__
-    assert config == json.loads(json.dumps(config)) and templates[0] == builtin_template("response_reflection")
+    assert config == json.loads(json.dumps(config)) and templates[0][0] == builtin_template("response_reflection")
+    assert templates[1] == (builtin_template("response_reflection_json"), builtin_template("response_reflection_input_json"))
     assert identity == {"kind": "endpoint", "model": "m", "generation": GenerationConfig().generation_settings()}
 
 
@@ -370,7 +371,7 @@ def test_local_teacher_reflection(tiny_model_dir):
     from srt_hf.teachers import LocalTeacher
 
     teacher = LocalTeacher(str(tiny_model_dir), config=GenerationConfig(max_new_tokens=8, batch_size=4), device="cpu")
-    out = dataset(ROWS[:3]).map(InstructionReflection(teacher), batched=True)
+    out = dataset(ROWS[:3]).map(InstructionReflection(teacher, structured="off"), batched=True)
     assert len(out) == 3
     # a random model never stops by itself within 8 tokens: truncated, final (not retried), originals kept
     assert all(status_kind(s) == "truncated" for s in out["instruction_reflection_status"])

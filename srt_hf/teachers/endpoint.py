@@ -282,7 +282,7 @@ class _EndpointSession(TeacherSession):
 
     async def _find_dialect(self, messages: Messages, settings: dict[str, Any], schema: dict) -> Completion:
         for name, fields in DIALECTS.items():
-            completion, fault = await self._request(messages, settings, fields(schema))
+            completion, fault = await self._request(messages, settings, fields(schema), probing=True)
             if completion.text is not None and looks_like_json_object(completion.text):
                 self.teacher.structured_dialect = name
                 logger.info("teacher %s: structured output through %s", self.teacher.base_urls[0], name)
@@ -294,8 +294,13 @@ class _EndpointSession(TeacherSession):
         logger.warning("teacher %s rejects or ignores JSON-schema response formats; reflections use the marker layout", self.teacher.base_urls[0])
         raise StructuredOutputUnsupported(f"the teacher at {', '.join(self.teacher.base_urls)} does not enforce JSON schemas")
 
-    async def _request(self, messages: Messages, settings: dict[str, Any], extra: dict | None = None) -> tuple[Completion, _Fault | None]:
-        """One request with its retries; a failure becomes a ``request_failed`` completion (or a fatal error)."""
+    async def _request(
+        self, messages: Messages, settings: dict[str, Any], extra: dict | None = None, *, probing: bool = False
+    ) -> tuple[Completion, _Fault | None]:
+        """One request with its retries; a failure becomes a ``request_failed`` completion (or a fatal error).
+
+        ``probing``: a dialect probe, whose refusal (HTTP 4xx) is an answer about the server, not a failure.
+        """
         teacher, cfg = self.teacher, self.teacher.config
         url: str | None = None
         attempt, fault = 0, None
@@ -311,12 +316,15 @@ class _EndpointSession(TeacherSession):
             if fault is not None and self._tokens_field_rejected(fault):
                 teacher.tokens_field, attempt = "max_completion_tokens", attempt - 1  # not the server's fault: ask again
                 continue
-            self._record(url, fault)
+            refused = probing and fault is not None and fault.reason.startswith("HTTP 4") and not fault.fatal
+            self._record(url, None if refused else fault)
             if fault is None:
                 if reply.finish_reason == "length":
                     return Completion(reply.text, truncated_status(settings["max_new_tokens"]), attempt, usage=reply.usage), None
                 return Completion(reply.text, OK, attempts=attempt, usage=reply.usage), None
             self._check_fatal(url, fault)
+            if refused:
+                return Completion(None, make(REQUEST_FAILED, fault.reason), attempts=attempt), fault
             if not fault.retryable or attempt > cfg.max_retries:
                 break
             teacher.stats.add(retried=1)
