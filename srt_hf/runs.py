@@ -6,6 +6,7 @@
       selected.parquet   the rows kept by the selection rule
       sft/train.parquet  the kept rows as conversational prompt/completion records (TRL SFT format)
       README.md          the dataset card
+      report.html        every row, what the teacher changed and why, in one offline page (srt-hf report)
       cache.sqlite       the teacher's response cache (recycle only; not uploaded)
       work/              resumable per-stage parts (not uploaded)
 """
