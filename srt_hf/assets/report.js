@@ -115,7 +115,29 @@
       }
     }
     if (suf) push(ops, '=', x.slice(x.length - suf).join(''));
-    return absorbSpaces(ops);
+    return regroup(absorbSpaces(ops));
+  }
+
+  /* Readable changes: when little is shared the whole text is one replacement; a short common word between two
+     changes ("a", "of") counts as changed; within each changed stretch the removed words come before the added. */
+  function regroup(ops) {
+    var same = 0, all = 0;
+    ops.forEach(function (o) { var w = o[1].trim() ? o[1].trim().split(/\s+/).length : 0; all += w; if (o[0] === '=') same += w; });
+    if (all && same / all < 0.2) {
+      var a = '', b = '';
+      ops.forEach(function (o) { if (o[0] !== '+') a += o[1]; if (o[0] !== '-') b += o[1]; });
+      return [['-', a], ['+', b]].filter(function (o) { return o[1]; });
+    }
+    var out = [], dels = '', adds = '';
+    function flush() { if (dels) out.push(['-', dels]); if (adds) out.push(['+', adds]); dels = ''; adds = ''; }
+    ops.forEach(function (o, k) {
+      var between = k > 0 && k < ops.length - 1 && ops[k - 1][0] !== '=' && ops[k + 1][0] !== '=';
+      if (o[0] === '=' && !(between && o[1].trim().length <= 3)) { flush(); push(out, '=', o[1]); return; }
+      if (o[0] !== '+') dels += o[1];
+      if (o[0] !== '-') adds += o[1];
+    });
+    flush();
+    return out;
   }
   function push(ops, op, text) {
     var last = ops[ops.length - 1];
@@ -264,8 +286,12 @@
       if (finite(a) && isSelected(i)) after.push(a);
     }
     var both = before.concat(after).sort(function (p, q) { return p - q; });
-    var lo = quantile(both, 0.005), hi = quantile(both, 0.995);
+    var lo = quantile(both, 0), hi = quantile(both, 1);
     if (lo === null) { lo = 0; hi = 1; }
+    else {  // far outliers fall into the edge bins instead of squashing the rest
+      var q1 = quantile(both, 0.25), q3 = quantile(both, 0.75), fence = 3 * (q3 - q1);
+      if (fence > 0) { lo = Math.max(lo, q1 - fence); hi = Math.min(hi, q3 + fence); }
+    }
     if (!(hi > lo)) { lo -= 0.5; hi += 0.5; }
     var bins = 30, width = (hi - lo) / bins;
     function bin(v) { return Math.max(0, Math.min(bins - 1, Math.floor((v - lo) / width))); }
@@ -289,7 +315,9 @@
     for (var k = 0; k < bins; k++) {
       var x0 = ml + k * bw, from = lo + k * width, to = from + width;
       var grp = svg('g', { class: 'bin' });
-      grp.appendChild(svg('title', { text: ch.label + ' ' + from.toFixed(3) + ' – ' + to.toFixed(3) + ': before ' + hb[k] + ', after ' + ha[k] }));
+      var range = (k === 0 && both[0] < lo ? '≤ ' + to.toFixed(3) : k === bins - 1 && both[both.length - 1] > hi ? '≥ ' + from.toFixed(3)
+        : from.toFixed(3) + ' – ' + to.toFixed(3));
+      grp.appendChild(svg('title', { text: ch.label + ' ' + range + ': before ' + hb[k] + ', after ' + ha[k] }));
       grp.appendChild(svg('rect', { class: 'hit', x: x0, y: mt, width: bw, height: ph, fill: 'transparent' }));
       if (hb[k]) grp.appendChild(svg('rect', { x: x0 + 1, y: Y(hb[k]), width: bw / 2 - 1, height: ph - (Y(hb[k]) - mt), fill: 'rgb(120,144,176)' }));
       if (ha[k]) grp.appendChild(svg('rect', { x: x0 + bw / 2, y: Y(ha[k]), width: bw / 2 - 1, height: ph - (Y(ha[k]) - mt), fill: 'rgb(230,126,34)' }));
@@ -304,7 +332,8 @@
     g.appendChild(svg('line', { x1: ml, x2: W - mr, y1: mt + ph, y2: mt + ph, stroke: '#8a929c' }));
     for (var s = 0; s <= 5; s++) {
       var xv = lo + (hi - lo) * s / 5;
-      g.appendChild(svg('text', { x: X(xv), y: H - mb + 16, 'text-anchor': 'middle', 'font-size': 11, fill: '#5b636e', text: xv.toFixed(2) }));
+      var more = s === 5 && both[both.length - 1] > hi ? '+' : s === 0 && both[0] < lo ? '−' : '';
+      g.appendChild(svg('text', { x: X(xv), y: H - mb + 16, 'text-anchor': 'middle', 'font-size': 11, fill: '#5b636e', text: xv.toFixed(2) + more }));
     }
     g.appendChild(svg('text', { x: ml + pw / 2, y: H - 4, 'text-anchor': 'middle', 'font-size': 12, fill: '#1f2328', text: ch.label }));
     if (ch.threshold !== null && ch.threshold > lo && ch.threshold < hi) {
