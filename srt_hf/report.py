@@ -229,8 +229,11 @@ def _plain_texts(table, strings: _Strings, columns: dict[str, list]) -> list[dic
 
     try:
         fmt = detect_format(table.column_names, ColumnMapping())
-    except InputError:
-        return []
+    except InputError:  # a table of its own shape (e.g. DS weight's question / response): its first text columns
+        texts = [f.name for f in table.schema if _is_text(f.type) and not f.name.endswith(("status", "reason"))][:4]
+        for name in texts:
+            columns[name] = [strings.add(v) for v in table.column(name).to_pylist()]
+        return [{"label": name.replace("_", " "), "text": name} for name in texts]
     out = {"_instruction": [], "_input": [], "_response": []}
     for batch in table.to_batches(max_chunksize=4096):
         for ex in read_batch(batch.to_pydict(), fmt):
@@ -241,6 +244,12 @@ def _plain_texts(table, strings: _Strings, columns: dict[str, list]) -> list[dic
     columns.update(out)
     return [{"label": "instruction", "text": "_instruction"}, {"label": "input", "text": "_input"},
             {"label": "response", "text": "_response"}]
+
+
+def _is_text(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _chart_values(meta: Mapping[str, Any], view: Mapping[str, Any], columns: dict[str, list], names: set[str],
