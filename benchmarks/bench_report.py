@@ -58,20 +58,23 @@ def synthetic_run(root: Path, records: list[dict], n: int) -> None:
             "original_response": resp, "original_ifd": ifd, "original_rifd": rifd, "original_score_status": "ok",
             "instruction_reflected": r_inst, "input_reflected": "" if ins_ok else inp, "response_reflected": r_resp,
             "instruction_reflection_status": "ok" if ins_ok else "parse_failed: no [New Instruction] section",
-            "reflected_pair_ifd": ifd + 0.02 if ins_ok else None, "reflected_pair_rifd": rifd - 0.01 if ins_ok else None,
+            "reflected_pair_ifd": ifd + 0.02 if ins_ok else None,
+            "reflected_pair_rifd": rifd - 0.01 if ins_ok else None,
             "instruction_choice": "reflected" if reflected else "original",
             "instruction_choice_reason": f"reflected IFD {ifd + 0.02:.4f} > original {ifd:.4f}" if reflected else
             "instruction reflection parse_failed: no [New Instruction] section",
             "chosen_instruction": c_inst, "chosen_input": c_inp, "chosen_response": c_resp, "better_response": better,
             "response_reflection_status": "ok" if res_ok else "placeholder: N/A",
-            "better_response_ifd": ifd + 0.01 if res_ok else None, "better_response_rifd": rifd - 0.05 if res_ok else None,
+            "better_response_ifd": ifd + 0.01 if res_ok else None,
+            "better_response_rifd": rifd - 0.05 if res_ok else None,
             "response_choice": "reflected" if res_reflected else "original",
             "response_choice_reason": f"reflected r-IFD {rifd - 0.05:.4f} < original {rifd:.4f}" if res_reflected else
             f"reflected r-IFD {rifd + 0.05:.4f} >= original {rifd:.4f}",
             "final_instruction": c_inst, "final_input": c_inp, "final_response": better if res_reflected else c_resp,
             "final_ifd": ifd, "final_rifd": rifd, "final_score_status": "ok",
             "selected": ifd < 1 and rifd < 1,
-            "selection_reason": "kept: final ifd < 1 and rifd < 1" if ifd < 1 and rifd < 1 else f"dropped: final ifd >= 1 ({ifd:.4f})",
+            "selection_reason": "kept: final ifd < 1 and rifd < 1" if ifd < 1 and rifd < 1
+            else f"dropped: final ifd >= 1 ({ifd:.4f})",
         }.items():
             put(name, value)
     root.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,8 @@ def browser_times(path: Path) -> dict[str, float]:
         before = page.inner_text("#count")
         t0 = time.perf_counter()
         page.fill("#q", "photosynthesis")
-        page.wait_for_function(f"document.getElementById('count').textContent !== {json.dumps(before)}", timeout=300_000)
+        changed = f"document.getElementById('count').textContent !== {json.dumps(before)}"
+        page.wait_for_function(changed, timeout=300_000)
         searched = time.perf_counter() - t0 - 0.15  # the search starts 150 ms after the last key
         heap = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize : 0")
         browser.close()
@@ -130,7 +134,8 @@ def main() -> None:
         print(f"ratio report.html / rows.parquet: {html / parquet:.2f}x;  report.html / JSON: {html / raw:.2f}x")
         if args.browser:
             t = browser_times(path)
-            print(f"headless Chromium: rows shown {t['load_to_rows_s']:.2f} s after navigation, a search over all rows "
+            print(f"headless Chromium: rows shown {t['load_to_rows_s']:.2f} s after navigation, a search over all "
+                  "rows "
                   f"{t['search_s']:.2f} s, JS heap {t['js_heap_mb']:.0f} MB")
 
 

@@ -153,7 +153,8 @@ def push_dataset(
 
 
 def require_license(run_dir: Path, license: str | None) -> str:
-    """``license``, else the one run.json records; a :class:`ConfigError` saying how to pass it when neither is known."""
+    """``license``, else the one run.json records; when neither is known, a :class:`ConfigError` saying how
+    to pass it."""
     license = license or run_license(run_dir)
     if not license:
         raise ConfigError(
@@ -188,9 +189,9 @@ def prepare_space_folder(run_dir: Path, dest: Path, *, space_id: str, license: s
         tags=["srt-hf", "reflection-tuning", "data-report"],
         short_description=f"srt-hf report of a {meta.get('kind', 'recycle')} run"[:60],
     )
-    body = (f"Every row of an [srt-hf]({PROJECT_URL}) run: what the teacher changed, what the student "
-            "kept and why, with the scores before and after" + (f"; the data is [{dataset}](https://huggingface.co/datasets/"
-                                                                 f"{dataset})." if dataset else "."))
+    data_link = f"; the data is [{dataset}](https://huggingface.co/datasets/{dataset})." if dataset else "."
+    body = (f"Every row of an [srt-hf]({PROJECT_URL}) run: what the teacher changed, what the student kept and "
+            f"why, with the scores before and after{data_link}")
     (dest / "README.md").write_text(f"---\n{data.to_yaml()}\n---\n\n{body}\n", encoding="utf-8")
     return dest
 
@@ -210,7 +211,8 @@ def push_space(run_dir: Path, space_id: str, *, private: bool | None = None, rev
     return url
 
 
-def _remember(run_dir: Path, *, source_license: str | None = None, hub: dict | None = None, space: dict | None = None) -> None:
+def _remember(run_dir: Path, *, source_license: str | None = None, hub: dict | None = None,
+              space: dict | None = None) -> None:
     """Record the license / Hub repo / Space in run.json so later cards (dataset and model) and reports use them."""
     if not (run_dir / META).is_file():
         return

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .runs import ROWS, RunPaths, read_meta
+from .runs import INTERNAL_SETTINGS, ROWS, RunPaths, read_meta
 
 REPORT = "report.html"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -71,9 +71,7 @@ PLAIN_SCORES = (
     ("loss", "loss"), ("w", "w"), ("d", "d"),
     ("loss(response | prompt)", "loss_A_cond"), ("loss(response)", "loss_A_direct"),
 )
-# Run settings that describe how the run was wired, not what it did: left out of the settings table.
-INTERNAL_SETTINGS = {"within_earlier_selection", "chunk_rows", "ifd_column", "instruction_column", "input_column",
-                     "response_column", "messages_column", "device", "dtype"}
+
 
 
 def report_path(run_dir: str | Path) -> Path:
@@ -125,7 +123,8 @@ def build_payload(run_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
         view["kind"] = "recycle"
         view["stages"] = [
             {"label": label, "status": status if text(status) else None,
-             "choice": choice if choice and text(choice) else None, "reason": reason if reason and text(reason) else None}
+             "choice": choice if choice and text(choice) else None,
+             "reason": reason if reason and text(reason) else None}
             for label, status, choice, reason in RECYCLE_STAGES if status in names
         ]
         view["panels"] = []
@@ -137,8 +136,8 @@ def build_payload(run_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
             ]
             if text(original) and text(final):
                 view["panels"].append({"label": label, "original": original, "teacher": versions, "final": final})
-        view["scores"] = {"heads": list(RECYCLE_SCORE_HEADS),
-                          "rows": [[label, [c if number(c) else None for c in cols]] for label, cols in RECYCLE_SCORES]}
+        score_rows = [[label, [c if number(c) else None for c in cols]] for label, cols in RECYCLE_SCORES]
+        view["scores"] = {"heads": list(RECYCLE_SCORE_HEADS), "rows": score_rows}
         view["sort"] = "final_ifd" if "final_ifd" in names else None
     else:
         view["kind"] = "plain"

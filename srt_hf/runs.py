@@ -21,6 +21,9 @@ from typing import Any
 ROWS, SELECTED, SFT, META, CARD = "rows.parquet", "selected.parquet", "sft/train.parquet", "run.json", "README.md"
 CACHE, WORK = "cache.sqlite", "work"
 NOT_UPLOADED = (CACHE, WORK)
+# run.json settings that say how a run was wired, not what it did: the card and the report leave them out.
+INTERNAL_SETTINGS = frozenset({"within_earlier_selection", "ifd_column", "hub_id", "chunk_rows", "instruction_column",
+                               "input_column", "response_column", "messages_column", "device"})
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ def recycle_rows(n: int) -> dict[str, list]:
         "instruction_reflection_status", "reflected_pair_ifd", "reflected_pair_rifd", "reflected_pair_score_status",
         "instruction_choice", "instruction_choice_reason", "chosen_instruction", "chosen_input", "chosen_response",
         "better_response", "response_reflection_status", "better_response_ifd", "better_response_rifd",
-        "better_response_score_status", "response_choice", "response_choice_reason", "final_instruction", "final_input",
+        "better_response_score_status", "response_choice", "response_choice_reason", "final_instruction",
+        "final_input",
         "final_response", "final_ifd", "final_rifd", "final_score_status")}
     for i in range(n):
         instruction = f"Explain topic {i} in one sentence."
@@ -61,7 +62,8 @@ def recycle_rows(n: int) -> dict[str, list]:
         else:
             ins_choice, ins_reason = "original", f"reflected IFD {r_ifd:.4f} <= original {ifd:.4f}"
         reflected = ins_choice == "reflected"
-        c_instruction, c_input, c_response = (r_instruction, r_input, r_response) if reflected else (instruction, inp, response)
+        c_instruction, c_input, c_response = (
+            (r_instruction, r_input, r_response) if reflected else (instruction, inp, response))
         c_ifd, c_rifd = (r_ifd, r_rifd) if reflected else (ifd, rifd)
         res_ok = res_status == "ok"
         better = f"{c_response} In short: topic {i} matters." if res_ok else c_response
@@ -72,14 +74,17 @@ def recycle_rows(n: int) -> dict[str, list]:
             res_choice, res_reason = "reflected", f"reflected r-IFD {b_rifd:.4f} < original {c_rifd:.4f}"
         else:
             res_choice, res_reason = "original", f"reflected r-IFD {b_rifd:.4f} >= original {c_rifd:.4f}"
-        final_response, f_ifd, f_rifd = (better, b_ifd, b_rifd) if res_choice == "reflected" else (c_response, c_ifd, c_rifd)
+        final_response, f_ifd, f_rifd = (
+            (better, b_ifd, b_rifd) if res_choice == "reflected" else (c_response, c_ifd, c_rifd))
         values: dict[str, Any] = {
             "id": f"ex-{i:03d}", "row_id": i, "read_status": "ok", "original_instruction": instruction,
             "original_input": inp, "original_response": response, "original_ifd": ifd, "original_rifd": rifd,
             "original_score_status": "ok", "instruction_reflected": r_instruction, "input_reflected": r_input,
             "response_reflected": r_response, "instruction_reflection_status": ins_status, "reflected_pair_ifd": r_ifd,
-            "reflected_pair_rifd": r_rifd, "reflected_pair_score_status": "ok" if ins_ok else "skipped: reflection did not succeed",
-            "instruction_choice": ins_choice, "instruction_choice_reason": ins_reason, "chosen_instruction": c_instruction,
+            "reflected_pair_rifd": r_rifd,
+            "reflected_pair_score_status": "ok" if ins_ok else "skipped: reflection did not succeed",
+            "instruction_choice": ins_choice, "instruction_choice_reason": ins_reason,
+            "chosen_instruction": c_instruction,
             "chosen_input": c_input, "chosen_response": c_response, "better_response": better,
             "response_reflection_status": res_status, "better_response_ifd": b_ifd, "better_response_rifd": b_rifd,
             "better_response_score_status": "ok" if res_ok else "skipped: reflection did not succeed",
@@ -119,11 +124,13 @@ def make_recycle_run(root: Path, n: int = 40, *, meta_extra: dict | None = None)
         "counts": {
             "input": n, "read ok": n, "instruction reflections ok": inst.count("ok"),
             "instructions replaced": cols["instruction_choice"].count("reflected"),
-            "response reflections ok": resp.count("ok"), "responses replaced": cols["response_choice"].count("reflected"),
+            "response reflections ok": resp.count("ok"),
+            "responses replaced": cols["response_choice"].count("reflected"),
         },
         "status_kinds": {"instruction_reflection": {k: inst.count(k) for k in sorted(set(inst))},
                          "response_reflection": {k: resp.count(k) for k in sorted(set(resp))}},
-        "teacher_requests": {"requests_sent": 2 * n, "retried": 3, "failed": inst.count("request_failed"), "cache_hits": 0},
+        "teacher_requests": {"requests_sent": 2 * n, "retried": 3, "failed": inst.count("request_failed"),
+                             "cache_hits": 0},
         "stats": {"ifd": {"before": quantiles(cols["original_ifd"]), "after": quantiles(cols["final_ifd"])},
                   "rifd": {"before": quantiles(cols["original_rifd"]), "after": quantiles(cols["final_rifd"])}},
         "histograms": {"ifd": {"before": "rows.parquet:original_ifd", "after": "selected.parquet:final_ifd"},
@@ -132,6 +139,7 @@ def make_recycle_run(root: Path, n: int = 40, *, meta_extra: dict | None = None)
                    "retry_parse_failures": False, "instruction_column": None},
         **(meta_extra or {}),
     }
-    mapping = ColumnMapping(instruction_column="final_instruction", input_column="final_input", response_column="final_response")
+    mapping = ColumnMapping(instruction_column="final_instruction", input_column="final_input",
+                            response_column="final_response")
     write_selection_run(root, table, meta, mapping=mapping)
     return root

@@ -33,11 +33,13 @@ def find_chromium() -> str | None:
 def browser():
     exe = find_chromium()
     if exe is None:
-        pytest.skip("no Chromium found: install Debian's `chromium` (.ci/run does) or set SRT_HF_CHROMIUM=/path/to/chrome")
+        pytest.skip("no Chromium found: install Debian's `chromium` (.ci/run does) "
+                    "or set SRT_HF_CHROMIUM=/path/to/chrome")
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError:
-        pytest.skip("Playwright is not installed: pip install -e '.[dev]' (it drives the system Chromium, no download)")
+        pytest.skip("Playwright is not installed: pip install -e '.[dev]' "
+                    "(it drives the system Chromium, no download)")
     with sync_playwright() as p:
         try:
             chromium = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
@@ -54,7 +56,8 @@ def open_report(browser, path: Path, fragment: str = ""):
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else problems.append(f"request: {r.url}"))
+    local = ("file:", "data:", "blob:")
+    page.on("request", lambda r: None if r.url.startswith(local) else problems.append(f"request: {r.url}"))
     page.goto(path.as_uri() + fragment)
     page.wait_for_selector("body[data-ready]", timeout=20_000)
     assert page.get_attribute("body", "data-ready") == "1", page.inner_text("#loading")
@@ -112,8 +115,9 @@ def test_rows_links_filters_and_diffs_in_chromium(tmp_path, browser):
 
     # word-level differences: row 2's instruction was replaced by the teacher's
     assert cols["instruction_choice"][2] == "reflected"
-    added = page.eval_on_selector_all("#row-2 [data-field=final_instruction] ins", "els => els.map(e => e.textContent)")
-    removed = page.eval_on_selector_all("#row-2 [data-field=original_instruction] del", "els => els.map(e => e.textContent)")
+    texts = "els => els.map(e => e.textContent)"
+    added = page.eval_on_selector_all("#row-2 [data-field=final_instruction] ins", texts)
+    removed = page.eval_on_selector_all("#row-2 [data-field=original_instruction] del", texts)
     assert "detail," in " ".join(added) and "sentence." in " ".join(removed)
     assert page.inner_text("#row-2 [data-field=final_instruction]") == cols["final_instruction"][2]
     # a failed reflection says so instead of repeating the original

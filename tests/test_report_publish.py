@@ -33,7 +33,7 @@ def uploads(monkeypatch):
 
 
 def test_space_then_dataset_link_each_other(tmp_path, uploads):
-    from huggingface_hub import SpaceCard
+    from huggingface_hub import DatasetCard, SpaceCard
 
     run = make_recycle_run(tmp_path / "run", n=16)
     url = hub.push_space(run, "me/run-report", license="apache-2.0", dataset_repo_id="me/run")
@@ -54,6 +54,10 @@ def test_space_then_dataset_link_each_other(tmp_path, uploads):
     assert data["repo_type"] == "dataset" and "report.html" in data["files"]
     page = embedded(data["files"]["report.html"].decode())
     assert page["meta"]["space"]["repo_id"] == "me/run-report"  # the uploaded report links the Space
+    (tmp_path / "card.md").write_bytes(data["files"]["README.md"])
+    text = DatasetCard.load(tmp_path / "card.md").text
+    space_link = "[me/run-report](https://huggingface.co/spaces/me/run-report)"
+    assert f"[`report.html`](report.html) (also published as the Space {space_link})" in text
 
 
 def test_space_upload_creates_a_static_space(tmp_path, monkeypatch):

@@ -21,11 +21,14 @@ def add_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="Output folder of `srt-hf recycle` or `srt-hf select`.")
     p.add_argument("--repo-id", default=None, help="Dataset repo on the Hub: owner/name (created if missing).")
     p.add_argument("--space", default=None, metavar="OWNER/NAME",
-                   help="Publish the run's report.html as a static Space (sdk: static) under this id (created if missing).")
-    p.add_argument("--private", action="store_true", default=None, help="Create the repos private (default: the Hub's default, public).")
+                   help="Publish the run's report.html as a static Space (sdk: static) under this id "
+                   "(created if missing).")
+    p.add_argument("--private", action="store_true", default=None,
+                   help="Create the repos private (default: the Hub's default, public).")
     p.add_argument("--revision", default=None, help="Branch to upload to (created if missing; default: main).")
     p.add_argument("--license", default=None, help="License id of the data, when run.json does not record the source's (e.g. cc-by-nc-4.0).")
-    p.add_argument("--dry-run", action="store_true", help="Write the card and report and list what would be uploaded; upload nothing.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Write the card and report and list what would be uploaded; upload nothing.")
     p.set_defaults(run=run)
 
 
@@ -34,16 +37,17 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
     if not (args.repo_id or args.space):
-        raise ConfigError("nothing to publish: pass --repo-id OWNER/NAME (the dataset), --space OWNER/NAME (the report "
-                          "as a static Space), or both")
+        raise ConfigError("nothing to publish: pass --repo-id OWNER/NAME (the dataset), --space OWNER/NAME "
+                          "(the report as a static Space), or both")
     if args.dry_run:
         return _dry_run(args)
     if args.space:
-        url = hub.push_space(args.run_dir, args.space, private=args.private, revision=args.revision, license=args.license,
-                             dataset_repo_id=args.repo_id)
+        url = hub.push_space(args.run_dir, args.space, private=args.private, revision=args.revision,
+                             license=args.license, dataset_repo_id=args.repo_id)
         print(f"\nsrt-hf push: {args.run_dir} report -> {url}")
     if args.repo_id:
-        url = hub.push_dataset(args.run_dir, args.repo_id, private=args.private, revision=args.revision, license=args.license)
+        url = hub.push_dataset(args.run_dir, args.repo_id, private=args.private, revision=args.revision,
+                               license=args.license)
         print(f"\nsrt-hf push: {args.run_dir} -> {url}")
     return 0
 
@@ -55,8 +59,9 @@ def _dry_run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="srt-hf-push-") as tmp:
         targets = []
         if args.space:
-            staged = hub.prepare_space_folder(args.run_dir, Path(tmp) / "space", space_id=args.space,
-                                              license=args.license or hub.run_license(args.run_dir), dataset_repo_id=args.repo_id)
+            license = args.license or hub.run_license(args.run_dir)
+            staged = hub.prepare_space_folder(args.run_dir, Path(tmp) / "space", space_id=args.space, license=license,
+                                              dataset_repo_id=args.repo_id)
             targets.append((f"static Space {args.space}", staged))
         if args.repo_id:
             staged = hub.prepare_dataset_folder(args.run_dir, Path(tmp) / "upload", repo_id=args.repo_id, license=args.license)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="Write RUN_DIR/report.html: every row, what the teacher changed and why it was kept.",
+    p = sub.add_parser("report", help="Write RUN_DIR/report.html: every row, what the teacher changed and why.",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="Output folder of `srt-hf recycle` or `srt-hf select`.")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path,
+                   help="Output folder of `srt-hf recycle` or `srt-hf select`.")
     p.add_argument("--out", type=Path, default=None, help="Write the page here instead of RUN_DIR/report.html.")
     p.add_argument("--compress", action=argparse.BooleanOptionalAction, default=None,
                    help="Embed the data gzip-compressed (default: when it is larger than 1 MB).")
