@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
+PROJECT_URL = "https://github.com/srt-hf/srt-hf"  # the project's own page (pyproject [project.urls]); cards link it
 
 _EXPORTS = {
     "errors": ("ConfigError", "InputError", "ModelUnavailableError", "SrtHfError"),
@@ -21,7 +22,8 @@ _EXPORTS = {
     "diversity": ("EmbedConfig", "Embedder", "kcenter_greedy"),
     "dsweight": ("DSWeightConfig", "ds_weight_filter", "extract_last_number", "self_consistency"),
     "cards": ("write_dataset_card", "write_model_card"),
-    "hub": ("push_dataset", "upload"),
+    "hub": ("push_dataset", "push_space", "upload"),
+    "report": ("write_report",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

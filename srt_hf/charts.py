@@ -7,12 +7,12 @@ no display, so it works in scripts, workers and on machines without a screen.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
-BEFORE, AFTER, THRESHOLD = (120, 144, 176), (230, 126, 34), (200, 40, 40)  # RGB
+BEFORE, AFTER, THRESHOLD, LOWEST = (120, 144, 176), (230, 126, 34), (200, 40, 40), (46, 139, 87)  # RGB
 LINES = (BEFORE, AFTER, (46, 139, 87))  # train, eval, any further series
 SIZE = (6.4, 3.2)  # inches at DPI: 640 × 320 pixels
 DPI = 100
@@ -34,9 +34,10 @@ def _save(figure, path: Path) -> None:
 
 
 def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray, *, bins: int = 30,
-                  threshold: float | None = None) -> None:
+                  threshold: float | None = None, lowest_kept: float | None = None) -> None:
     """Side-by-side histogram of a score before and after selection. Values outside the 0.5–99.5
-    percentile range fall into the edge bins, so one outlier does not squash the rest."""
+    percentile range fall into the edge bins, so one outlier does not squash the rest. ``threshold`` is
+    drawn dashed, ``lowest_kept`` (the smallest value among the kept rows) solid and labelled."""
     both = np.concatenate([before, after])
     lo, hi = (float(v) for v in np.percentile(both, [0.5, 99.5])) if len(both) else (0.0, 1.0)
     if not hi > lo:
@@ -46,6 +47,11 @@ def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray,
             color=[_rgb(BEFORE), _rgb(AFTER)], label=[f"before (n={len(before)})", f"after (n={len(after)})"])
     if threshold is not None and lo < threshold < hi:
         ax.axvline(threshold, color=_rgb(THRESHOLD), linestyle="--", linewidth=1)
+    if lowest_kept is not None and math.isfinite(lowest_kept):
+        x = min(max(lowest_kept, lo), hi)
+        ax.axvline(x, color=_rgb(LOWEST), linewidth=1.5)
+        ax.annotate(f"lowest kept {lowest_kept:.3f}", (x, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
+                    textcoords="offset points", color=_rgb(LOWEST), fontsize=8)
     ax.set(title=f"{title} before → after selection", xlabel=title, ylabel="rows")
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(axis="y", alpha=0.3)

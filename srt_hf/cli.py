@@ -18,6 +18,7 @@ COMMANDS = {
     "recycle": "srt_hf.commands.recycle",
     "select": "srt_hf.commands.select",
     "push": "srt_hf.commands.push",
+    "report": "srt_hf.commands.report",
 }
 
 

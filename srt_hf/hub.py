@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from . import PROJECT_URL
 from .errors import ConfigError, InputError, SrtHfError
 from .runs import META, NOT_UPLOADED, ROWS, SFT, read_meta, write_meta
 
@@ -42,11 +43,13 @@ def upload(
     revision: str | None = None,
     ignore_patterns: Sequence[str] | None = None,
     commit_message: str | None = None,
+    space_sdk: str | None = None,
 ) -> str:
     """Create ``repo_id`` (if needed) and upload ``folder`` to it; returns the URL of the repo (at ``revision``).
 
-    ``repo_type`` is ``"dataset"`` or ``"model"``; ``private=None`` keeps the Hub's default visibility;
-    a ``revision`` other than main is created as a branch first.
+    ``repo_type`` is ``"dataset"``, ``"model"`` or ``"space"`` (then ``space_sdk``, e.g. ``"static"``, is
+    required to create it); ``private=None`` keeps the Hub's default visibility; a ``revision`` other than
+    main is created as a branch first.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -57,7 +60,8 @@ def upload(
         raise InputError(f"cannot upload {folder}: not a folder", fix="pass the folder to upload")
     api = HfApi()
     try:
-        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        sdk = {"space_sdk": space_sdk} if repo_type == "space" else {}
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **sdk)
         repo_id = url.repo_id
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
@@ -115,6 +119,10 @@ def prepare_dataset_folder(run_dir: Path, dest: Path, *, repo_id: str | None = N
             fix="pass the --out folder of `srt-hf recycle` or `srt-hf select`",
         )
     write_dataset_card(run_dir, repo_id=repo_id, license=license)
+    if (run_dir / ROWS).is_file():
+        from .report import write_report
+
+        write_report(run_dir)  # uploaded with the data, linked from the card
     return stage_folder(run_dir, Path(dest))
 
 
@@ -134,12 +142,7 @@ def push_dataset(
     """
     run_dir = Path(run_dir)
     check_online()
-    license = license or run_license(run_dir)
-    if not license:
-        raise ConfigError(
-            "the license of the source data is unknown (run.json has no source.license): pass --license with the "
-            "source data's license id, e.g. `--license cc-by-nc-4.0` for tatsu-lab/alpaca"
-        )
+    license = require_license(run_dir, license)
     _remember(run_dir, source_license=license)
     with tempfile.TemporaryDirectory(prefix="srt-hf-push-") as tmp:
         staged = prepare_dataset_folder(run_dir, Path(tmp) / run_dir.resolve().name, repo_id=repo_id, license=license)
@@ -149,8 +152,68 @@ def push_dataset(
     return url
 
 
-def _remember(run_dir: Path, *, source_license: str | None = None, hub: dict | None = None) -> None:
-    """Record the license / Hub repo in run.json so later cards (dataset and model) use them."""
+def require_license(run_dir: Path, license: str | None) -> str:
+    """``license``, else the one run.json records; when neither is known, a :class:`ConfigError` saying how
+    to pass it."""
+    license = license or run_license(run_dir)
+    if not license:
+        raise ConfigError(
+            "the license of the source data is unknown (run.json has no source.license): pass --license with the "
+            "source data's license id, e.g. `--license cc-by-nc-4.0` for tatsu-lab/alpaca"
+        )
+    return license
+
+
+# ----------------------------------------------------------------------------------------------
+# Spaces: the run's report as a static page
+
+
+def prepare_space_folder(run_dir: Path, dest: Path, *, space_id: str, license: str | None = None,
+                         dataset_repo_id: str | None = None) -> Path:
+    """Stage a static Space in ``dest``: ``index.html`` (the run's report) and ``README.md`` (``sdk: static``)."""
+    from huggingface_hub import SpaceCardData
+
+    from .report import write_report
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    if not (run_dir / ROWS).is_file():
+        raise InputError(f"{run_dir} has no {ROWS}, so there is no report to publish",
+                         fix="pass the --out folder of a finished `srt-hf recycle` or `srt-hf select` run")
+    dest.mkdir(parents=True, exist_ok=True)
+    write_report(run_dir, out=dest / "index.html")
+    meta = read_meta(run_dir) if (run_dir / META).is_file() else {}
+    dataset = dataset_repo_id or (meta.get("hub") or {}).get("repo_id")
+    data = SpaceCardData(
+        title=space_id.split("/")[-1], emoji="🔁", colorFrom="indigo", colorTo="yellow", sdk="static",
+        app_file="index.html", pinned=False, license=license, datasets=[dataset] if dataset else None,
+        tags=["srt-hf", "reflection-tuning", "data-report"],
+        short_description=f"srt-hf report of a {meta.get('kind', 'recycle')} run"[:60],
+    )
+    data_link = f"; the data is [{dataset}](https://huggingface.co/datasets/{dataset})." if dataset else "."
+    body = (f"Every row of an [srt-hf]({PROJECT_URL}) run: what the teacher changed, what the student kept and "
+            f"why, with the scores before and after{data_link}")
+    (dest / "README.md").write_text(f"---\n{data.to_yaml()}\n---\n\n{body}\n", encoding="utf-8")
+    return dest
+
+
+def push_space(run_dir: Path, space_id: str, *, private: bool | None = None, revision: str | None = None,
+               license: str | None = None, dataset_repo_id: str | None = None) -> str:
+    """Publish the run's report as a static Hugging Face Space (``index.html`` + its README); returns the URL."""
+    run_dir = Path(run_dir)
+    check_online()
+    license = require_license(run_dir, license)
+    with tempfile.TemporaryDirectory(prefix="srt-hf-space-") as tmp:
+        staged = prepare_space_folder(run_dir, Path(tmp) / "space", space_id=space_id, license=license,
+                                      dataset_repo_id=dataset_repo_id)
+        url = upload(staged, space_id, repo_type="space", space_sdk="static", private=private, revision=revision,
+                     commit_message=f"srt-hf push {run_dir.resolve().name} --space")
+    _remember(run_dir, source_license=license, space={"repo_id": space_id, "revision": revision or "main", "url": url})
+    return url
+
+
+def _remember(run_dir: Path, *, source_license: str | None = None, hub: dict | None = None,
+              space: dict | None = None) -> None:
+    """Record the license / Hub repo / Space in run.json so later cards (dataset and model) and reports use them."""
     if not (run_dir / META).is_file():
         return
     meta = read_meta(run_dir)
@@ -160,5 +223,7 @@ def _remember(run_dir: Path, *, source_license: str | None = None, hub: dict | N
         meta["source"] = {**source, "license": source_license}
     if hub:
         meta["hub"] = hub
+    if space:
+        meta["space"] = space
     if meta != before:
         write_meta(run_dir, meta)

@@ -341,6 +341,7 @@ def _from_parts(parts: list[Path], cache_dir: Path):
 
 
 def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages: _Stages, source: str | None) -> RecycleResult:
+    from .report import write_report
     from .selection import quantiles, with_decisions, write_selection_run
 
     selected, reasons, rule = final_filter(list(rows["final_ifd"]), list(rows["final_rifd"]), list(rows["final_score_status"]), config.top_share)
@@ -385,6 +386,7 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
         "config": asdict(config),
     }
     meta = write_selection_run(run_dir, table, meta, mapping=ColumnMapping(**_mapping(FINAL)))
+    write_report(run_dir)  # RUN/report.html: every row, what the teacher changed and why it was kept
     paths = RunPaths(run_dir)
     return RecycleResult(run_dir, _read(paths.rows, paths), _read(paths.selected, paths), _read(paths.sft, paths), meta)
 

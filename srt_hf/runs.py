@@ -6,6 +6,7 @@
       selected.parquet   the rows kept by the selection rule
       sft/train.parquet  the kept rows as conversational prompt/completion records (TRL SFT format)
       README.md          the dataset card
+      report.html        every row, what the teacher changed and why, in one offline page (srt-hf report)
       cache.sqlite       the teacher's response cache (recycle only; not uploaded)
       work/              resumable per-stage parts (not uploaded)
 """
@@ -20,6 +21,9 @@ from typing import Any
 ROWS, SELECTED, SFT, META, CARD = "rows.parquet", "selected.parquet", "sft/train.parquet", "run.json", "README.md"
 CACHE, WORK = "cache.sqlite", "work"
 NOT_UPLOADED = (CACHE, WORK)
+# run.json settings that say how a run was wired, not what it did: the card and the report leave them out.
+INTERNAL_SETTINGS = frozenset({"within_earlier_selection", "ifd_column", "hub_id", "chunk_rows", "instruction_column",
+                               "input_column", "response_column", "messages_column", "device"})
 
 
 @dataclass(frozen=True)

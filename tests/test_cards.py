@@ -139,7 +139,7 @@ def test_dataset_card_tolerates_a_bare_run_folder(tmp_path):
     (run / runs.ROWS).unlink()
     (run / runs.SELECTED).unlink()
     card = DatasetCard.load(cards.write_dataset_card(run))
-    assert card.data.license == "other"
+    assert card.data.license == "unknown"
     assert "source license was not recorded" in card.text
     assert [c["config_name"] for c in card.data.to_dict()["configs"]] == ["sft"]
     assert not (run / "images").exists()  # no scores, no charts

@@ -54,7 +54,8 @@ def test_pipeline_through_a_faulty_server(tmp_path, tiny_model_dir, demo):
         assert r["final_instruction"] == r[source]
         assert r["final_response"] == (r["better_response"] if r["response_choice"] == "reflected" else r["chosen_response"])
     run = result.run_dir
-    assert {p.name for p in run.iterdir()} >= {"rows.parquet", "selected.parquet", "sft", "run.json", "README.md", "cache.sqlite"}
+    assert {p.name for p in run.iterdir()} >= {"rows.parquet", "selected.parquet", "sft", "run.json", "README.md", "cache.sqlite",
+                                              "report.html"}
     sft = pq.read_table(run / "sft" / "train.parquet").to_pylist()
     assert len(sft) == len(result.selected) and all(s["completion"][0]["role"] == "assistant" for s in sft)
     meta = json.loads((run / "run.json").read_text())

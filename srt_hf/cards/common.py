@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 TEMPLATE_DIRS = (_PACKAGE / "hub_cards", _PACKAGE.parent / "hub_cards")
@@ -30,6 +31,7 @@ def render(template: str, context: Mapping[str, Any]) -> str:
     env.filters["num"] = _fmt_number
     env.filters["fence"] = _fence
     env.filters["cell"] = _cell
+    env.filters["pct"] = percent
     return env.get_template(template).render(**context)
 
 
@@ -49,6 +51,15 @@ def _fmt_number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def percent(value: Any, whole: Any = None) -> str:
+    """A share as a percentage: ``percent(0.9)`` → '90%', ``percent(3, 20)`` → '15%'; one decimal unless whole."""
+    if value is None or whole == 0:
+        return "–"
+    share = value / whole if whole is not None else value
+    text = f"{100 * share:.1f}"
+    return (text.removesuffix(".0")) + "%"
 
 
 def _fence(text: str) -> str:

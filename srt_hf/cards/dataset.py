@@ -18,23 +18,36 @@ used are::
     columns     {column: description}                        added to the column dictionary
     histograms  {"ifd": {"before": "rows.parquet:ifd", "after": "selected.parquet:ifd"}, "rifd": {...}}
     hub         {"repo_id": str, "revision": str}            written by `srt-hf push`
+    space       {"repo_id": str, "url": str}                 written by `srt-hf push --space`
     srt_hf_version, created
+
+A recycle run's card also reads rows.parquet's statuses and choices, so what it says about the teacher
+(whose versions were used, how many reflections failed and why) is counted, not assumed.
 
 The charts come from :mod:`srt_hf.charts` (matplotlib).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .. import PROJECT_URL, __version__
 from ..charts import histogram_png
-from ..runs import ROWS, SELECTED, SFT, RunPaths, read_meta
+from ..runs import INTERNAL_SETTINGS, ROWS, SELECTED, SFT, RunPaths, read_meta
 from .citations import citations_for, run_methods
-from .common import BASE_TAGS, DATASET_TEMPLATE, as_dict, card_yaml, looks_like_hub_id, provenance, render
+from .common import (
+    BASE_TAGS,
+    DATASET_TEMPLATE,
+    as_dict,
+    card_yaml,
+    looks_like_hub_id,
+    provenance,
+    render,
+)
 
 IMAGES = "images"
 
@@ -67,7 +80,7 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
     counts = _counts(meta, files)
     largest = max([f["rows"] for f in files] + [0])
     metadata: dict[str, Any] = {
-        "license": license or "other",
+        "license": license or "unknown",
         "task_categories": ["text-generation"],
         "size_categories": [size_category(largest)],
         "tags": [*BASE_TAGS, "ifd", "data-selection", "instruction-tuning"]
@@ -79,13 +92,19 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
             for i, f in enumerate(files)
         ],
     }
-    if looks_like_hub_id(source.get("name")):
+    if _is_hub_dataset(source.get("name")):
         metadata["source_datasets"] = [source["name"]]
     if source.get("language"):
         metadata["language"] = source["language"]
 
     charts = _write_histograms(run_dir, meta)
+    space = as_dict(meta.get("space"), "repo_id")
     context = {
+        "project_url": PROJECT_URL,
+        "teacher_use": teacher_use(run_dir) if meta.get("kind", "recycle") == "recycle" else None,
+        "has_rifd": any(c["score"] == "r-IFD" for c in charts),
+        "report": paths.rows.is_file(),
+        "space": space if space.get("repo_id") else None,
         "card_data": card_yaml(metadata, "dataset"),
         "title": metadata["pretty_name"],
         "kind": meta.get("kind", "recycle"),
@@ -128,12 +147,51 @@ def size_category(n: int) -> str:
     return "n>1T"
 
 
+def teacher_use(run_dir: Path) -> dict[str, Any] | None:
+    """What the teacher's versions did in a recycle run, counted from rows.parquet: per stage how many
+    reflections succeeded, how many failed and why (the full statuses, most frequent first), and for how many
+    rows the final text is the teacher's. None when the columns are missing."""
+    import pyarrow.parquet as pq
+
+    from ..status import is_ok
+
+    names = ("instruction_reflection_status", "instruction_choice", "response_reflection_status", "response_choice")
+    path = RunPaths(Path(run_dir)).rows
+    if not path.is_file() or not set(names) <= set(pq.read_schema(path).names):
+        return None
+    cols = pq.read_table(path, columns=list(names)).to_pydict()
+    n = len(cols[names[0]])
+
+    def stage(status: list, choice: list) -> dict[str, Any]:
+        failed: dict[str, int] = {}
+        for s in status:
+            if not is_ok(s):
+                key = (s or "no status").replace("`", "'")
+                failed[key] = failed.get(key, 0) + 1
+        why = sorted(failed.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        total = sum(failed.values())
+        return {"ok": sum(is_ok(s) for s in status), "used": sum(c == "reflected" for c in choice), "failed": total,
+                "why": why, "other": total - sum(n for _, n in why)}
+
+    instruction = stage(cols[names[0]], cols[names[1]])
+    response = stage(cols[names[2]], cols[names[3]])
+    pair = sum(a == "reflected" and b != "reflected" for a, b in zip(cols[names[1]], cols[names[3]]))
+    return {"rows": n, "instruction": instruction, "response": response,
+            "responses_used": pair + response["used"], "responses_from_pair": pair}
+
+
+def _is_hub_dataset(name: Any) -> bool:
+    """An ``owner/name`` Hub id (not the built-in ``demo``, not a local path)."""
+    return looks_like_hub_id(name) and "/" in name
+
+
 def _settings(meta: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """(label, value) rows of the teacher / student / scoring / selection settings beyond their name."""
+    """(label, value) rows of the teacher / student / scoring / selection settings beyond their name, internal
+    wiring (:data:`srt_hf.runs.INTERNAL_SETTINGS`) left out."""
     rows = []
     for section, key in (("teacher", "model"), ("student", "model"), ("scoring", "preset"), ("selection", "rule")):
         for name, value in as_dict(meta.get(section), key).items():
-            if name != key and value is not None:
+            if name != key and value is not None and name not in INTERNAL_SETTINGS:
                 rows.append((f"{section} `{name}`", value))
     return rows
 
@@ -188,9 +246,10 @@ def _write_histograms(run_dir: Path, meta: Mapping[str, Any]) -> list[dict[str, 
         rel = f"{IMAGES}/{score}_histogram.png"
         (run_dir / IMAGES).mkdir(exist_ok=True)
         label = {"ifd": "IFD", "rifd": "r-IFD"}.get(score, score)
-        histogram_png(run_dir / rel, label, before, after, threshold=1.0)
+        lowest = float(after.min()) if len(after) else None
+        histogram_png(run_dir / rel, label, before, after, threshold=1.0, lowest_kept=lowest)
         charts.append({"score": label, "path": rel, "before": _stats(before), "after": _stats(after),
-                       "before_source": spec.get("before"), "after_source": spec.get("after")})
+                       "before_source": spec.get("before"), "after_source": spec.get("after"), "lowest_kept": lowest})
     return charts
 
 
@@ -216,5 +275,5 @@ def _finite(values: np.ndarray) -> np.ndarray:
 def _stats(values: np.ndarray) -> dict[str, Any]:
     if not len(values):
         return {"n": 0, "mean": None, "median": None, "below_1": None}
-    return {"n": int(len(values)), "mean": float(values.mean()), "median": float(np.median(values)),
+    return {"n": len(values), "mean": float(values.mean()), "median": float(np.median(values)),
             "below_1": float((values < 1).mean())}

@@ -9,13 +9,22 @@ writes ``README.md`` and ``loss_curve.png``; the two extractors live in :mod:`sr
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from .. import __version__
+from .. import PROJECT_URL, __version__
 from ..charts import loss_curve_png
 from .citations import citations_for, run_methods
-from .common import BASE_TAGS, MODEL_TEMPLATE, as_dict, card_yaml, looks_like_hub_id, provenance, render
+from .common import (
+    BASE_TAGS,
+    MODEL_TEMPLATE,
+    as_dict,
+    card_yaml,
+    looks_like_hub_id,
+    provenance,
+    render,
+)
 
 MODEL_TAGS = [*BASE_TAGS, "trl", "sft"]
 # Licenses of base models the recipe knows without reading their card.
@@ -71,6 +80,7 @@ def write_model_card(
         loss_curve_png(output_dir / chart, series)
     name = model_name or (repo_id or output_dir.resolve().name).split("/")[-1]
     context = {
+        "project_url": PROJECT_URL,
         "card_data": card_yaml(metadata, "model"),
         "model_name": name,
         "repo_id": repo_id,

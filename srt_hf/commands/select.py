@@ -86,9 +86,11 @@ def run(args: argparse.Namespace) -> int:
     if file_out:
         _write_file(table, out, keep_all=args.keep_all, drop=drop)
     else:
+        from ..report import write_report
         from ..selection import write_selection_run
 
         meta = write_selection_run(out, table, meta, mapping=mapping, drop_columns=drop)
+        write_report(out)  # OUT/report.html: every row with its reason
     _print_summary(table, meta, out, args)
     return 0
 
