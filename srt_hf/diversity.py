@@ -1,4 +1,4 @@
-"""DiverseEvol's two pieces (DESIGN.md §4): sentence embeddings from the student, and k-center greedy.
+"""DiverseEvol's two pieces (docs/ARCHITECTURE.md): sentence embeddings from the student, and k-center greedy.
 
     ds = ds.map(Embedder(model="path/to/checkpoint"), batched=True)      # adds `embedding`
     order = kcenter_greedy(np.asarray(ds["embedding"], np.float32), k=100, initial=pool)

@@ -1,4 +1,4 @@
-"""DS weight with self-consistency: which self-generated answers a model should learn from (DESIGN.md §4).
+"""DS weight with self-consistency: which self-generated answers a model should learn from (docs/ARCHITECTURE.md).
 
 For self-improvement the model answers each question K times. Candidates whose final answer agrees
 with the majority vote (self-consistency) are kept, minus those the base model finds too far from

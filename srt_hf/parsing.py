@@ -1,4 +1,4 @@
-"""Reading a teacher's reflection: the marker layout (DESIGN.md §3) and the structured JSON layout (§6).
+"""Reading a teacher's reflection: the marker layout (docs/ARCHITECTURE.md) and the structured JSON layout.
 
     parse_instruction_reflection(reply).sections    # {"New Instruction": ..., "New Answer": ...}
     parse_response_reflection(reply).status          # "ok", "parse_failed: no [Better Answer] section", ...

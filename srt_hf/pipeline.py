@@ -1,4 +1,4 @@
-"""Selective Reflection-Tuning, stages 1–5 of DESIGN.md §3, resumable in a run folder.
+"""Selective Reflection-Tuning, stages 1–5 of docs/ARCHITECTURE.md (Definitions), resumable in a run folder.
 
     result = recycle(ds, teacher=EndpointTeacher(url, model=...), student="default", out="runs/alpaca-srt")
 

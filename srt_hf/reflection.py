@@ -1,4 +1,4 @@
-"""Teacher reflection (DESIGN.md §3): prompts and the two ``Dataset.map`` transforms (parsing: srt_hf.parsing).
+"""Teacher reflection (docs/ARCHITECTURE.md): prompts and the two ``Dataset.map`` transforms (parsing: srt_hf.parsing).
 
     ds = ds.map(InstructionReflection(teacher), batched=True)   # + instruction_reflected, input_reflected,
                                                                  #   response_reflected, instruction_reflection_status

@@ -1,4 +1,4 @@
-"""IFD and reverse IFD as a ``Dataset.map`` transform (DESIGN.md §2).
+"""IFD and reverse IFD as a ``Dataset.map`` transform (docs/ARCHITECTURE.md).
 
     ds = ds.map(IFDScorer(student="default", preset="reflection"), batched=True)
 

@@ -1,6 +1,6 @@
 """Selection rules that explain themselves, and the run folder they write.
 
-Top-IFD share (Cherry LLM / Superfiltering, DESIGN.md §4)::
+Top-IFD share (Cherry LLM / Superfiltering, docs/ARCHITECTURE.md)::
 
     kept = select_top_ifd(scored, rate=0.05)                  # the kept rows, in their original order
     table = select_top_ifd(scored, rate=0.05, keep_all=True)  # every row + `selected`, `selection_reason`

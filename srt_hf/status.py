@@ -4,7 +4,7 @@
     status.kind_of("parse_failed: no [New Answer] section")   # 'parse_failed'
     status.is_retryable("request_failed: HTTP 503")    # True: a resumed run asks again
 
-Kinds (DESIGN.md §6, docs/ARCHITECTURE.md):
+Kinds (docs/ARCHITECTURE.md):
 
 * ``ok`` — the stage did its job for this row;
 * ``skipped`` — the row was deliberately not processed (over-length under cherry, nothing to compare);

@@ -1,6 +1,6 @@
 """Scoring presets: the prompt templates and constants of the public IFD / reverse-IFD references.
 
-Each preset reproduces one reference implementation per sample (DESIGN.md §2):
+Each preset reproduces one reference implementation per sample (docs/ARCHITECTURE.md):
 
 * ``cherry`` — Cherry LLM (``data_analysis.py --mod cherry`` + ``data_by_IFD_vic.py``), alpaca template.
 * ``reflection`` — Selective Reflection-Tuning (``selection_code/data_analysis.py``), vicuna or alpaca.

@@ -3,7 +3,7 @@
     creds = Credentials(api_key_env="VLLM_API_KEY", headers={"X-Org": "team-a"})
     creds.headers_for("http://10.0.0.5:8000/v1/chat/completions")   # {'authorization': 'Bearer …', 'x-org': …}
 
-Rules (DESIGN.md §6):
+Rules (docs/ARCHITECTURE.md):
 
 * an explicit ``api_key`` (or the environment variable ``api_key_env`` names) is sent as
   ``Authorization: Bearer …`` to the teacher's own hosts;
