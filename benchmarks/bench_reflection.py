@@ -11,9 +11,14 @@ get the same concurrency:
 Prints requests/s of each, the ratio (target >= 1.5x) and srt_hf's throughput as a share of the bound
 ``concurrency / latency`` (target >= 90%). It also measures the ceiling of this machine: a bare
 semaphore over the same server without failures (server and client overheads included), as a yardstick
-for the share. No assertions: the figures are for reading.
+for the share.
 
-    python benchmarks/bench_reflection.py [--requests 300] [--concurrency 10]
+``--layouts`` also reflects on the demo set with the embedded teacher, once in the structured JSON layout
+(decoding constrained by llguidance) and once in the marker layout, and prints requests per row and the share
+of reflections without a usable result (parse_failed, placeholder, truncated) for each, with their ratio.
+No assertions: the figures are for reading.
+
+    python benchmarks/bench_reflection.py [--requests 300] [--concurrency 10] [--layouts --max-new-tokens 200]
 """
 
 from __future__ import annotations
@@ -100,6 +105,31 @@ def run(requests: int, concurrency: int, latency: float, jitter: float, failure_
     }
 
 
+def layouts(max_new_tokens: int, batch_size: int) -> dict[str, dict[str, float]]:
+    """Both reflection transforms on the demo set with the embedded teacher, per layout."""
+    from datasets import load_dataset
+
+    from srt_hf.dataio import demo_path
+    from srt_hf.reflection import InstructionReflection, ResponseReflection
+    from srt_hf.status import PARSE_FAILED, PLACEHOLDER, TRUNCATED, kind_of
+    from srt_hf.teachers import LocalTeacher
+
+    ds = load_dataset("json", data_files=str(demo_path()), split="train")
+    out = {}
+    for layout in ("json", "off"):
+        teacher = LocalTeacher("default", config=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size))
+        statuses = []
+        t0 = time.perf_counter()
+        for cls in (InstructionReflection, ResponseReflection):
+            transform = cls(teacher, structured=layout)
+            statuses += transform(ds[:])[transform.status_column]
+        seconds = time.perf_counter() - t0
+        unusable = sum(kind_of(s) in (PARSE_FAILED, PLACEHOLDER, TRUNCATED) for s in statuses)
+        out[layout] = {"reflections": len(statuses), "requests_per_row": teacher.stats.requests_sent / len(ds),
+                       "unusable": unusable / len(statuses), "seconds": seconds}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=300)
@@ -108,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jitter", type=float, default=0.05)
     p.add_argument("--failure-rate", type=float, default=0.1)
     p.add_argument("--backoff", type=float, default=0.1, help="Backoff base of srt_hf and the pause of the reference.")
+    p.add_argument("--layouts", action="store_true", help="Also compare the JSON and marker layouts on the demo set (embedded teacher).")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="Teacher token limit of --layouts.")
+    p.add_argument("--batch-size", type=int, default=20, help="Local teacher batch size of --layouts.")
     args = p.parse_args(argv)
     r = run(args.requests, args.concurrency, args.latency, args.jitter, args.failure_rate, args.backoff)
     print(f"{args.requests} requests, concurrency {args.concurrency}, latency {args.latency * 1000:.0f} ± {args.jitter * 1000:.0f} ms, "
@@ -122,6 +155,16 @@ def main(argv: list[str] | None = None) -> None:
           f"{r['srt_rps'] / r['bound_rps']:.0%} (target >= 90%)")
     print(f"  measured ceiling (bare semaphore, no failures, mean latency seen {r['mean_latency'] * 1000:.0f} ms): "
           f"{r['ceiling_rps']:.1f} req/s; srt_hf reaches {r['srt_rps'] / r['ceiling_rps']:.0%} of it")
+    if args.layouts:
+        res = layouts(args.max_new_tokens, args.batch_size)
+        print(f"demo set, embedded teacher, max_new_tokens {args.max_new_tokens}, both reflections, one parse retry:")
+        for name, label in (("json", "structured JSON (llguidance)"), ("off", "marker layout")):
+            r = res[name]
+            print(f"  {label:30s} requests/row {r['requests_per_row']:.2f}  without a usable result "
+                  f"{r['unusable']:.0%} of {r['reflections']}  ({r['seconds']:.0f} s)")
+        marker, structured = res["off"]["unusable"], res["json"]["unusable"]
+        print(f"  unusable share, markers / JSON: {marker / structured:.1f}x" if structured else
+              f"  unusable share: JSON 0%, markers {marker:.0%}")
 
 
 if __name__ == "__main__":
