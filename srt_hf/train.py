@@ -8,17 +8,34 @@ self-improvement) all train through :func:`train_sft`. ``train_ds`` holds conver
 its tokenizer, ``loss_history.json``, ``loss_curve.png`` and the srt-hf model card (in place of TRL's)
 are saved to the output directory. Without a GPU the run goes on the CPU in float32 (TRL would turn
 bf16 on and fail).
+
+LoRA / QLoRA: :func:`model_loading` turns TRL's ``ModelConfig`` (``use_peft``, ``lora_*``, ``load_in_4bit`` /
+``load_in_8bit``) into what :func:`train_sft` passes on, the way TRL's own scripts do: a ``BitsAndBytesConfig``
+for the trainer, the k-bit device map (each process's own GPU) in the loading arguments, and a ``LoraConfig``::
+
+    loading = model_loading(model_args)
+    trainer = train_sft(model_args.model_name_or_path, train_ds, args=sft_args, **loading.trainer_kwargs())
+
+A LoRA run saves the adapter only (``adapter_model.safetensors`` + ``adapter_config.json``).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from . import models
-from .errors import InputError
+from .errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+PEFT_INSTALL = 'pip install "srt-hf[peft]"'
+LIGER_INSTALL = 'pip install "srt-hf[liger]"'
 
 
 def sft_config(output_dir: str | Path, **overrides: Any):
@@ -32,6 +49,82 @@ def sft_config(output_dir: str | Path, **overrides: Any):
     return SFTConfig(output_dir=str(output_dir), **{**defaults, **overrides})
 
 
+@dataclass
+class ModelLoading:
+    """How the student is loaded for training: ``from_pretrained`` arguments, quantization and adapter."""
+
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    quantization_config: Any = None  # transformers.BitsAndBytesConfig, handed to the trainer (not in SFTConfig)
+    peft_config: Any = None  # peft.LoraConfig
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        return {"quantization_config": self.quantization_config, "peft_config": self.peft_config,
+                "model_init_kwargs": self.init_kwargs}
+
+
+def model_loading(model_args, extra_init_kwargs: dict[str, Any] | None = None) -> ModelLoading:
+    """The loading settings of a TRL ``ModelConfig``; ``extra_init_kwargs`` (``SFTConfig.model_init_kwargs``) win.
+
+    Fails early, naming the setting, when 4/8-bit is asked without LoRA (a quantized model cannot be trained
+    itself) or when peft / bitsandbytes is missing.
+    """
+    quantized = bool(getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False))
+    use_peft = bool(getattr(model_args, "use_peft", False))
+    if quantized and not use_peft:
+        bits = 4 if model_args.load_in_4bit else 8
+        raise ConfigError(
+            f"load_in_{bits}bit is set without use_peft: a {bits}-bit model cannot be fine-tuned itself. Set "
+            "`use_peft: true` (QLoRA: LoRA adapters on the quantized base) or drop the quantization setting"
+        )
+    if use_peft:
+        require("peft", PEFT_INSTALL, "use_peft (LoRA)")
+    if quantized:
+        require("bitsandbytes", PEFT_INSTALL, "load_in_4bit / load_in_8bit (QLoRA)")
+    init = {"dtype": getattr(model_args, "dtype", None), "attn_implementation": getattr(model_args, "attn_implementation", None)}
+    quantization = peft = None
+    if quantized:
+        from trl import get_quantization_config
+
+        quantization = get_quantization_config(model_args)
+        init["device_map"] = kbit_device_map()
+    if use_peft:
+        from trl import get_peft_config
+
+        peft = get_peft_config(model_args)
+    init = {k: v for k, v in {**init, **(extra_init_kwargs or {})}.items() if v is not None}
+    return ModelLoading(init, quantization, peft)
+
+
+def kbit_device_map() -> dict[str, int] | None:
+    """A quantized model sits whole on this process's GPU (``{"": local rank}``); None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
+def require(module: str, install: str, setting: str) -> None:
+    """Raise :class:`ConfigError` with the install line when an optional dependency is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{setting} needs the `{module}` package, which is not installed: `{install}`")
+
+
+def liger_fallback(config) -> None:
+    """Liger kernels need a CUDA GPU and the liger-kernel package: without them, say so once and train without."""
+    import torch
+
+    if not getattr(config, "use_liger_kernel", False):
+        return
+    missing = ("no CUDA GPU" if not torch.cuda.is_available() else
+               f"liger-kernel is not installed (`{LIGER_INSTALL}`)" if importlib.util.find_spec("liger_kernel") is None else None)
+    if missing:
+        logger.warning("srt-hf: use_liger_kernel is set but %s; training without Liger kernels", missing)
+        config.use_liger_kernel = False
+
+
 def train_sft(
     model_name_or_path: str | None,
     train_dataset,
@@ -41,6 +134,8 @@ def train_sft(
     eval_dataset=None,
     revision: str | None = None,
     peft_config=None,
+    quantization_config=None,
+    model_init_kwargs: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
     **overrides: Any,
 ):
@@ -49,7 +144,8 @@ def train_sft(
     ``args``: an ``SFTConfig`` to start from (e.g. parsed by a recipe); it is copied, never changed,
     and ``output_dir`` plus ``overrides`` are applied to the copy. Without ``args``, :func:`sft_config`.
     ``card``: keyword arguments of :func:`srt_hf.cards.write_model_card` (dataset, run_meta, repo_id…);
-    the base model defaults to ``model_name_or_path``.
+    the base model defaults to ``model_name_or_path``. ``peft_config`` / ``quantization_config`` /
+    ``model_init_kwargs``: see :func:`model_loading` (``model_init_kwargs`` is merged over the config's).
     """
     import torch
 
@@ -69,8 +165,9 @@ def train_sft(
             config.output_dir = str(output_dir)
         for key, value in overrides.items():
             setattr(config, key, value)
+    liger_fallback(config)
     path, extra = models.resolve(model_name_or_path)
-    init = {**extra, **({"revision": revision} if revision else {}), **(config.model_init_kwargs or {})}
+    init = {**extra, **({"revision": revision} if revision else {}), **(config.model_init_kwargs or {}), **(model_init_kwargs or {})}
     if init.get("dtype") is None and not torch.cuda.is_available():
         init["dtype"] = torch.float32
     config.model_init_kwargs = init
@@ -82,7 +179,7 @@ def train_sft(
         model=path, args=config, train_dataset=train_dataset.select_columns(["prompt", "completion"]),
         eval_dataset=eval_dataset.select_columns(["prompt", "completion"]) if eval_dataset is not None else None,
         processing_class=models.load_tokenizer(model_name_or_path, **({"revision": revision} if revision else {})),
-        peft_config=peft_config, card=card,
+        peft_config=peft_config, quantization_config=quantization_config, card=card,
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
