@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 _FILE_LOADERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+COMPARE_DIR = "compare"
+# Never uploaded: checkpoints, and the comparison's response cache and lock.
+NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", f"{COMPARE_DIR}/cache.sqlite*", f"{COMPARE_DIR}/.lock"]
 
 
 @dataclass
@@ -213,6 +216,7 @@ def train(script_args: ScriptArguments, training_args, model_args):
         raise ConfigError("eval_strategy is set but there is no eval data: set `dataset_test_split` or `eval_strategy: no`")
 
     loading = model_loading(model_args, training_args.model_init_kwargs)
+    compare_config = _compare_config(script_args) if script_args.compare_with else None  # bad settings fail before training
     card = {
         "base_model": script_args.base_model_id or models.hub_id(model_args.model_name_or_path),
         "dataset": script_args.dataset,
@@ -227,12 +231,12 @@ def train(script_args: ScriptArguments, training_args, model_args):
     )
     if trainer.is_world_process_zero():
         trainer.accelerator.print(f"srt-hf sft: model and card saved to {training_args.output_dir}")
-        if script_args.compare_with:
-            compare_after_training(script_args, training_args.output_dir, trainer)
+        if compare_config is not None:
+            compare_after_training(script_args.compare_with, training_args.output_dir, compare_config, trainer)
         if push:
             url = hub.upload(
                 training_args.output_dir, repo_id, repo_type="model", private=training_args.hub_private_repo,
-                revision=training_args.hub_revision, ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
+                revision=training_args.hub_revision, ignore_patterns=NOT_UPLOADED,
                 commit_message="srt-hf sft: model, tokenizer and card",
             )
             trainer.accelerator.print(f"srt-hf sft: pushed to {url}")
@@ -240,19 +244,25 @@ def train(script_args: ScriptArguments, training_args, model_args):
     return trainer
 
 
-def compare_after_training(script_args: ScriptArguments, output_dir: str, trainer=None) -> None:
-    """``srt-hf compare OUTPUT_DIR COMPARE_WITH`` into ``OUTPUT_DIR/compare``, then the card shows the result."""
-    from srt_hf.compare import CompareConfig, compare, print_summary
-    from srt_hf.train import add_comparison_to_card
+def _compare_config(script_args: ScriptArguments):
+    from srt_hf.compare import CompareConfig
 
-    if trainer is not None:  # free the training copy before the comparison loads the saved model
-        trainer.model = trainer.model_wrapped = None
-        _free_memory()
-    config = CompareConfig(
+    return CompareConfig(
         judge=script_args.compare_judge, judge_model=script_args.compare_judge_model, prompts=script_args.compare_prompts,
         limit=script_args.compare_limit, max_new_tokens=script_args.compare_max_new_tokens,
     )
-    result = compare(output_dir, script_args.compare_with, Path(output_dir) / "compare", config)
+
+
+def compare_after_training(other: str, output_dir: str, config, trainer=None) -> None:
+    """``srt-hf compare OUTPUT_DIR OTHER`` into ``OUTPUT_DIR/compare``, then the card shows the result."""
+    from srt_hf.compare import compare, print_summary
+    from srt_hf.train import add_comparison_to_card
+
+    if trainer is not None:  # free the training copy before the comparison loads the saved model
+        trainer.accelerator.free_memory()
+        trainer.model = trainer.model_wrapped = trainer.optimizer = None
+        _free_memory()
+    result = compare(output_dir, other, Path(output_dir) / COMPARE_DIR, config)
     print_summary(result)
     add_comparison_to_card(output_dir, result)
 
@@ -276,13 +286,13 @@ def make_parser():
 def main(argv: list[str] | None = None) -> int:
     from srt_hf.errors import SrtHfError
 
-    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
     try:
+        script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
         trainer = train(script_args, training_args, model_args)
     except SrtHfError as err:
         print(f"srt-hf sft: error: {err}", file=sys.stderr)
         return 2
-    trainer.accelerator.wait_for_everyone()
+    # No barrier here: the other processes may finish while the main one compares and uploads.
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
         trainer.end()
     return 0

@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import __version__, judge, models
 from .errors import ConfigError, InputError
@@ -57,6 +58,11 @@ class CompareConfig:
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens each model may write per answer."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the two models (0: greedy)."})
     judge_max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the judge may write per verdict."})
+    structured: str = field(
+        default="auto",
+        metadata={"help": "Verdicts as JSON under a schema: auto (where the judge server or local llguidance can enforce one, "
+                          "else the plain layout), json (required), off (always the plain layout)."},
+    )
     judge_template: str | None = field(
         default=None, metadata={"help": "Judge prompt: a .jinja file using {{ question }}, {{ answer_1 }}, {{ answer_2 }}. Default: built in."}
     )
@@ -65,9 +71,12 @@ class CompareConfig:
     max_concurrency: int = field(default=16, metadata={"help": "Most requests in flight at once per server."})
     timeout: float = field(default=120.0, metadata={"help": "Seconds one server request may take before it is retried."})
     max_retries: int = field(default=5, metadata={"help": "Retries of a failed server request before it counts as failed."})
+    backoff_base: float = field(default=0.5, metadata={"help": "Backoff before retry k is uniform in [0, backoff_base * 2**k] seconds."})
     seed: int = field(default=0, metadata={"help": "Sampling seed sent with each request."})
 
     def __post_init__(self) -> None:
+        if self.structured not in ("auto", "json", "off"):
+            raise ConfigError(f"`structured` = {self.structured!r}: use auto, json or off")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"`limit` = {self.limit} must be a positive number of prompts (or unset for all)")
 
@@ -77,7 +86,7 @@ class CompareConfig:
         return GenerationConfig(
             temperature=0.0 if for_judge else self.temperature,
             max_new_tokens=self.judge_max_new_tokens if for_judge else self.max_new_tokens,
-            seed=self.seed, timeout=self.timeout, max_retries=self.max_retries,
+            seed=self.seed, timeout=self.timeout, max_retries=self.max_retries, backoff_base=self.backoff_base,
             max_concurrency=self.max_concurrency, batch_size=self.batch_size,
         )
 
@@ -118,7 +127,7 @@ class ComparisonResult:
         }
 
     @classmethod
-    def load(cls, out: str | os.PathLike) -> "ComparisonResult":
+    def load(cls, out: str | os.PathLike) -> ComparisonResult:
         """The result of an earlier comparison from its ``summary.json``."""
         path = Path(out) / SUMMARY
         if not path.is_file():
@@ -208,21 +217,43 @@ def _run(model_a: str, model_b: str, out: Path, config: CompareConfig) -> Compar
         del teacher  # a local model leaves memory before the next one loads
 
     judge_teacher = _teacher(config.judge, config.judge_model, config, cache, for_judge=True)
-    pairs = [r for r in asked if answers["a"][r["id"]].ok and answers["b"][r["id"]].ok]
-    conversations = []
-    for r in pairs:
-        a, b = answers["a"][r["id"]].text or "", answers["b"][r["id"]].text or ""
-        conversations += [judge.judge_messages(r["prompt"], a, b, config.judge_template),
-                          judge.judge_messages(r["prompt"], b, a, config.judge_template)]
-    replies = _ask(judge_teacher, conversations, "verdicts", judge.structured_output(judge_teacher))
+    pairs = [r for r in asked if _usable(answers["a"][r["id"]]) and _usable(answers["b"][r["id"]])]
+    replies, mode = _verdicts(judge_teacher, pairs, answers, config)
     verdicts = {r["id"]: (replies[2 * i], replies[2 * i + 1]) for i, r in enumerate(pairs)}
 
     records = [_record(r, answers, verdicts) for r in prompts]
     _write_table(records, out / TABLE)
     result = _summarise(records, out, model_a, model_b, config, judge_teacher)
+    result.settings["verdict_format"] = mode
     (out / SUMMARY).write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     write_chart(result)
     return result
+
+
+def _usable(completion) -> bool:
+    """A reply with text: ``ok``, or ``truncated`` (cut at the token limit, still judged or parsed as it is)."""
+    return completion is not None and completion.text is not None
+
+
+def _verdicts(judge_teacher, pairs: list[dict], answers: dict[str, dict], config: CompareConfig) -> tuple[list, str]:
+    """Both verdicts of every pair (A first, B first, alternating), and the format used: ``json`` or ``text``."""
+    from .teachers.base import StructuredOutputUnsupported
+
+    def conversations(structured: bool) -> list[list[dict]]:
+        out = []
+        for r in pairs:
+            a, b = answers["a"][r["id"]].text or "", answers["b"][r["id"]].text or ""
+            out += [judge.judge_messages(r["prompt"], a, b, config.judge_template, structured=structured),
+                    judge.judge_messages(r["prompt"], b, a, config.judge_template, structured=structured)]
+        return out
+
+    if config.structured != "off" and pairs:
+        try:
+            return _ask(judge_teacher, conversations(True), "verdicts", schema=judge.VERDICT_SCHEMA), "json"
+        except StructuredOutputUnsupported as err:
+            if config.structured == "json":
+                raise ConfigError(f"the judge cannot answer in a JSON schema ({err}): pass --structured auto or off") from None
+    return _ask(judge_teacher, conversations(False), "verdicts"), "text"
 
 
 def _teacher(name: str, served: str | None, config: CompareConfig, cache: Path, *, for_judge: bool):
@@ -234,11 +265,10 @@ def _teacher(name: str, served: str | None, config: CompareConfig, cache: Path, 
     return teacher
 
 
-def _ask(teacher, conversations: Sequence[list[dict]], desc: str, request: dict[str, Any] | None = None) -> list:
+def _ask(teacher, conversations: Sequence[list[dict]], desc: str, *, schema: dict | None = None) -> list:
     """Every conversation through the teacher's session (cache, retries, concurrency), with a progress bar.
 
-    ``request``: structured-output options from :func:`srt_hf.judge.structured_output` (empty for teachers
-    that cannot constrain their output).
+    ``schema``: the replies must follow it (raises ``StructuredOutputUnsupported`` when the teacher cannot).
     """
     from tqdm.auto import tqdm
 
@@ -248,8 +278,7 @@ def _ask(teacher, conversations: Sequence[list[dict]], desc: str, request: dict[
         bar = tqdm(total=len(conversations), desc=desc, unit="reply")
 
         async def one(messages):
-            # A teacher that declares supports_json_schema takes the structured-output options as overrides.
-            completion = await session.complete(messages, request or None)
+            completion = await session.complete(messages, schema=schema)
             bar.update(1)
             return completion
 
@@ -272,8 +301,8 @@ def _record(row: dict[str, str], answers: dict[str, dict], verdicts: dict[str, t
     results = []
     for order, a_position, pair_index in (("ab", 1, 0), ("ba", 2, 1)):
         completion = verdicts[rid][pair_index] if rid in verdicts else None
-        verdict = judge.parse_verdict(completion.text) if completion is not None and completion.ok else None
-        status = (completion.status if completion is not None and not completion.ok else verdict.status if verdict else None)
+        verdict = judge.parse_verdict(completion.text) if _usable(completion) else None
+        status = None if completion is None else verdict.status if verdict is not None and (verdict.ok or completion.ok) else completion.status
         a_score = b_score = None
         if verdict is not None and verdict.ok:
             a_score, b_score = (verdict.score_1, verdict.score_2) if a_position == 1 else (verdict.score_2, verdict.score_1)
@@ -294,7 +323,7 @@ def _row_status(record: dict[str, Any]) -> str:
         return make(EMPTY_INPUT, "the prompt is empty")
     for side in ("a", "b"):
         status = record[f"answer_{side}_status"]
-        if not is_ok(status):
+        if record[f"answer_{side}"] is None:
             return make(kind_of(status), f"model {side.upper()} gave no answer: {reason_of(status)}")
     for order, label in (("ab", "A first"), ("ba", "B first")):
         status = record[f"verdict_{order}_status"]

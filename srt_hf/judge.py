@@ -16,8 +16,8 @@ order gives A a win (higher score), a tie (equal) or a loss. Together:
 So a judge that always prefers the first (or second) answer produces ties, not wins: position bias
 cancels. The winning score is ``(wins - losses) / judged + 1`` (above 1: A is better).
 
-Verdicts are read from text: a JSON object (``{"score_1": 8, "score_2": 6}``, what a judge under a JSON
-schema answers, see :data:`VERDICT_SCHEMA`), else the first line holding two numbers (``8 6``, ``8/10, 6/10``),
+Verdicts are read from text: a JSON object (``{"score_1": 8, "score_2": 6}``, what a judge constrained to
+:data:`VERDICT_SCHEMA` answers), else the first line holding two numbers (``8 6``, ``8/10, 6/10``),
 else labelled scores anywhere (``Answer 1: 8`` … ``Answer 2: 6``). Anything else is ``parse_failed``.
 """
 
@@ -51,8 +51,8 @@ VERDICT_SCHEMA: dict[str, Any] = {
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _OUT_OF = r"(?:\s*/\s*10(?!\d))?"
-_FIRST_LINE = re.compile(rf"^\W*?(?:scores?\s*[:=]?\s*)?{_NUMBER}{_OUT_OF}\s*(?:,|;|and|vs\.?|-|\s)\s*{_NUMBER}{_OUT_OF}\W*$", re.I)
-_LABELLED = re.compile(rf"(?:answer|assistant|response)\s*(?:#\s*)?([12])\s*(?:score)?\s*[:=\-]?\s*\**\s*{_NUMBER}{_OUT_OF}", re.I)
+_FIRST_LINE = re.compile(rf"^\W*?(?:scores?\s*[:=]?\s*)?{_NUMBER}{_OUT_OF}\s*(?:,|;|and|vs\.?|-|\s)\s*{_NUMBER}{_OUT_OF}\W*$", re.IGNORECASE)
+_LABELLED = re.compile(rf"(?:answer|assistant|response)\s*(?:#\s*)?([12])\s*(?:score)?\s*[:=\-]?\s*\**\s*{_NUMBER}{_OUT_OF}", re.IGNORECASE)
 
 
 @dataclass
@@ -81,15 +81,19 @@ def load_prompt(template: str | None = None) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def judge_messages(question: str, answer_1: str, answer_2: str, template: str | None = None) -> list[dict[str, str]]:
-    """The judge's conversation for one order: ``answer_1`` is shown first."""
+def judge_messages(
+    question: str, answer_1: str, answer_2: str, template: str | None = None, *, structured: bool = False
+) -> list[dict[str, str]]:
+    """The judge's conversation for one order: ``answer_1`` is shown first. ``structured``: the reply is
+    constrained to :data:`VERDICT_SCHEMA`, so the prompt asks for that JSON object instead of the plain layout."""
     import jinja2
 
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
     try:
-        text = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False).from_string(load_prompt(template))
-        content = text.render(question=question, answer_1=answer_1, answer_2=answer_2)
+        text = env.from_string(load_prompt(template))
+        content = text.render(question=question, answer_1=answer_1, answer_2=answer_2, structured=structured)
     except jinja2.TemplateError as err:
-        raise ConfigError(f"the judge template cannot be rendered: {err}; it may use question, answer_1 and answer_2") from None
+        raise ConfigError(f"the judge template cannot be rendered: {err}; it may use question, answer_1, answer_2 and structured") from None
     return [{"role": "user", "content": content}]
 
 
@@ -166,15 +170,3 @@ def winning_score(counts: dict[str, int]) -> float | None:
     """``(wins - losses) / judged + 1``: 1 means even, 2 means A won every prompt; None when nothing was judged."""
     judged = sum(counts.get(k, 0) for k in OUTCOMES)
     return (counts.get(WIN, 0) - counts.get(LOSS, 0)) / judged + 1 if judged else None
-
-
-def structured_output(teacher) -> dict[str, Any]:
-    """Request options asking ``teacher`` for a verdict under :data:`VERDICT_SCHEMA`, where it can.
-
-    The seam for structured output: a teacher that declares ``supports_json_schema`` gets the schema as a
-    ``response_format``; every other teacher gets the plain layout of the prompt, which :func:`parse_verdict`
-    reads. Either way the reply goes through :func:`parse_verdict`, which reads both forms.
-    """
-    if getattr(teacher, "supports_json_schema", False):
-        return {"response_format": {"type": "json_schema", "json_schema": {"name": "pairwise_verdict", "schema": VERDICT_SCHEMA}}}
-    return {}
