@@ -216,7 +216,6 @@ def train(script_args: ScriptArguments, training_args, model_args):
         raise ConfigError("eval_strategy is set but there is no eval data: set `dataset_test_split` or `eval_strategy: no`")
 
     loading = model_loading(model_args, training_args.model_init_kwargs)
-    compare_config = _compare_config(script_args) if script_args.compare_with else None  # bad settings fail before training
     card = {
         "base_model": script_args.base_model_id or models.hub_id(model_args.model_name_or_path),
         "dataset": script_args.dataset,
@@ -225,6 +224,11 @@ def train(script_args: ScriptArguments, training_args, model_args):
         "repo_id": repo_id if push or training_args.hub_model_id else None,
         "license": script_args.license,
     }
+    compare_config = None
+    if script_args.compare_with:  # bad settings fail before training
+        base = script_args.compare_with in (model_args.model_name_or_path, card["base_model"])
+        compare_config = _compare_config(script_args, model_a_label=card["repo_id"] or Path(training_args.output_dir).name,
+                                         model_b_label=card["base_model"] if base else None)
     trainer = train_sft(
         model_args.model_name_or_path, train_ds, args=training_args, eval_dataset=eval_ds,
         revision=model_args.model_revision, card=card, **loading.trainer_kwargs(),
@@ -244,12 +248,12 @@ def train(script_args: ScriptArguments, training_args, model_args):
     return trainer
 
 
-def _compare_config(script_args: ScriptArguments):
+def _compare_config(script_args: ScriptArguments, **labels: str | None):
     from srt_hf.compare import CompareConfig
 
     return CompareConfig(
         judge=script_args.compare_judge, judge_model=script_args.compare_judge_model, prompts=script_args.compare_prompts,
-        limit=script_args.compare_limit, max_new_tokens=script_args.compare_max_new_tokens,
+        limit=script_args.compare_limit, max_new_tokens=script_args.compare_max_new_tokens, **labels,
     )
 
 

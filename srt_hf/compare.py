@@ -55,6 +55,8 @@ class CompareConfig:
     limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     model_a_name: str | None = field(default=None, metadata={"help": "Served model name when MODEL_A is a URL."})
     model_b_name: str | None = field(default=None, metadata={"help": "Served model name when MODEL_B is a URL."})
+    model_a_label: str | None = field(default=None, metadata={"help": "How MODEL_A is named in the table, chart and card (default: as given)."})
+    model_b_label: str | None = field(default=None, metadata={"help": "How MODEL_B is named in the table, chart and card (default: as given)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens each model may write per answer."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the two models (0: greedy)."})
     judge_max_new_tokens: int = field(default=512, metadata={"help": "Most tokens the judge may write per verdict."})
@@ -352,12 +354,14 @@ def _summarise(records, out: Path, model_a: str, model_b: str, config: CompareCo
         return counts
 
     categories = sorted({r["category"] for r in records})
-    settings = {k: v for k, v in asdict(config).items() if k not in ("judge", "prompts")}
+    settings = {k: v for k, v in asdict(config).items() if k not in ("judge", "prompts", "model_a_label", "model_b_label")}
+    settings.update(model_a_source=model_a, model_b_source=model_b)
     settings["judge_identity"] = judge_teacher.identity()
     prompts = "builtin" if config.prompts == BUILTIN else config.prompts
     return ComparisonResult(
-        out=out, model_a=models.display_name(model_a), model_b=models.display_name(model_b),
-        judge=models.display_name(config.judge) + (f" ({config.judge_model})" if config.judge_model else ""),
+        out=out, model_a=config.model_a_label or models.display_name(model_a),
+        model_b=config.model_b_label or models.display_name(model_b),
+        judge=config.judge_model or models.display_name(config.judge),
         prompts=f"{prompts} ({len(records)} prompts)", counts=count(records),
         by_category={c: count([r for r in records if r["category"] == c]) for c in categories},
         statuses=tally(r["status"] for r in records), settings=settings,

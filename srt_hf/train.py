@@ -204,18 +204,101 @@ def _trainer_class():
     return SRTSFTTrainer
 
 
-def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
-    """``loss_history.json``, ``loss_curve.png`` and ``README.md`` of a trained model in ``output_dir``."""
-    from .cards import write_model_card
+CARD_INPUTS, LOSS_HISTORY = "srt_hf_card.json", "loss_history.json"
 
+
+def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
+    """``loss_history.json``, ``loss_curve.png`` and ``README.md`` of a trained model in ``output_dir``.
+
+    What the card is rendered from is kept in ``srt_hf_card.json``, so a later step (``srt-hf compare --card``)
+    can render it again with more on it.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    history = loss_history(trainer.state.log_history)
-    (output_dir / "loss_history.json").write_text(json.dumps(history, indent=2))
-    return write_model_card(
-        output_dir, hyperparameters=training_hyperparameters(trainer.args, trainer.accelerator.num_processes),
-        history=history, **card,
-    )
+    (output_dir / LOSS_HISTORY).write_text(json.dumps(loss_history(trainer.state.log_history), indent=2))
+    inputs = {
+        **card, "hyperparameters": training_hyperparameters(trainer.args, trainer.accelerator.num_processes),
+        "adapter": adapter_info(trainer.model),
+    }
+    (output_dir / CARD_INPUTS).write_text(json.dumps(inputs, indent=2, ensure_ascii=False, default=str))
+    return render_card(output_dir)
+
+
+def render_card(output_dir: str | Path, comparison: dict[str, Any] | None = None) -> Path:
+    """Render ``README.md`` from ``srt_hf_card.json``, ``loss_history.json`` and the comparison in
+    ``compare/summary.json`` (when there is one), then validate it with huggingface_hub."""
+    from .cards import validate_model_card, write_model_card
+    from .compare import SUMMARY
+
+    output_dir = Path(output_dir)
+    inputs = _card_inputs(output_dir)
+    history_file = output_dir / LOSS_HISTORY
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    if comparison is None and (output_dir / "compare" / SUMMARY).is_file():
+        comparison = json.loads((output_dir / "compare" / SUMMARY).read_text())
+    card = write_model_card(output_dir, history=history, comparison=_on_card(comparison, output_dir), **inputs)
+    validate_model_card(card)
+    return card
+
+
+def add_comparison_to_card(model_dir: str | Path, result) -> Path:
+    """Put a :class:`srt_hf.compare.ComparisonResult` on the card of a model trained by :func:`train_sft`.
+
+    A comparison written outside ``model_dir`` is copied into ``model_dir/compare`` (without its cache), so the
+    folder that is uploaded holds the table and chart the card shows.
+    """
+    import shutil
+
+    from .compare import CHART, SUMMARY, TABLE
+
+    model_dir = Path(model_dir)
+    _card_inputs(model_dir)
+    target = model_dir / "compare"
+    if Path(result.out).resolve() != target.resolve():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (TABLE, SUMMARY, CHART):
+            if (Path(result.out) / name).is_file():
+                shutil.copy2(Path(result.out) / name, target / name)
+    return render_card(model_dir, result.as_dict())
+
+
+def _on_card(comparison: dict[str, Any] | None, output_dir: Path) -> dict[str, Any] | None:
+    """The comparison with the paths the card links to (relative to the model folder)."""
+    if not comparison:
+        return None
+    files = comparison.get("files") or {}
+    return {**comparison, "chart_path": f"compare/{files.get('chart', 'comparison.png')}",
+            "table_path": f"compare/{files.get('table', 'compare.parquet')}"}
+
+
+def _card_inputs(output_dir: Path) -> dict[str, Any]:
+    path = output_dir / CARD_INPUTS
+    if not path.is_file():
+        raise ConfigError(f"{output_dir} has no {CARD_INPUTS}: it was not trained by recipes/sft.py (srt_hf.train), so "
+                          "srt-hf cannot render its card; compare without --card")
+    return json.loads(path.read_text())
+
+
+def adapter_info(model) -> dict[str, Any] | None:
+    """What the card says about a PEFT adapter (None for a full fine-tune): method, rank, alpha, targets, quantization."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return None
+    config = next(iter(configs.values()))
+    peft_type = str(getattr(config.peft_type, "value", config.peft_type))
+    targets = config.target_modules
+    info: dict[str, Any] = {"peft_type": peft_type, "r": getattr(config, "r", None), "lora_alpha": getattr(config, "lora_alpha", None),
+                            "lora_dropout": getattr(config, "lora_dropout", None),
+                            "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+                            "use_dora": getattr(config, "use_dora", False), "use_rslora": getattr(config, "use_rslora", False)}
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
+    if isinstance(quant, dict) and (quant.get("load_in_4bit") or quant.get("load_in_8bit")):
+        info["quantization"] = (f"4-bit {quant.get('bnb_4bit_quant_type', 'nf4')}" + (" (double quantization)" if quant.get("bnb_4bit_use_double_quant") else "")
+                                if quant.get("load_in_4bit") else "8-bit")
+    method = "DoRA" if info["use_dora"] else peft_type.replace("LORA", "LoRA")
+    info["method"] = f"Q{method}" if "quantization" in info and method == "LoRA" else method
+    return {k: v for k, v in info.items() if v is not None}
 
 
 def training_hyperparameters(args, num_processes: int = 1) -> dict[str, Any]:
