@@ -152,7 +152,7 @@ def comparison_eval_results(comparison: Mapping[str, Any]) -> list:
 
 def _comparison_context(comparison: Mapping[str, Any]) -> dict[str, Any]:
     """Rows of the card's comparison table: one per category, then all prompts."""
-    from .judge import winning_score
+    from ..judge import winning_score
 
     def row(name: str, counts: Mapping[str, int]) -> dict[str, Any]:
         ws = winning_score(dict(counts))
@@ -169,7 +169,7 @@ def validate_model_card(path: str | os.PathLike) -> None:
     ``ModelCardData`` (the ``model-index`` included) and an adapter names its base model."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .errors import InputError
+    from ..errors import InputError
 
     path = Path(path)
     try:
