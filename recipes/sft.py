@@ -9,12 +9,22 @@
     accelerate launch --config_file recipes/accelerate_configs/ddp.yaml recipes/sft.py --config recipes/configs/smollm2_srt.yaml
     accelerate launch --config_file recipes/accelerate_configs/zero3.yaml recipes/sft.py --config recipes/configs/llama2_7b_srt.yaml
 
+    # One GPU: QLoRA (4-bit base + LoRA adapters) of an 8B student; the adapter is what is saved
+    accelerate launch --config_file recipes/accelerate_configs/single_gpu.yaml recipes/sft.py \
+        --config recipes/configs/llama3_8b_srt_qlora.yaml
+
+    # LoRA on the CPU demo, then the pairwise comparison against the base model put on the card
+    accelerate launch --cpu recipes/sft.py --config recipes/configs/smollm2_srt_lora_demo.yaml --compare_with default
+
 Any setting can be overridden on the command line (``--dataset runs/alpaca-srt --max_steps 10``).
-``--dataset`` takes a run folder of `srt-hf recycle` / `srt-hf select` (its ``sft/train.parquet``),
+``--dataset`` (or TRL's spelling, ``--dataset_name``) takes a run folder of `srt-hf recycle` / `srt-hf select` (its ``sft/train.parquet``),
 a data file (Parquet/JSONL/JSON/CSV) or a Hub dataset id; data in another format (alpaca, messages,
 plain prompt/completion) is converted to conversational prompt/completion, so the loss covers the
 completion only. ``--push_to_hub`` uploads the output folder, with the srt-hf model card in place of
-TRL's, through :func:`srt_hf.hub.upload`.
+TRL's, through :func:`srt_hf.hub.upload`. LoRA / QLoRA: TRL's ``--use_peft``, ``--lora_r`` …, ``--load_in_4bit`` /
+``--load_in_8bit`` (see :func:`srt_hf.train.model_loading`; needs ``pip install "srt-hf[peft]"``).
+``--compare_with MODEL`` runs ``srt-hf compare`` after training (the trained model against MODEL, judged by
+``--compare_judge``) and puts the result on the model card before any upload.
 
 TRL turns bf16 on by default, which fails without a GPU: CPU configs set ``bf16: false`` and
 ``use_cpu: true``. ``accelerate launch --cpu`` starts one process; for several CPU processes (gloo)
@@ -31,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 _FILE_LOADERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+COMPARE_DIR = "compare"
+# Never uploaded: checkpoints, and the comparison's response cache and lock.
+NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", f"{COMPARE_DIR}/cache.sqlite*", f"{COMPARE_DIR}/.lock"]
 
 
 @dataclass
@@ -41,6 +54,9 @@ class ScriptArguments:
         default="",
         metadata={"help": "Training data: a srt-hf run folder (uses its sft/train.parquet), a data file "
                           "(.parquet/.jsonl/.json/.csv) or a Hub dataset id."},
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "TRL's name for `dataset` (either may be set; both must then agree)."}
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Config name of a Hub dataset (srt-hf datasets: sft, selected, rows)."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (Hub datasets and save_to_disk folders)."})
@@ -60,6 +76,28 @@ class ScriptArguments:
     license: str | None = field(
         default=None, metadata={"help": "License of the trained model for its card (e.g. apache-2.0, llama2). Default: the base model's when known, else 'other'."}
     )
+    compare_with: str | None = field(
+        default=None,
+        metadata={"help": "After training, compare the trained model pairwise with this model (usually the base model: a Hub id, "
+                          "a folder, 'default' or an http(s) URL) and put the result on the model card. Default: no comparison."},
+    )
+    compare_judge: str = field(
+        default="default",
+        metadata={"help": "Judge of --compare_with: an OpenAI-compatible URL (comma-separated for several) or a local model "
+                          "('default' is the embedded SmolLM2-135M, a smoke test, not a real judge)."},
+    )
+    compare_judge_model: str | None = field(default=None, metadata={"help": "Model name the judge server serves (vLLM, transformers serve)."})
+    compare_prompts: str = field(default="builtin", metadata={"help": "Test prompts of --compare_with: 'builtin' or a JSONL/JSON/Parquet/CSV file."})
+    compare_limit: int | None = field(default=None, metadata={"help": "Use only the first N test prompts (a quick look)."})
+    compare_max_new_tokens: int = field(default=512, metadata={"help": "Most tokens each model may write per answer."})
+
+    def __post_init__(self) -> None:
+        if self.dataset_name and self.dataset and self.dataset_name != self.dataset:
+            from srt_hf.errors import ConfigError
+
+            raise ConfigError(f"`dataset` ({self.dataset!r}) and `dataset_name` ({self.dataset_name!r}) disagree: set only one")
+        self.dataset = self.dataset or self.dataset_name or ""
+        self.dataset_name = self.dataset or None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,7 +113,7 @@ def load_training_data(script_args: ScriptArguments):
 
     source = script_args.dataset
     if not source:
-        raise ConfigError("no training data: set `dataset` (--dataset) to a run folder, a data file or a Hub dataset id")
+        raise ConfigError("no training data: set `dataset` (--dataset or --dataset_name) to a run folder, a data file or a Hub dataset id")
     path = Path(source)
     run_dir: Path | None = None
     test = None
@@ -163,7 +201,7 @@ def train(script_args: ScriptArguments, training_args, model_args):
     """
     from srt_hf import hub, models
     from srt_hf.errors import ConfigError
-    from srt_hf.train import train_sft
+    from srt_hf.train import model_loading, train_sft
 
     push = bool(training_args.push_to_hub)
     if push:
@@ -177,10 +215,7 @@ def train(script_args: ScriptArguments, training_args, model_args):
     if training_args.eval_strategy != "no" and eval_ds is None:
         raise ConfigError("eval_strategy is set but there is no eval data: set `dataset_test_split` or `eval_strategy: no`")
 
-    training_args.model_init_kwargs = {
-        k: v for k, v in {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
-                          **(training_args.model_init_kwargs or {})}.items() if v is not None
-    }
+    loading = model_loading(model_args, training_args.model_init_kwargs)
     card = {
         "base_model": script_args.base_model_id or models.hub_id(model_args.model_name_or_path),
         "dataset": script_args.dataset,
@@ -189,26 +224,61 @@ def train(script_args: ScriptArguments, training_args, model_args):
         "repo_id": repo_id if push or training_args.hub_model_id else None,
         "license": script_args.license,
     }
-    peft_config = None
-    if getattr(model_args, "use_peft", False):
-        from trl import get_peft_config
-
-        peft_config = get_peft_config(model_args)
+    compare_config = None
+    if script_args.compare_with:  # bad settings fail before training
+        base = script_args.compare_with in (model_args.model_name_or_path, card["base_model"])
+        compare_config = _compare_config(script_args, model_a_label=card["repo_id"] or Path(training_args.output_dir).name,
+                                         model_b_label=card["base_model"] if base else None)
     trainer = train_sft(
         model_args.model_name_or_path, train_ds, args=training_args, eval_dataset=eval_ds,
-        revision=model_args.model_revision, peft_config=peft_config, card=card,
+        revision=model_args.model_revision, card=card, **loading.trainer_kwargs(),
     )
     if trainer.is_world_process_zero():
         trainer.accelerator.print(f"srt-hf sft: model and card saved to {training_args.output_dir}")
+        if compare_config is not None:
+            compare_after_training(script_args.compare_with, training_args.output_dir, compare_config, trainer)
         if push:
             url = hub.upload(
                 training_args.output_dir, repo_id, repo_type="model", private=training_args.hub_private_repo,
-                revision=training_args.hub_revision, ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
+                revision=training_args.hub_revision, ignore_patterns=NOT_UPLOADED,
                 commit_message="srt-hf sft: model, tokenizer and card",
             )
             trainer.accelerator.print(f"srt-hf sft: pushed to {url}")
     training_args.push_to_hub = trainer.args.push_to_hub = push
     return trainer
+
+
+def _compare_config(script_args: ScriptArguments, **labels: str | None):
+    from srt_hf.compare import CompareConfig
+
+    return CompareConfig(
+        judge=script_args.compare_judge, judge_model=script_args.compare_judge_model, prompts=script_args.compare_prompts,
+        limit=script_args.compare_limit, max_new_tokens=script_args.compare_max_new_tokens, **labels,
+    )
+
+
+def compare_after_training(other: str, output_dir: str, config, trainer=None) -> None:
+    """``srt-hf compare OUTPUT_DIR OTHER`` into ``OUTPUT_DIR/compare``, then the card shows the result."""
+    from srt_hf.compare import compare, print_summary
+    from srt_hf.train import add_comparison_to_card
+
+    if trainer is not None:  # free the training copy before the comparison loads the saved model
+        trainer.accelerator.free_memory()
+        trainer.model = trainer.model_wrapped = trainer.optimizer = None
+        _free_memory()
+    result = compare(output_dir, other, Path(output_dir) / COMPARE_DIR, config)
+    print_summary(result)
+    add_comparison_to_card(output_dir, result)
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def make_parser():
@@ -220,13 +290,13 @@ def make_parser():
 def main(argv: list[str] | None = None) -> int:
     from srt_hf.errors import SrtHfError
 
-    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
     try:
+        script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
         trainer = train(script_args, training_args, model_args)
     except SrtHfError as err:
         print(f"srt-hf sft: error: {err}", file=sys.stderr)
         return 2
-    trainer.accelerator.wait_for_everyone()
+    # No barrier here: the other processes may finish while the main one compares and uploads.
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
         trainer.end()
     return 0

@@ -1,4 +1,5 @@
-"""The PNG charts of the cards: score histograms before → after selection, and the training loss curve.
+"""The PNG charts of the cards: score histograms before → after selection, the training loss curve, and the
+win / tie / loss bars of a pairwise comparison.
 
 Drawn with matplotlib's object API (a ``Figure`` saved through the Agg renderer): no pyplot state and
 no display, so it works in scripts, workers and on machines without a screen.
@@ -14,6 +15,7 @@ import numpy as np
 
 BEFORE, AFTER, THRESHOLD, LOWEST = (120, 144, 176), (230, 126, 34), (200, 40, 40), (46, 139, 87)  # RGB
 LINES = (BEFORE, AFTER, (46, 139, 87))  # train, eval, any further series
+OUTCOME_COLORS = ((46, 139, 87), (170, 170, 170), (200, 40, 40))  # win, tie, loss
 SIZE = (6.4, 3.2)  # inches at DPI: 640 × 320 pixels
 DPI = 100
 
@@ -69,4 +71,25 @@ def loss_curve_png(path: Path, series: Mapping[str, Sequence[tuple[float, float]
     ax.set(title="Training loss", xlabel="step", ylabel="loss")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
+    _save(figure, path)
+
+
+def outcome_bars_png(path: Path, title: str, rows: Mapping[str, tuple[int, int, int]]) -> None:
+    """One horizontal bar per row (category, then "all"): the shares of win / tie / loss, with the counts."""
+    from matplotlib.figure import Figure
+
+    names = list(rows)
+    figure = Figure(figsize=(SIZE[0], max(SIZE[1], 0.9 + 0.42 * len(names))), dpi=DPI, layout="constrained")
+    ax = figure.add_subplot()
+    left = np.zeros(len(names))
+    for k, (label, color) in enumerate(zip(("win", "tie", "loss"), OUTCOME_COLORS)):
+        counts = np.array([rows[n][k] for n in names], dtype=float)
+        totals = np.array([max(1, sum(rows[n])) for n in names], dtype=float)
+        shares = counts / totals
+        bars = ax.barh(names, shares, left=left, color=_rgb(color), label=label, height=0.6)
+        ax.bar_label(bars, labels=[str(int(c)) if c else "" for c in counts], label_type="center", fontsize=8, color="white")
+        left += shares
+    ax.invert_yaxis()  # first row on top, "all" at the bottom
+    ax.set(title=title, xlabel="share of judged prompts (win / tie / loss for the first model)", xlim=(0, 1))
+    ax.legend(frameon=False, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     _save(figure, path)

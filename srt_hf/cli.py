@@ -19,6 +19,7 @@ COMMANDS = {
     "select": "srt_hf.commands.select",
     "push": "srt_hf.commands.push",
     "report": "srt_hf.commands.report",
+    "compare": "srt_hf.commands.compare",
 }
 
 

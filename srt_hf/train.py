@@ -8,17 +8,34 @@ self-improvement) all train through :func:`train_sft`. ``train_ds`` holds conver
 its tokenizer, ``loss_history.json``, ``loss_curve.png`` and the srt-hf model card (in place of TRL's)
 are saved to the output directory. Without a GPU the run goes on the CPU in float32 (TRL would turn
 bf16 on and fail).
+
+LoRA / QLoRA: :func:`model_loading` turns TRL's ``ModelConfig`` (``use_peft``, ``lora_*``, ``load_in_4bit`` /
+``load_in_8bit``) into what :func:`train_sft` passes on, the way TRL's own scripts do: a ``BitsAndBytesConfig``
+for the trainer, the k-bit device map (each process's own GPU) in the loading arguments, and a ``LoraConfig``::
+
+    loading = model_loading(model_args)
+    trainer = train_sft(model_args.model_name_or_path, train_ds, args=sft_args, **loading.trainer_kwargs())
+
+A LoRA run saves the adapter only (``adapter_model.safetensors`` + ``adapter_config.json``).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from . import models
-from .errors import InputError
+from .errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+PEFT_INSTALL = 'pip install "srt-hf[peft]"'
+LIGER_INSTALL = 'pip install "srt-hf[liger]"'
 
 
 def sft_config(output_dir: str | Path, **overrides: Any):
@@ -32,6 +49,82 @@ def sft_config(output_dir: str | Path, **overrides: Any):
     return SFTConfig(output_dir=str(output_dir), **{**defaults, **overrides})
 
 
+@dataclass
+class ModelLoading:
+    """How the student is loaded for training: ``from_pretrained`` arguments, quantization and adapter."""
+
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    quantization_config: Any = None  # transformers.BitsAndBytesConfig, handed to the trainer (not in SFTConfig)
+    peft_config: Any = None  # peft.LoraConfig
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        return {"quantization_config": self.quantization_config, "peft_config": self.peft_config,
+                "model_init_kwargs": self.init_kwargs}
+
+
+def model_loading(model_args, extra_init_kwargs: dict[str, Any] | None = None) -> ModelLoading:
+    """The loading settings of a TRL ``ModelConfig``; ``extra_init_kwargs`` (``SFTConfig.model_init_kwargs``) win.
+
+    Fails early, naming the setting, when 4/8-bit is asked without LoRA (a quantized model cannot be trained
+    itself) or when peft / bitsandbytes is missing.
+    """
+    quantized = bool(getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False))
+    use_peft = bool(getattr(model_args, "use_peft", False))
+    if quantized and not use_peft:
+        bits = 4 if model_args.load_in_4bit else 8
+        raise ConfigError(
+            f"load_in_{bits}bit is set without use_peft: a {bits}-bit model cannot be fine-tuned itself. Set "
+            "`use_peft: true` (QLoRA: LoRA adapters on the quantized base) or drop the quantization setting"
+        )
+    if use_peft:
+        require("peft", PEFT_INSTALL, "use_peft (LoRA)")
+    if quantized:
+        require("bitsandbytes", PEFT_INSTALL, "load_in_4bit / load_in_8bit (QLoRA)")
+    init = {"dtype": getattr(model_args, "dtype", None), "attn_implementation": getattr(model_args, "attn_implementation", None)}
+    quantization = peft = None
+    if quantized:
+        from trl import get_quantization_config
+
+        quantization = get_quantization_config(model_args)
+        init["device_map"] = kbit_device_map()
+    if use_peft:
+        from trl import get_peft_config
+
+        peft = get_peft_config(model_args)
+    init = {k: v for k, v in {**init, **(extra_init_kwargs or {})}.items() if v is not None}
+    return ModelLoading(init, quantization, peft)
+
+
+def kbit_device_map() -> dict[str, int] | None:
+    """A quantized model sits whole on this process's GPU (``{"": local rank}``); None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
+def require(module: str, install: str, setting: str) -> None:
+    """Raise :class:`ConfigError` with the install line when an optional dependency is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{setting} needs the `{module}` package, which is not installed: `{install}`")
+
+
+def liger_fallback(config) -> None:
+    """Liger kernels need a CUDA GPU and the liger-kernel package: without them, say so once and train without."""
+    import torch
+
+    if not getattr(config, "use_liger_kernel", False):
+        return
+    missing = ("no CUDA GPU" if not torch.cuda.is_available() else
+               f"liger-kernel is not installed (`{LIGER_INSTALL}`)" if importlib.util.find_spec("liger_kernel") is None else None)
+    if missing:
+        logger.warning("srt-hf: use_liger_kernel is set but %s; training without Liger kernels", missing)
+        config.use_liger_kernel = False
+
+
 def train_sft(
     model_name_or_path: str | None,
     train_dataset,
@@ -41,6 +134,8 @@ def train_sft(
     eval_dataset=None,
     revision: str | None = None,
     peft_config=None,
+    quantization_config=None,
+    model_init_kwargs: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
     **overrides: Any,
 ):
@@ -49,7 +144,8 @@ def train_sft(
     ``args``: an ``SFTConfig`` to start from (e.g. parsed by a recipe); it is copied, never changed,
     and ``output_dir`` plus ``overrides`` are applied to the copy. Without ``args``, :func:`sft_config`.
     ``card``: keyword arguments of :func:`srt_hf.cards.write_model_card` (dataset, run_meta, repo_id…);
-    the base model defaults to ``model_name_or_path``.
+    the base model defaults to ``model_name_or_path``. ``peft_config`` / ``quantization_config`` /
+    ``model_init_kwargs``: see :func:`model_loading` (``model_init_kwargs`` is merged over the config's).
     """
     import torch
 
@@ -69,8 +165,9 @@ def train_sft(
             config.output_dir = str(output_dir)
         for key, value in overrides.items():
             setattr(config, key, value)
+    liger_fallback(config)
     path, extra = models.resolve(model_name_or_path)
-    init = {**extra, **({"revision": revision} if revision else {}), **(config.model_init_kwargs or {})}
+    init = {**extra, **({"revision": revision} if revision else {}), **(config.model_init_kwargs or {}), **(model_init_kwargs or {})}
     if init.get("dtype") is None and not torch.cuda.is_available():
         init["dtype"] = torch.float32
     config.model_init_kwargs = init
@@ -82,7 +179,7 @@ def train_sft(
         model=path, args=config, train_dataset=train_dataset.select_columns(["prompt", "completion"]),
         eval_dataset=eval_dataset.select_columns(["prompt", "completion"]) if eval_dataset is not None else None,
         processing_class=models.load_tokenizer(model_name_or_path, **({"revision": revision} if revision else {})),
-        peft_config=peft_config, card=card,
+        peft_config=peft_config, quantization_config=quantization_config, card=card,
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
@@ -107,18 +204,101 @@ def _trainer_class():
     return SRTSFTTrainer
 
 
-def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
-    """``loss_history.json``, ``loss_curve.png`` and ``README.md`` of a trained model in ``output_dir``."""
-    from .cards import write_model_card
+CARD_INPUTS, LOSS_HISTORY = "srt_hf_card.json", "loss_history.json"
 
+
+def write_card(trainer, output_dir: str | Path, **card: Any) -> Path:
+    """``loss_history.json``, ``loss_curve.png`` and ``README.md`` of a trained model in ``output_dir``.
+
+    What the card is rendered from is kept in ``srt_hf_card.json``, so a later step (``srt-hf compare --card``)
+    can render it again with more on it.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    history = loss_history(trainer.state.log_history)
-    (output_dir / "loss_history.json").write_text(json.dumps(history, indent=2))
-    return write_model_card(
-        output_dir, hyperparameters=training_hyperparameters(trainer.args, trainer.accelerator.num_processes),
-        history=history, **card,
-    )
+    (output_dir / LOSS_HISTORY).write_text(json.dumps(loss_history(trainer.state.log_history), indent=2))
+    inputs = {
+        **card, "hyperparameters": training_hyperparameters(trainer.args, trainer.accelerator.num_processes),
+        "adapter": adapter_info(trainer.model),
+    }
+    (output_dir / CARD_INPUTS).write_text(json.dumps(inputs, indent=2, ensure_ascii=False, default=str))
+    return render_card(output_dir)
+
+
+def render_card(output_dir: str | Path, comparison: dict[str, Any] | None = None) -> Path:
+    """Render ``README.md`` from ``srt_hf_card.json``, ``loss_history.json`` and the comparison in
+    ``compare/summary.json`` (when there is one), then validate it with huggingface_hub."""
+    from .cards import validate_model_card, write_model_card
+    from .compare import SUMMARY
+
+    output_dir = Path(output_dir)
+    inputs = _card_inputs(output_dir)
+    history_file = output_dir / LOSS_HISTORY
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    if comparison is None and (output_dir / "compare" / SUMMARY).is_file():
+        comparison = json.loads((output_dir / "compare" / SUMMARY).read_text())
+    card = write_model_card(output_dir, history=history, comparison=_on_card(comparison, output_dir), **inputs)
+    validate_model_card(card)
+    return card
+
+
+def add_comparison_to_card(model_dir: str | Path, result) -> Path:
+    """Put a :class:`srt_hf.compare.ComparisonResult` on the card of a model trained by :func:`train_sft`.
+
+    A comparison written outside ``model_dir`` is copied into ``model_dir/compare`` (without its cache), so the
+    folder that is uploaded holds the table and chart the card shows.
+    """
+    import shutil
+
+    from .compare import CHART, SUMMARY, TABLE
+
+    model_dir = Path(model_dir)
+    _card_inputs(model_dir)
+    target = model_dir / "compare"
+    if Path(result.out).resolve() != target.resolve():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (TABLE, SUMMARY, CHART):
+            if (Path(result.out) / name).is_file():
+                shutil.copy2(Path(result.out) / name, target / name)
+    return render_card(model_dir, result.as_dict())
+
+
+def _on_card(comparison: dict[str, Any] | None, output_dir: Path) -> dict[str, Any] | None:
+    """The comparison with the paths the card links to (relative to the model folder)."""
+    if not comparison:
+        return None
+    files = comparison.get("files") or {}
+    return {**comparison, "chart_path": f"compare/{files.get('chart', 'comparison.png')}",
+            "table_path": f"compare/{files.get('table', 'compare.parquet')}"}
+
+
+def _card_inputs(output_dir: Path) -> dict[str, Any]:
+    path = output_dir / CARD_INPUTS
+    if not path.is_file():
+        raise ConfigError(f"{output_dir} has no {CARD_INPUTS}: it was not trained by recipes/sft.py (srt_hf.train), so "
+                          "srt-hf cannot render its card; compare without --card")
+    return json.loads(path.read_text())
+
+
+def adapter_info(model) -> dict[str, Any] | None:
+    """What the card says about a PEFT adapter (None for a full fine-tune): method, rank, alpha, targets, quantization."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return None
+    config = next(iter(configs.values()))
+    peft_type = str(getattr(config.peft_type, "value", config.peft_type))
+    targets = config.target_modules
+    info: dict[str, Any] = {"peft_type": peft_type, "r": getattr(config, "r", None), "lora_alpha": getattr(config, "lora_alpha", None),
+                            "lora_dropout": getattr(config, "lora_dropout", None),
+                            "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+                            "use_dora": getattr(config, "use_dora", False), "use_rslora": getattr(config, "use_rslora", False)}
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
+    if isinstance(quant, dict) and (quant.get("load_in_4bit") or quant.get("load_in_8bit")):
+        info["quantization"] = (f"4-bit {quant.get('bnb_4bit_quant_type', 'nf4')}" + (" (double quantization)" if quant.get("bnb_4bit_use_double_quant") else "")
+                                if quant.get("load_in_4bit") else "8-bit")
+    method = "DoRA" if info["use_dora"] else peft_type.replace("LORA", "LoRA")
+    info["method"] = f"Q{method}" if "quantization" in info and method == "LoRA" else method
+    return {k: v for k, v in info.items() if v is not None}
 
 
 def training_hyperparameters(args, num_processes: int = 1) -> dict[str, Any]:

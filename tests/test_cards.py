@@ -18,7 +18,7 @@ DATASET_CARD_KEYS = {
 }
 MODEL_CARD_KEYS = {
     "language", "license", "license_name", "license_link", "library_name", "tags", "datasets", "metrics",
-    "base_model", "base_model_relation", "pipeline_tag", "model-index", "new_version", "inference", "widget", "thumbnail",
+    "base_model", "base_model_relation", "pipeline_tag", "model-index", "model_name", "new_version", "inference", "widget", "thumbnail",
 }
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from .citations import citations_for, run_methods
 from .common import DATASET_TEMPLATE, MODEL_TEMPLATE, TEMPLATE_DIRS
 from .dataset import column_docs, size_category, write_dataset_card
-from .model import write_model_card
+from .model import validate_model_card, write_model_card
 
 __all__ = [
     "DATASET_TEMPLATE", "MODEL_TEMPLATE", "TEMPLATE_DIRS", "citations_for", "column_docs", "run_methods",
-    "size_category", "write_dataset_card", "write_model_card",
+    "size_category", "validate_model_card", "write_dataset_card", "write_model_card",
 ]
