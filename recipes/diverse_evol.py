@@ -58,7 +58,7 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
     from srt_hf.dataio import load_input
     from srt_hf.diversity import EmbedConfig, Embedder, kcenter_greedy
     from srt_hf.errors import ConfigError
-    from srt_hf.selection import with_decisions, write_selection_run
+    from srt_hf.selection import kcenter_decisions, write_selection_run
     from srt_hf.train import train_sft
 
     out = Path(training_args.output_dir)
@@ -86,11 +86,9 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
         raise ConfigError(f"initial pool row {bad[0]} cannot be trained on ({problems[bad[0]]}); fix or drop it.")
     if not pool:
         raise ConfigError("the initial pool is empty; set --initial_pool > 0 or mark rows with --initial_pool_column.")
-    reason = dict.fromkeys(pool, f"kept: {origin}")
-    round_of = dict.fromkeys(pool, 0)
-    order: dict[int, int] = {}
-    distance: dict[int, float] = {}
-    _write_pool(out, 0, ds, pool, round_of, order)
+    initial = list(pool)
+    rounds: list[tuple[list[int], list[float]]] = []  # (picks, squared distances) of each round
+    _write_pool(out, 0, ds, initial, rounds)
 
     for r in range(1, args.rounds + 1):
         if len(pool) >= n - len(problems):
@@ -116,39 +114,30 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
             picks = [usable[j] for j in local]
             np.save(out / f"round_{r:02d}" / "embeddings.npy", vectors)
             (out / f"round_{r:02d}" / "picks.json").write_text(json.dumps({"picks": picks, "sq_distances": dists}))
-        for rank, (i, d) in enumerate(zip(picks, dists), start=1):
-            reason[i] = f"kept: round {r} k-center pick (pick {rank} of {len(picks)}, squared distance {d:.4g} to the pool)"
-            round_of[i], order[i], distance[i] = r, len(order) + 1, d
+        rounds.append((picks, dists))
         pool = pool + picks
-        _write_pool(out, r, ds, pool, round_of, order)
+        _write_pool(out, r, ds, initial, rounds)
         print(f"diverse_evol: round {r}: +{len(picks)} rows -> pool of {len(pool)}")
 
     final_dir = None
     if args.train_final:
         final_dir = train_sft(args.model_name_or_path, _subset(records, pool), out / "final", args=training_args).args.output_dir
 
-    rounds_done = max(round_of.values())
-    in_pool = set(pool)
-    reasons = [reason[i] if i in in_pool else (f"dropped: cannot be trained on ({problems[i]})" if i in problems
-               else f"dropped: not picked in {rounds_done} rounds") for i in range(n)]
-    table = with_decisions(ds, [i in in_pool for i in range(n)], reasons, {
-        "pool_round": [round_of.get(i) for i in range(n)],
-        "selection_order": [order.get(i) for i in range(n)],
-        "kcenter_sq_distance": [distance.get(i, float("nan")) for i in range(n)],
-    })
+    unusable = {i: f"cannot be trained on ({why})" for i, why in problems.items()}
+    decisions = kcenter_decisions(n, initial, rounds, pool_reason=origin, unusable=unusable, per_round=True)
     meta = {
         "source": {"name": args.dataset, "split": args.dataset_split},
         "student": {"model": models.display_name(args.model_name_or_path)},
-        "selection": {"rule": "diverse_evol_kcenter", "initial_pool": len(round_of) - len(order), "step": args.step,
-                      "rounds": rounds_done, "pool_seed": None if args.initial_pool_column else args.pool_seed,
+        "selection": {"rule": "diverse_evol_kcenter", "initial_pool": len(initial), "step": args.step,
+                      "rounds": len(rounds), "pool_seed": None if args.initial_pool_column else args.pool_seed,
                       "initial_pool_column": args.initial_pool_column, "embedding": "mean last hidden state of each round's checkpoint"},
-        "methods": ["diverse-evol", "k-center"],
+        "methods": ["diverse-evol", *decisions.methods],
         "training": {"final_model": final_dir, "max_steps": training_args.max_steps, "learning_rate": training_args.learning_rate},
         "columns": {"pool_round": "round in which the row joined the pool (0 = initial pool)",
                     "selection_order": "k-center pick number over all rounds (null for the initial pool and rows not picked)",
                     "kcenter_sq_distance": "squared Euclidean distance to the pool when picked"},
     }
-    meta = write_selection_run(out / "data", table, meta, mapping=_column_mapping(args))
+    meta = write_selection_run(out / "data", decisions.table(ds), meta, mapping=_column_mapping(args))
     _print_summary(meta, out)
     return meta
 
@@ -205,12 +194,16 @@ def _embed(ds, embedder, batch_rows: int, desc: str):
     return matrix, status
 
 
-def _write_pool(out: Path, r: int, ds, pool, round_of, order) -> None:
+def _write_pool(out: Path, r: int, ds, initial, rounds) -> None:
+    from srt_hf.selection import kcenter_decisions
+
     path = out / "pools" / f"round_{r:02d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
+    pool = initial + [i for picks, _ in rounds for i in picks]
+    columns = kcenter_decisions(len(ds), initial, rounds, pool_reason="", per_round=True).columns
     rows = ds.select(pool)
-    rows = rows.add_column("row", pool).add_column("pool_round", [round_of[i] for i in pool])
-    rows = rows.add_column("selection_order", [order.get(i) for i in pool])
+    rows = rows.add_column("row", pool).add_column("pool_round", [columns["pool_round"][i] for i in pool])
+    rows = rows.add_column("selection_order", [columns["selection_order"][i] for i in pool])
     rows.to_parquet(str(path))
 
 
@@ -249,15 +242,9 @@ def make_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from srt_hf.errors import SrtHfError
+    from srt_hf.train import recipe_main
 
-    args, training_args = make_parser().parse_args_and_config(argv)
-    try:
-        run(args, training_args)
-    except SrtHfError as err:
-        print(f"diverse_evol: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return recipe_main("diverse_evol", run, make_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -212,15 +212,9 @@ def make_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from srt_hf.errors import SrtHfError
+    from srt_hf.train import recipe_main
 
-    args, training_args = make_parser().parse_args_and_config(argv)
-    try:
-        run(args, training_args)
-    except SrtHfError as err:
-        print(f"self_improve: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return recipe_main("self_improve", run, make_parser(), argv)
 
 
 if __name__ == "__main__":

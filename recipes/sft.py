@@ -109,6 +109,7 @@ def load_training_data(script_args: ScriptArguments):
     import datasets
 
     from srt_hf.errors import ConfigError
+    from srt_hf.formats import prompt_completion_dataset
     from srt_hf.runs import META, SFT, read_meta
 
     source = script_args.dataset
@@ -145,7 +146,7 @@ def load_training_data(script_args: ScriptArguments):
         if script_args.dataset_test_split:
             test = _split(loaded, script_args.dataset_test_split, "dataset_test_split")
     meta = read_meta(run_dir) if run_dir is not None and (run_dir / META).is_file() else _hub_run_meta(source, path)
-    return to_prompt_completion(train), (to_prompt_completion(test) if test is not None else None), meta
+    return prompt_completion_dataset(train), (prompt_completion_dataset(test) if test is not None else None), meta
 
 
 def _split(loaded, split: str, setting: str):
@@ -166,27 +167,6 @@ def _hub_run_meta(source: str, path: Path) -> dict[str, Any]:
         return json.loads(Path(hf_hub_download(source, "run.json", repo_type="dataset")).read_text())
     except Exception:  # noqa: BLE001 - provenance is optional: offline, missing file, private repo
         return {}
-
-
-def to_prompt_completion(ds):
-    """Conversational prompt/completion columns only; other formats are converted with srt_hf.formats."""
-    from srt_hf.errors import InputError
-    from srt_hf.formats import RowProblem, detect_format, read_batch
-
-    if {"prompt", "completion"} <= set(ds.column_names) and len(ds) and isinstance(ds[0]["prompt"], list):
-        return ds.select_columns(["prompt", "completion"])
-    fmt = detect_format(ds.column_names)
-
-    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        prompts, completions = [], []
-        for i, example in zip(indices, read_batch(batch, fmt)):
-            if isinstance(example, RowProblem):
-                raise InputError(f"cannot train on this row: {example}", row=i, fix="fix or drop the row in the data")
-            prompts.append(example.context)
-            completions.append([{"role": "assistant", "content": example.response}])
-        return {"prompt": prompts, "completion": completions}
-
-    return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names, desc="prompt/completion")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -311,7 +311,7 @@ class EmbedConfig(ColumnMapping):
         return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class Embedder:
+class Embedder(models.LazyModel):
     """``Dataset.map`` transform: the student's mean last-layer embedding of every row's training text.
 
     Adds ``embedding`` (list of float32; null for a row that cannot be read) and ``embedding_status``
@@ -323,8 +323,6 @@ class Embedder:
         if config is not None and kwargs:
             raise ConfigError("Pass either an EmbedConfig or keyword settings to Embedder, not both.")
         self.config = config or EmbedConfig(**kwargs)
-        self._model = self._tokenizer = None
-        self._device: str | None = None
 
     def __reduce__(self):
         return (_rebuild_embedder, (__version__, asdict(self.config), self.config.digest()))
@@ -345,29 +343,15 @@ class Embedder:
         return self.embed_examples(read_batch(batch, fmt))
 
     # -- model ----------------------------------------------------------------------------------
-    def _load(self, rank: int | None = None) -> None:
-        device = models.prepare_device(self.config.device, rank)
-        if self._model is not None and device == self._device:
-            return
-        kwargs = {"revision": self.config.revision} if self.config.revision else {}
-        self._tokenizer = models.load_tokenizer(self.config.model, **kwargs)
-        if not getattr(self._tokenizer, "chat_template", None):
+    def _model_settings(self):
+        return self.config.model, self.config.revision, self.config.dtype, self.config.device
+
+    def _check_tokenizer(self, tokenizer) -> None:
+        if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
                 f"The model {models.display_name(self.config.model)!r} has no chat template, so it has no conversational "
                 "training text to embed; use a model (or tokenizer) with a chat template."
             )
-        self._model = models.load_causal_lm(self.config.model, device=device, dtype=self.config.dtype, **kwargs)
-        self._device = device
-
-    @property
-    def tokenizer(self):
-        self._load()
-        return self._tokenizer
-
-    @property
-    def model(self):
-        self._load()
-        return self._model
 
     # -- embedding ------------------------------------------------------------------------------
     def training_text(self, example: Example) -> str:

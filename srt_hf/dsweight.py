@@ -149,30 +149,18 @@ class DSWeightConfig:
         return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class AnswerLoss:
+class AnswerLoss(models.LazyModel):
     """The base model's mean cross-entropy of answer texts given their questions (lazy model)."""
 
     def __init__(self, config: DSWeightConfig | None = None, **kwargs: Any):
         self.config = config or DSWeightConfig(**kwargs)
-        self._model = self._tokenizer = None
 
-    def _load(self) -> None:
-        if self._model is None:
-            kwargs = {"revision": self.config.revision} if self.config.revision else {}
-            self._tokenizer = models.load_tokenizer(self.config.model, **kwargs)
-            if self.config.template == "chat" and not getattr(self._tokenizer, "chat_template", None):
-                raise ConfigError("DS weight template 'chat' needs a model with a chat template; use a text template instead.")
-            self._model = models.load_causal_lm(self.config.model, device=self.config.device, dtype=self.config.dtype, **kwargs)
+    def _model_settings(self):
+        return self.config.model, self.config.revision, self.config.dtype, self.config.device
 
-    @property
-    def tokenizer(self):
-        self._load()
-        return self._tokenizer
-
-    @property
-    def model(self):
-        self._load()
-        return self._model
+    def _check_tokenizer(self, tokenizer) -> None:
+        if self.config.template == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("DS weight template 'chat' needs a model with a chat template; use a text template instead.")
 
     def prefix(self, question: str) -> str:
         """The text before the answer."""

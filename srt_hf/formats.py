@@ -210,3 +210,24 @@ def to_prompt_completion(instruction: str, input: str, response: str) -> dict[st
         "prompt": [{"role": "user", "content": user_content(instruction, input)}],
         "completion": [{"role": "assistant", "content": response}],
     }
+
+
+def prompt_completion_dataset(ds):
+    """``ds`` as conversational ``prompt`` / ``completion`` columns only (the chat context is the prompt).
+
+    A dataset already in that format is returned as its two columns; an unreadable row is an InputError naming it.
+    """
+    if {"prompt", "completion"} <= set(ds.column_names) and len(ds) and isinstance(ds[0]["prompt"], list):
+        return ds.select_columns(["prompt", "completion"])
+    fmt = detect_format(ds.column_names)
+
+    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        prompts, completions = [], []
+        for i, example in zip(indices, read_batch(batch, fmt)):
+            if isinstance(example, RowProblem):
+                raise InputError(f"cannot train on this row: {example}", row=i, fix="fix or drop the row in the data")
+            prompts.append(example.context)
+            completions.append([{"role": "assistant", "content": example.response}])
+        return {"prompt": prompts, "completion": completions}
+
+    return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names, desc="prompt/completion")

@@ -186,3 +186,48 @@ def load_causal_lm(name: str | os.PathLike | None, *, device: str | None = None,
     except (OSError, ValueError) as err:
         raise _unavailable(str(name), err) from err
     return model.to(prepare_device(device)).eval()
+
+
+class LazyModel:
+    """Mixin for transforms: ``self.model`` / ``self.tokenizer`` loaded on first use in each process.
+
+    A subclass names what to load in :meth:`_model_settings` and may refuse a tokenizer in
+    :meth:`_check_tokenizer`; ``self._load(rank)`` (first thing in ``__call__``) loads once and again
+    only when the device changes (``Dataset.map(with_rank=True)``). Nothing here is pickled: the
+    transforms pickle by configuration.
+    """
+
+    _model = _tokenizer = None
+    _device: str | None = None
+
+    def _model_settings(self) -> tuple[str | None, str | None, str, str | None]:
+        """(model name, revision, dtype, device setting) of the model to load."""
+        raise NotImplementedError
+
+    def _check_tokenizer(self, tokenizer) -> None:
+        """Raise a ConfigError when this tokenizer cannot serve the transform (before the model loads)."""
+
+    def _load_pair(self, name: str | None, revision: str | None, dtype: str, device: str):
+        """(tokenizer, model) on ``device``."""
+        kwargs = {"revision": revision} if revision else {}
+        tokenizer = load_tokenizer(name, **kwargs)
+        self._check_tokenizer(tokenizer)
+        return tokenizer, load_causal_lm(name, device=device, dtype=dtype, **kwargs)
+
+    def _load(self, rank: int | None = None) -> None:
+        name, revision, dtype, device = self._model_settings()
+        device = prepare_device(device, rank)
+        if self._model is not None and device == self._device:
+            return
+        self._tokenizer, self._model = self._load_pair(name, revision, dtype, device)
+        self._device = device
+
+    @property
+    def model(self):
+        self._load()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer

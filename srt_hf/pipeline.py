@@ -433,8 +433,8 @@ def final_filter(ifd: list, rifd: list, status: list, top_share: float | None) -
         for i in eligible:
             selected[i], reasons[i] = True, "kept: final ifd < 1 and rifd < 1"
     else:
-        kept, why, info = top_ifd_decisions([ifd[i] for i in eligible], rate=top_share, max_ifd=None)
+        top = top_ifd_decisions([ifd[i] for i in eligible], rate=top_share, max_ifd=None)
         for j, i in enumerate(eligible):
-            selected[i], reasons[i] = bool(kept[j]), why[j]
-        rule.update({"rule": f"ifd < 1 and rifd < 1, then the top {top_share:g} by IFD", "top_share": top_share, "kept": info["kept"]})
+            selected[i], reasons[i] = bool(top.selected[j]), top.reasons[j]
+        rule.update({"rule": f"ifd < 1 and rifd < 1, then the top {top_share:g} by IFD", "top_share": top_share, "kept": top.info["kept"]})
     return selected, reasons, rule

@@ -80,7 +80,7 @@ class ScoringConfig(ColumnMapping):
         return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class IFDScorer:
+class IFDScorer(models.LazyModel):
     """``Dataset.map`` transform: IFD / reverse IFD of every row under a student model."""
 
     def __init__(self, config: ScoringConfig | None = None, **kwargs: Any):
@@ -88,8 +88,6 @@ class IFDScorer:
             raise ConfigError("Pass either a ScoringConfig or keyword settings to IFDScorer, not both.")
         self.config = config or ScoringConfig(**kwargs)
         self.preset = self.config.resolved_preset()
-        self._model = self._tokenizer = None
-        self._device: str | None = None
 
     # -- datasets integration -------------------------------------------------------------------
     def __reduce__(self):
@@ -110,22 +108,11 @@ class IFDScorer:
         return self.score_examples(examples)
 
     # -- model ----------------------------------------------------------------------------------
-    def _load(self, rank: int | None = None) -> None:
-        device = models.prepare_device(self.config.device, rank)
-        if self._model is not None and device == self._device:
-            return
-        self._tokenizer, self._model = _load_student(self.config.student, self.config.revision, self.config.dtype, device)
-        self._device = device
+    def _model_settings(self):
+        return self.config.student, self.config.revision, self.config.dtype, self.config.device
 
-    @property
-    def model(self):
-        self._load()
-        return self._model
-
-    @property
-    def tokenizer(self):
-        self._load()
-        return self._tokenizer
+    def _load_pair(self, name, revision, dtype, device):
+        return _load_student(name, revision, dtype, device)  # shared by the scorers of one process
 
     def max_length(self) -> int:
         if self.config.max_length:

@@ -25,9 +25,10 @@ import copy
 import importlib.util
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from . import models
 from .errors import ConfigError, InputError
@@ -331,3 +332,17 @@ def loss_history(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     """The logged losses of a ``Trainer`` (``trainer.state.log_history``), one dict per logging step."""
     keys = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm")
     return [{k: e[k] for k in keys if k in e} for e in log_history if "loss" in e or "eval_loss" in e]
+
+
+def recipe_main(name: str, run: Callable[[Any, Any], Any], parser, argv: list[str] | None = None) -> int:
+    """The ``main`` of a looping recipe: parse (recipe arguments, TRL ``SFTConfig``), run, and print an
+    srt_hf error as one line (exit 2) instead of a traceback."""
+    from .errors import SrtHfError
+
+    args, training_args = parser.parse_args_and_config(argv)
+    try:
+        run(args, training_args)
+    except SrtHfError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -13,6 +13,12 @@ import pytest
 from srt_hf.errors import ConfigError, InputError
 from srt_hf.selection import select_top_ifd, top_ifd_decisions
 
+
+def _unpack(decisions):
+    assert decisions.methods == ["top-ifd"]
+    return decisions.selected, decisions.reasons, decisions.info
+
+
 IFD = [0.5, 1.2, 0.9, None, 0.7, 0.9, float("nan"), 0.1, 1.0, 0.3]
 STATUS = ["ok", "ok", "ok", "skipped: prompt + response longer than max_length (512 tokens)", "ok", "ok", "ok", "ok", "ok", "ok"]
 
@@ -32,7 +38,7 @@ def make_ds():
 
 def test_top_share_keeps_the_highest_ifd_below_one_in_original_order():
     # eligible (ok, finite, < 1): rows 0 .5, 2 .9, 4 .7, 5 .9, 7 .1, 9 .3 -> 6 rows; 50% keeps 3: rows 2, 5 (tie, earlier first), 4
-    selected, reasons, info = top_ifd_decisions(IFD, STATUS, rate=0.5)
+    selected, reasons, info = _unpack(top_ifd_decisions(IFD, STATUS, rate=0.5))
     assert list(np.flatnonzero(selected)) == [2, 4, 5]
     assert info["eligible"] == 6 and info["kept"] == 3 and info["lowest_kept_ifd"] == 0.7
     assert reasons[2].startswith("kept: top 50% by IFD (IFD rank 1 of 6")
@@ -44,24 +50,24 @@ def test_top_share_keeps_the_highest_ifd_below_one_in_original_order():
 
 
 def test_tie_at_the_cut_goes_to_the_earlier_row():
-    selected, _, _ = top_ifd_decisions([0.9, 0.5, 0.9], rate=0.34)  # int(3 * .34) = 1 of two tied rows
+    selected, _, _ = _unpack(top_ifd_decisions([0.9, 0.5, 0.9], rate=0.34))  # int(3 * .34) = 1 of two tied rows
     assert list(selected) == [True, False, False]
 
 
 def test_rate_to_zero_keeps_nothing_and_says_why():
-    selected, reasons, info = top_ifd_decisions(IFD, STATUS, rate=0.01)  # int(6 * 0.01) = 0
+    selected, reasons, info = _unpack(top_ifd_decisions(IFD, STATUS, rate=0.01))  # int(6 * 0.01) = 0
     assert not selected.any() and info["kept"] == 0 and info["lowest_kept_ifd"] is None
     assert reasons[2].startswith("dropped: the top 1% of 6 rows is 0 rows")
-    selected, _, _ = top_ifd_decisions(IFD, STATUS, rate=0.0)
+    selected, _, _ = _unpack(top_ifd_decisions(IFD, STATUS, rate=0.0))
     assert not selected.any()
 
 
 def test_top_n_and_max_ifd():
-    selected, _, info = top_ifd_decisions(IFD, STATUS, n=100)
+    selected, _, info = _unpack(top_ifd_decisions(IFD, STATUS, n=100))
     assert selected.sum() == 6 and info["kept"] == 6  # min(n, eligible)
-    selected, _, _ = top_ifd_decisions(IFD, STATUS, n=2, max_ifd=None)  # no cap: 1.2 and 1.0 compete
+    selected, _, _ = _unpack(top_ifd_decisions(IFD, STATUS, n=2, max_ifd=None))  # no cap: 1.2 and 1.0 compete
     assert list(np.flatnonzero(selected)) == [1, 8]
-    selected, _, _ = top_ifd_decisions(IFD, None, n=1)  # no status column: finite values are scored
+    selected, _, _ = _unpack(top_ifd_decisions(IFD, None, n=1))  # no status column: finite values are scored
     assert list(np.flatnonzero(selected)) == [2]
 
 

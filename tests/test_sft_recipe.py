@@ -105,18 +105,19 @@ def test_vicuna_template_prompt_is_a_prefix_of_the_conversation(tiny_model_dir):
 def test_data_formats_become_conversational_prompt_completion():
     import datasets
 
-    recipe = load_recipe()
+    from srt_hf.formats import prompt_completion_dataset
+
     alpaca = datasets.Dataset.from_dict({"instruction": ["Add 2 and 3."], "input": ["numbers"], "output": ["5"]})
-    row = recipe.to_prompt_completion(alpaca)[0]
+    row = prompt_completion_dataset(alpaca)[0]
     assert row == {"prompt": [{"role": "user", "content": "Add 2 and 3.\n\nnumbers"}],
                    "completion": [{"role": "assistant", "content": "5"}]}
     chat = datasets.Dataset.from_dict({"messages": [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                                                      {"role": "assistant", "content": "Hello"}]]})
-    row = recipe.to_prompt_completion(chat)[0]
+    row = prompt_completion_dataset(chat)[0]
     assert [m["role"] for m in row["prompt"]] == ["system", "user"] and row["completion"][0]["content"] == "Hello"
     broken = datasets.Dataset.from_dict({"instruction": ["ok", None], "output": ["fine", "x"]})
     with pytest.raises(InputError, match="row 1"):
-        recipe.to_prompt_completion(broken)
+        prompt_completion_dataset(broken)
 
 
 def test_training_data_from_a_run_folder_or_its_file(tmp_path):
