@@ -180,7 +180,7 @@ def _failed_requests(status_column: str) -> Callable[[Path], str | None]:
 
     def redo(part: Path) -> str | None:
         failed = sum(kind in RETRYABLE for kind in column_kinds(part, status_column))
-        return f"{failed} rows {RETRYABLE[0]}, asked again" if failed else None
+        return f"{failed} row{'s' if failed != 1 else ''} {RETRYABLE[0]}, asked again" if failed else None
 
     return redo
 
