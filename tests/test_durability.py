@@ -8,12 +8,12 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
+from test_cards import make_run, no_network  # noqa: F401  (fixture re-used)
 
 from srt_hf import hub, runs
 from srt_hf.cli import main
 from srt_hf.scoring import IFDScorer
 from srt_hf.teachers.cache import ResponseCache
-from test_cards import make_run, no_network  # noqa: F401  (fixture re-used)
 
 
 def score(tiny_model_dir, out, *extra):

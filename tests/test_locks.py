@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from fault_server import SpawnedServer
+
 from srt_hf.cli import main
 from srt_hf.errors import LockedError
 from srt_hf.locks import lock_path, output_lock

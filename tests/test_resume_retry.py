@@ -6,8 +6,8 @@ import collections
 import json
 
 import pytest
-
 from fault_server import FaultServer, free_port
+
 from srt_hf.dataio import load_input
 from srt_hf.pipeline import RecycleConfig, recycle
 from srt_hf.status import kind_of

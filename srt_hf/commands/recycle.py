@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     print(recycle_summary(result.meta))
     if not any(v is not None and math.isfinite(v) for v in result.rows["original_ifd"]):
         counts = ", ".join(f"{kind} {n}" for kind, n in tally(result.rows["original_score_status"]).items())
-        raise InputError(f"the student could score no row ({counts}); each row's reason is in {result.run_dir}/rows.parquet "
+        raise InputError(f"the student could score no row of {args.input} ({counts}); each row's reason is in {result.run_dir}/rows.parquet "
                          "(original_score_status)", fix="check that the columns hold the texts (--instruction-column, "
                          "--input-column, --response-column, --messages-column) and the statuses above")
     return 0

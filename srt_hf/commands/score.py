@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_path(args.out)
     if args.chunk_rows < 1:
-        raise ConfigError(f"--chunk-rows {args.chunk_rows}: a chunk holds at least one row (default 64)")
+        raise ConfigError(f"--chunk-rows {args.chunk_rows}: a chunk holds at least one row. Fix: pass --chunk-rows 1 or more (default 64)")
     config = dataclass_from_args(ScoringConfig, args)
     scorer = IFDScorer(config)
     ds = apply_limit(load_input(args.input, args.split, text_columns=mapped_text_columns(config)), args.limit)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     ))
     if not any(v is not None and math.isfinite(v) for v in result.column("ifd").to_pylist()):
         counts = ", ".join(f"{kind} {n}" for kind, n in tally(statuses).items())
-        raise InputError(f"no row could be scored ({counts}); each row's reason is in the score_status column of {args.out}",
+        raise InputError(f"no row of {args.input} could be scored ({counts}); each row's reason is in the score_status column of {args.out}",
                          fix="check that the columns hold the texts (--instruction-column, --input-column, --response-column, "
                          "--messages-column) and the statuses above")
     return 0
