@@ -52,6 +52,13 @@ class DiverseEvolArguments(ColumnMapping):
 
 def run(args: DiverseEvolArguments, training_args) -> dict:
     """The whole DiverseEvol loop; returns the final metadata (also in output_dir/data/run.json)."""
+    from srt_hf.locks import output_lock
+
+    with output_lock(Path(training_args.output_dir), folder=True, command="recipes/diverse_evol.py"):  # one run per output_dir
+        return _run(args, training_args)
+
+
+def _run(args: DiverseEvolArguments, training_args) -> dict:
     import numpy as np
 
     from srt_hf import models

@@ -179,9 +179,9 @@ def train(script_args: ScriptArguments, training_args, model_args):
     Saves the model, tokenizer, loss history and model card to ``training_args.output_dir`` and, with
     ``push_to_hub``, uploads that folder (checkpoints excluded) to ``hub_model_id``.
     """
-    from srt_hf import hub, models
+    from srt_hf import hub
     from srt_hf.errors import ConfigError
-    from srt_hf.train import model_loading, train_sft
+    from srt_hf.locks import output_lock
 
     push = bool(training_args.push_to_hub)
     if push:
@@ -190,6 +190,18 @@ def train(script_args: ScriptArguments, training_args, model_args):
     repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
     if getattr(training_args, "completion_only_loss", None) is False:
         raise ConfigError("completion_only_loss is false: srt-hf recipes train on the completion only; remove the setting or set it to true")
+
+    with output_lock(Path(training_args.output_dir), folder=True, command="recipes/sft.py"):  # one run per output_dir
+        trainer = _train_locked(script_args, training_args, model_args, push=push, repo_id=repo_id)
+    training_args.push_to_hub = trainer.args.push_to_hub = push
+    return trainer
+
+
+def _train_locked(script_args: ScriptArguments, training_args, model_args, *, push: bool, repo_id: str):
+    from srt_hf import hub, models
+    from srt_hf.errors import ConfigError
+    from srt_hf.locks import LOCK_NAME
+    from srt_hf.train import model_loading, train_sft
 
     train_ds, eval_ds, run_meta = load_training_data(script_args)
     if training_args.eval_strategy != "no" and eval_ds is None:
@@ -220,11 +232,10 @@ def train(script_args: ScriptArguments, training_args, model_args):
         if push:
             url = hub.upload(
                 training_args.output_dir, repo_id, repo_type="model", private=training_args.hub_private_repo,
-                revision=training_args.hub_revision, ignore_patterns=NOT_UPLOADED,
+                revision=training_args.hub_revision, ignore_patterns=[*NOT_UPLOADED, LOCK_NAME],
                 commit_message="srt-hf sft: model, tokenizer and card",
             )
             trainer.accelerator.print(f"srt-hf sft: pushed to {url}")
-    training_args.push_to_hub = trainer.args.push_to_hub = push
     return trainer
 
 

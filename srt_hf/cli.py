@@ -65,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SrtHfError as err:
         print(f"srt-hf {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write the file system refused where no srt_hf code could name the output
+        from .durable import disk_errno, output_error
+
+        if disk_errno(err) is None:
+            raise
+        print(f"srt-hf {args.command}: error: {output_error(err.filename or 'the output', err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"srt-hf {args.command}: interrupted; finished work is kept, rerun the same command to resume.", file=sys.stderr)
         return 130

@@ -1,19 +1,34 @@
-"""Reading inputs and writing outputs of the CLI: files, ``save_to_disk`` folders, Hub ids, the demo set."""
+"""Reading inputs and writing outputs of the CLI: files, ``save_to_disk`` folders, Hub ids, the demo set.
+
+    ds = load_input("data/alpaca.csv", text_columns=["instruction", "input", "output"])
+    write_tables(read_parts(parts), Path("runs/scored.parquet"), provenance={...})
+
+Every input that cannot be read ends in one :class:`InputError` naming the file, the line where known and
+the fix (a broken JSON line, a binary file, an empty file, a header-only CSV, ``[]``). Text columns of
+CSV and JSON files are read as the text that is written there (``12``, not ``12.0`` or an int). A path
+that looks like a file is never taken for a Hub id. Outputs are written atomically and durably.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
+import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .durable import atomic_path
 from .errors import InputError
 
 DEMO = "demo"
 _LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+#: Column names read as text when no mapping names others (those of the formats srt_hf detects).
+TEXT_COLUMNS = ("instruction", "input", "context", "output", "response", "prompt", "completion")
 
 
 def demo_path() -> Path:
@@ -21,44 +36,211 @@ def demo_path() -> Path:
     return Path(__file__).parent / "data" / "demo_alpaca.jsonl"
 
 
-def load_input(source: str, split: str = "train"):
+def load_input(source: str, split: str = "train", *, text_columns: Iterable[str] = ()):
     """A ``datasets.Dataset`` from a file (JSON/JSONL/CSV/Parquet), a ``save_to_disk`` folder, a srt_hf
-    run folder, ``demo``, or a Hub dataset id."""
+    run folder, ``demo``, or a Hub dataset id.
+
+    ``text_columns`` (besides :data:`TEXT_COLUMNS`) are read as text from CSV and JSON files. An input with no
+    rows is an error.
+    """
+    path = demo_path() if source == DEMO and not Path(source).exists() else Path(source)
+    texts = [*TEXT_COLUMNS, *(c for c in text_columns if c)]
+    if path.is_dir():
+        ds = _load_folder(path, split)
+    elif path.is_file():
+        ds = _load_file(path, texts)
+    elif looks_like_path(source):
+        raise InputError(f"{source}: no such file or folder",
+                         fix="check the path (a Hub dataset id has the form owner/name and no file suffix)")
+    elif source.count("/") == 1 and not source.startswith((".", "/")):
+        ds = _load_hub(source, split)
+    else:
+        raise InputError(f"{source!r} is not a file, a folder or a Hub dataset id", fix="check the path")
+    if not len(ds):
+        raise InputError(f"{source} has no rows", fix="pass data with at least one record (check the file, --split)")
+    return ds
+
+
+def looks_like_path(source: str) -> bool:
+    """A data-file suffix, or a parent folder that exists: the user means a local path, not a Hub id."""
+    path = Path(source)
+    if path.suffix.lower() in (*_LOADERS, ".gz", ".zst", ".arrow", ".txt", ".tsv"):
+        return True
+    return source.startswith((".", "/", "~")) or (len(path.parts) > 1 and path.parent.is_dir())
+
+
+def _load_folder(path: Path, split: str):
     import datasets
 
-    path = demo_path() if source == DEMO and not Path(source).exists() else Path(source)
-    if path.is_dir():
-        if (path / "rows.parquet").is_file():  # a srt_hf run folder
-            return datasets.Dataset.from_parquet(str(path / "rows.parquet"))
+    if (path / "rows.parquet").is_file():  # a srt_hf run folder
+        return _load_file(path / "rows.parquet", [])
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError as err:
+        raise InputError(
+            f"{path} is a folder but not a dataset saved with save_to_disk ({err})",
+            fix="pass a data file, a save_to_disk folder or a Hub dataset id",
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a damaged save_to_disk folder raises many types
+        raise InputError(f"cannot read the save_to_disk folder {path}: {_innermost(err)}",
+                         fix="save the dataset again, or pass a data file") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise InputError(f"{path} has no split {split!r} (it has {list(loaded)})", fix="choose one with --split")
+        loaded = loaded[split]
+    return loaded
+
+
+def _load_hub(source: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types; all mean "cannot load"
+        raise InputError(
+            f"could not load the Hub dataset {source!r}: {_innermost(err)}",
+            fix="check the id and --split, your network and HF_TOKEN; offline, pass a local file",
+        ) from None
+
+
+def _load_file(path: Path, text_columns: list[str]):
+    import datasets
+
+    loader = _LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise InputError(
+            f"cannot read {path}: unknown file type {path.suffix!r}",
+            fix=f"use one of {sorted(_LOADERS)}, a save_to_disk folder or a Hub dataset id",
+        )
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes)", fix="pass a file with at least one record")
+    options: dict[str, Any] = {}
+    if loader == "csv":
+        header = _csv_header(path)
+        options["converters"] = {c: str for c in header if c in text_columns}  # the cell as written, not a number
+    try:
+        with _quiet_datasets_logs():
+            ds = datasets.load_dataset(loader, data_files=str(path), split="train", **options)
+    except Exception as err:  # noqa: BLE001 - datasets, pyarrow and pandas raise many types; all mean "cannot read"
+        raise _unreadable(path, loader, err) from None
+    if loader == "json":
+        ds = _json_text_columns(ds, path, text_columns)
+    return ds
+
+
+@contextlib.contextmanager
+def _quiet_datasets_logs() -> Iterator[None]:
+    """datasets logs its own 'Failed to load JSON' line before raising; our error says it better."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), [])
+    except UnicodeDecodeError:
+        raise InputError(f"cannot read {path}: it is not UTF-8 text (is it a binary file?)",
+                         fix="save the CSV as UTF-8 text, or pass another file") from None
+    except csv.Error as err:
+        raise InputError(f"cannot read {path}: line 1 is not CSV ({err})", fix="fix the header line") from None
+
+
+def _innermost(err: BaseException) -> str:
+    """The most specific message in an exception chain, on one line."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    messages = [f"{type(e).__name__}: {e}" for e in chain if str(e).strip() and "occurred while generating" not in str(e)]
+    text = messages[-1] if messages else type(err).__name__
+    return " ".join(text.split())[:300]
+
+
+def _unreadable(path: Path, loader: str, err: BaseException) -> InputError:
+    """Why a file could not be read, at the line where that is known."""
+    if "corresponds to no data" in str(err) or isinstance(err, StopIteration):
+        return InputError(f"{path} has no rows", fix="pass a file with at least one record")
+    where = _first_bad_json_line(path) if loader == "json" else None
+    if where:
+        binary = "not UTF-8" in where
+        return InputError(f"cannot read {path}: {where}", fix="pass a UTF-8 JSON Lines file" if binary else
+                          "fix or remove that line (JSON Lines: one JSON object per line)")
+    cause = _innermost(err)
+    if "UnicodeDecodeError" in cause:
+        return InputError(f"cannot read {path}: it is not UTF-8 text (is it a binary file?)",
+                          fix=f"pass a UTF-8 {loader.upper()} file")
+    if "EmptyDataError" in cause:
+        return InputError(f"{path} has no columns and no rows", fix="pass a file with a header and at least one record")
+    return InputError(f"cannot read {path} as {loader.upper()}: {cause}", fix=f"check that it is a valid {loader.upper()} file")
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """'line N: <what is wrong>' for the first line of a JSON / JSON Lines file that does not parse, else None."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        return f"line {line} is not UTF-8 text (is it a binary file?)"
+    try:
+        json.loads(text)
+        return None  # one JSON document: not a line problem
+    except ValueError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            loaded = datasets.load_from_disk(str(path))
-        except FileNotFoundError as err:
-            raise InputError(
-                f"{path} is a folder but not a dataset saved with save_to_disk ({err})",
-                fix="pass a data file, a save_to_disk folder or a Hub dataset id",
-            ) from None
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise InputError(f"{path} has no split {split!r} (it has {list(loaded)})", fix="choose one with --split")
-            loaded = loaded[split]
-        return loaded
-    if path.is_file():
-        loader = _LOADERS.get(path.suffix.lower())
-        if loader is None:
-            raise InputError(
-                f"cannot read {path}: unknown file type {path.suffix!r}",
-                fix=f"use one of {sorted(_LOADERS)}, a save_to_disk folder or a Hub dataset id",
-            )
-        return datasets.load_dataset(loader, data_files=str(path), split="train")
-    if source.count("/") == 1 and not source.startswith((".", "/")):
-        try:
-            return datasets.load_dataset(source, split=split)
-        except Exception as err:  # noqa: BLE001 - datasets raises many types; all mean "cannot load"
-            raise InputError(
-                f"could not load the Hub dataset {source!r}: {err}",
-                fix="check the id and --split, your network and HF_TOKEN; offline, pass a local file",
-            ) from None
-    raise InputError(f"{source!r} is not a file, a folder or a Hub dataset id", fix="check the path")
+            value = json.loads(line)
+        except ValueError as err:
+            return f"line {number} is not valid JSON ({getattr(err, 'msg', err)} at column {getattr(err, 'colno', '?')})"
+        if not isinstance(value, dict):
+            return f"line {number} is a JSON {type(value).__name__}, not an object with named fields"
+    return None
+
+
+def _json_text_columns(ds, path: Path, text_columns: list[str]):
+    """Text columns that JSON typed as numbers (or mixed), replaced by the values as written in the file."""
+    from datasets import Value
+
+    def typed_otherwise(feature) -> bool:  # a number, a bool, or values of mixed types (datasets' Json feature)
+        if isinstance(feature, Value):
+            return feature.dtype not in ("string", "large_string", "null")
+        return type(feature).__name__ == "Json"
+
+    wanted = [c for c in ds.column_names if c in text_columns and typed_otherwise(ds.features[c])]
+    if not wanted:
+        return ds
+    records = _json_records_as_written(path)
+    if records is None or len(records) != len(ds):
+        return ds  # formats._text still turns a number into text; only its written form may differ (12.0)
+    order = ds.column_names
+    for column in wanted:
+        values = [r.get(column) if isinstance(r, dict) else None for r in records]
+        if all(v is None or isinstance(v, str) for v in values):
+            ds = ds.remove_columns(column).add_column(column, values)
+    return ds.select_columns(order)
+
+
+def _json_records_as_written(path: Path) -> list | None:
+    """The records of a JSON / JSON Lines file with every number kept as written (a string)."""
+    as_written = {"parse_int": str, "parse_float": str}
+    text = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text, **as_written)
+        return value if isinstance(value, list) else None
+    except ValueError:
+        pass
+    try:
+        return [json.loads(line, **as_written) for line in text.splitlines() if line.strip()]
+    except ValueError:
+        return None
 
 
 def nan_to_null(table: pa.Table) -> pa.Table:
@@ -68,6 +250,15 @@ def nan_to_null(table: pa.Table) -> pa.Table:
             col = table.column(i)
             table = table.set_column(i, field, pc.if_else(pc.is_nan(col), pa.scalar(None, field.type), col))
     return table
+
+
+def apply_limit(ds, limit: int | None):
+    """The first ``limit`` rows (all when None); a limit below 1 is an error, not an empty run."""
+    if limit is None:
+        return ds
+    if limit < 1:
+        raise InputError(f"--limit {limit} leaves no rows", fix="pass --limit 1 or more, or leave it out to use every row")
+    return ds.select(range(min(limit, len(ds))))
 
 
 def check_output_path(out: Path) -> None:
@@ -84,30 +275,31 @@ def write_tables(tables: Iterable[pa.Table], out: Path, provenance: dict | None 
     ``provenance`` (student, scoring, …) goes into the Parquet schema metadata, so a later
     ``srt-hf select`` can name it on its card; JSONL has no place for it."""
     check_output_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     rows = 0
-    if out.suffix.lower() == ".parquet":
-        writer = None
-        for table in tables:
-            table = nan_to_null(table)
+    with atomic_path(out) as tmp:  # a crash or a full disk leaves the earlier file as it was
+        if out.suffix.lower() == ".parquet":
+            writer = None
+            try:
+                for table in tables:
+                    table = nan_to_null(table)
+                    if writer is None:
+                        schema = table.schema
+                        if provenance:
+                            schema = schema.with_metadata({**(schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance)})
+                        writer = pq.ParquetWriter(tmp, schema)
+                    writer.write_table(table.cast(writer.schema))
+                    rows += table.num_rows
+            finally:
+                if writer is not None:
+                    writer.close()
             if writer is None:
-                schema = table.schema
-                if provenance:
-                    schema = schema.with_metadata({**(schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance)})
-                writer = pq.ParquetWriter(tmp, schema)
-            writer.write_table(table.cast(writer.schema))
-            rows += table.num_rows
-        if writer is None:
-            raise InputError("nothing to write: the input has no rows", fix="check the input file")
-        writer.close()
-    else:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for table in tables:
-                for record in nan_to_null(table).to_pylist():
-                    f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-                rows += table.num_rows
-    tmp.replace(out)
+                raise InputError("nothing to write: the input has no rows", fix="check the input file")
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for table in tables:
+                    for record in nan_to_null(table).to_pylist():
+                        f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                    rows += table.num_rows
     return rows
 
 

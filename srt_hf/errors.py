@@ -34,3 +34,15 @@ class TeacherError(SrtHfError):
 
     Finished work is kept: fix the setting the message names and rerun the same command to resume.
     """
+
+
+class OutputError(SrtHfError):
+    """An output cannot be written (full disk, read-only folder, no permission). Names the path and the fix."""
+
+    def __init__(self, message: str, *, fix: str = ""):
+        super().__init__(message + (f". Fix: {fix}" if fix else ""))
+        self.fix = fix
+
+
+class LockedError(SrtHfError):
+    """Another run holds the output this run would write; the message names its PID and how to proceed."""

@@ -7,6 +7,13 @@ Supported, detected from the column names (or named explicitly in :class:`Column
 * messages — ``messages``: a list of ``{"role", "content"}``;
 * ShareGPT — ``conversations``: a list of ``{"from", "value"}``.
 
+Without an explicit mapping, a dataset whose columns fit several formats (rows of mixed formats, e.g. some
+``messages`` rows and some alpaca rows) is read per row: a row whose columns of the chosen format are empty
+is read in the other format its columns hold. Numbers in text columns become their written form (``4``).
+
+    fmt = detect_format(ds.column_names)
+    print(describe(fmt), read_report(ds, fmt))     # which format, and how many rows each format read
+
 Multi-turn conversations: the *last assistant turn* is the response, everything before it is the
 context. Presets with a text template (cherry, reflection, superfiltering) see the context as one
 instruction: the user message alone for a single turn (after the system message, if any), else a
@@ -16,6 +23,8 @@ student's chat template.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -67,6 +76,12 @@ class _Format:
     input: str | None = None
     response: str | None = None
     messages: str | None = None
+    fallbacks: tuple[_Format, ...] = ()  # other formats the columns hold, for rows where this one's are empty
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The columns a row must have (non-null) to be read in this format."""
+        return (self.messages,) if self.kind == "messages" else (self.instruction, self.response)  # type: ignore[return-value]
 
 
 def detect_format(columns: Sequence[str], mapping: ColumnMapping | None = None) -> _Format:
@@ -92,23 +107,65 @@ def detect_format(columns: Sequence[str], mapping: ColumnMapping | None = None) 
         if mapping.input_column:
             require(mapping.input_column, "input_column")
         return _Format("alpaca", instruction=instruction, input=input_col, response=response)
-    if "messages" in cols:
-        return _Format("messages", messages="messages")
-    if "conversations" in cols:
-        return _Format("messages", messages="conversations")
-    if {"prompt", "completion"} <= cols:
-        return _Format("prompt_completion", instruction="prompt", response="completion")
-    if "instruction" in cols and _first(cols, ("output", "response")):
-        return _Format(
-            "alpaca", instruction="instruction", input=_first(cols, ("input", "context")),
-            response=_first(cols, ("output", "response")),
-        )
+    candidates = _candidates(cols)
+    if candidates:
+        return _Format(**{**candidates[0].__dict__, "fallbacks": tuple(candidates[1:])})
     raise InputError(
         f"cannot tell the data format from the columns {sorted(cols)}; expected alpaca (instruction/input/output), "
         "prompt/completion, messages or ShareGPT conversations",
         fix="name the columns with instruction_column / input_column / response_column or messages_column "
         "(CLI: --instruction-column, --input-column, --response-column, --messages-column)",
     )
+
+
+def mapped_text_columns(mapping: ColumnMapping) -> list[str]:
+    """The text columns a mapping names (read as text from CSV / JSON files)."""
+    return [c for c in (mapping.instruction_column, mapping.input_column, mapping.response_column) if c]
+
+
+def _candidates(cols: set[str]) -> list[_Format]:
+    """Every format the column names fit, in the order of preference."""
+    found = []
+    if "messages" in cols:
+        found.append(_Format("messages", messages="messages"))
+    if "conversations" in cols:
+        found.append(_Format("messages", messages="conversations"))
+    if {"prompt", "completion"} <= cols:
+        found.append(_Format("prompt_completion", instruction="prompt", response="completion"))
+    if "instruction" in cols and _first(cols, ("output", "response")):
+        found.append(_Format("alpaca", instruction="instruction", input=_first(cols, ("input", "context")),
+                             response=_first(cols, ("output", "response"))))
+    return found
+
+
+def describe(fmt: _Format) -> str:
+    """One line naming the format and its columns (and the formats used for rows without them)."""
+    if fmt.kind == "messages":
+        text = f"chat messages (column {fmt.messages!r})"
+    else:
+        columns = ", ".join(f"{role} {col!r}" for role, col in (("instruction", fmt.instruction), ("input", fmt.input),
+                                                              ("response", fmt.response)) if col)
+        text = f"{'alpaca' if fmt.kind == 'alpaca' else 'prompt/completion'} ({columns})"
+    if fmt.fallbacks:
+        text += "; rows without those columns are read as " + " or ".join(describe(f) for f in fmt.fallbacks)
+    return text
+
+
+def read_report(ds, fmt: _Format, batch_rows: int = 1000) -> str:
+    """How many rows each format read and how many could not be read, e.g. 'alpaca 12, messages 8, unreadable 0'."""
+    counts: Counter[str] = Counter()
+    columns = [c for c in {fmt.instruction, fmt.input, fmt.response, fmt.messages, *(x for f in fmt.fallbacks for x in
+               (f.instruction, f.input, f.response, f.messages))} if c and c in ds.column_names]
+    part = ds.select_columns(columns)
+    for lo in range(0, len(part), batch_rows):
+        batch = part[lo : lo + batch_rows]
+        for i in range(len(batch[columns[0]])):
+            try:
+                counts[_read_row_any({k: v[i] for k, v in batch.items()}, fmt)[1].kind] += 1
+            except RowProblem:
+                counts["unreadable"] += 1
+    names = {"alpaca": "alpaca", "prompt_completion": "prompt/completion", "messages": "messages"}
+    return ", ".join(f"{names.get(k, k)} {n}" for k, n in counts.most_common())
 
 
 def _first(cols: set[str], names: Sequence[str]) -> str | None:
@@ -125,10 +182,23 @@ def read_batch(batch: dict[str, list], fmt: _Format) -> list[Example | RowProble
     out: list[Example | RowProblem] = []
     for i in range(n):
         try:
-            out.append(_read_row({k: v[i] for k, v in batch.items()}, fmt))
+            out.append(_read_row_any({k: v[i] for k, v in batch.items()}, fmt)[0])
         except RowProblem as problem:
             out.append(problem)
     return out
+
+
+def _read_row_any(row: dict[str, Any], fmt: _Format) -> tuple[Example, _Format]:
+    """The row in ``fmt``, or in a fallback format when ``fmt``'s columns are empty in it and the fallback's are not."""
+    try:
+        return _read_row(row, fmt), fmt
+    except RowProblem:
+        if not fmt.fallbacks or any(row.get(c) is not None for c in fmt.required):
+            raise
+        for other in fmt.fallbacks:
+            if all(row.get(c) is not None for c in other.required):
+                return _read_row(row, other), other
+        raise
 
 
 def _text(value: Any, column: str, *, optional: bool = False) -> str:
@@ -138,6 +208,8 @@ def _text(value: Any, column: str, *, optional: bool = False) -> str:
         raise RowProblem(f"{column!r} is None")
     if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
         value = "".join(str(p.get("text", "")) for p in value)  # multimodal content parts, text only
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)  # a number in a text column: its written form (4, 0.5, true)
     if not isinstance(value, str):
         raise RowProblem(f"{column!r} is not a string ({type(value).__name__})")
     return value

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import PROJECT_URL
 from .errors import ConfigError, InputError, SrtHfError
-from .runs import META, NOT_UPLOADED, ROWS, SFT, read_meta, write_meta
+from .runs import META, NOT_UPLOADED, ROWS, SFT, UPLOADED, read_meta, write_meta
 
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _LOGIN_HINT = "log in with `hf auth login` (or set HF_TOKEN)"
@@ -85,13 +85,17 @@ def upload(
 # Datasets: run folders
 
 
-def stage_folder(src: Path, dest: Path, *, exclude: Sequence[str] = NOT_UPLOADED) -> Path:
-    """Mirror ``src`` into ``dest`` (hard links where possible) without the excluded top-level entries,
-    hidden files and temporary files."""
+def stage_folder(src: Path, dest: Path, *, exclude: Sequence[str] = NOT_UPLOADED, include: Sequence[str] | None = UPLOADED) -> Path:
+    """Mirror ``src`` into ``dest`` (hard links where possible): only the ``include`` top-level entries (None: all),
+    never an ``exclude`` entry (nor its ``-wal`` / ``-shm`` companions), hidden, temporary, lock or ``.parts`` files."""
     src, dest = Path(src), Path(dest)
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if rel.parts[0] in exclude or any(p.startswith(".") for p in rel.parts) or path.suffix in (".tmp", ".lock"):
+        if include is not None and rel.parts[0] not in include:
+            continue
+        if any(rel.parts[0] == name or rel.parts[0].startswith(f"{name}-") for name in exclude):
+            continue
+        if any(p.startswith(".") or p.endswith((".tmp", ".lock", ".parts")) for p in rel.parts):
             continue
         target = dest / rel
         if path.is_dir():

@@ -19,7 +19,11 @@
 
 Each stage runs in chunks written to ``RUN/work/<stage>/``, and teacher replies go to the SQLite cache
 ``RUN/cache.sqlite`` the moment they arrive: a run killed at any point and started again repeats no
-finished request and loses no row. Every input row comes out, with the choice made at each stage and why.
+finished request and loses no row. A rerun also asks the teacher again for the rows whose request failed
+(``request_failed``; ``retry_failed=False`` keeps them): their chunks are redone, the answered rows come from
+the cache, and the later stages redo the chunks whose input changed. The run holds an exclusive lock on its
+folder, so a second run into it stops at once. Every input row comes out, with the choice made at each
+stage and why.
 A comparison needs both scores: a side the student could not score never wins over one it could.
 """
 
@@ -37,13 +41,14 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__, models
-from .chunks import map_in_chunks
+from .chunks import column_kinds, map_in_chunks, part_digest
 from .errors import ConfigError
 from .formats import ColumnMapping, RowProblem, detect_format, read_batch
+from .locks import output_lock
 from .reflection import InstructionReflection, ReflectionConfig, ResponseReflection
 from .runs import RunPaths
 from .scoring import IFDScorer, ScoringConfig
-from .status import INVALID, OK, SKIPPED, is_ok, kind_of, make
+from .status import INVALID, OK, RETRYABLE, SKIPPED, is_ok, kind_of, make
 from .teachers import GenerationConfig, Teacher, load_teacher
 
 ORIGINAL = ("original_instruction", "original_input", "original_response")
@@ -108,10 +113,13 @@ class RecycleConfig(ColumnMapping):
     instruction_json_template_with_input: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt of the JSON layout for rows with input."})
     response_json_template: str | None = field(default=None, metadata={"help": "Response-reflection prompt of the JSON layout (Jinja text or .jinja file)."})
     response_json_template_with_input: str | None = field(default=None, metadata={"help": "Response-reflection prompt of the JSON layout for rows with input."})
+    retry_failed: bool = field(default=True, metadata={"help": "On a rerun, ask the teacher again for the rows whose request failed (request_failed); --no-retry-failed keeps them as they are."})
 
     def __post_init__(self) -> None:
         if self.top_share is not None and not 0 <= self.top_share <= 1:
             raise ConfigError(f"`top_share` = {self.top_share} must be between 0 and 1 (CLI: --top-share).")
+        if self.chunk_rows < 1:
+            raise ConfigError(f"`chunk_rows` = {self.chunk_rows}: a chunk holds at least one row (CLI: --chunk-rows 64).")
 
 
 @dataclass
@@ -147,19 +155,34 @@ def recycle(
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, model=teacher_model, config=generation)
     run_dir = Path(out) if out is not None else Path("runs") / f"recycle-{_digest(config, teacher, ds._fingerprint)[:10]}"
+    if not len(ds):
+        raise ConfigError("the dataset has no rows: nothing to recycle (check the input, --split and --limit)")
     paths = RunPaths(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    teacher = _with_cache(teacher, paths.cache)
-    stages = _Stages(config, teacher)
-    key = f"{__version__}:{ds._fingerprint}:{_digest(config, teacher, '')}"
+    with output_lock(run_dir, folder=True, command="srt-hf recycle"):
+        teacher = _with_cache(teacher, paths.cache)
+        stages = _Stages(config, teacher)
+        key = f"{__version__}:{ds._fingerprint}:{_digest(config, teacher, '')}"
+        with _quiet_datasets():  # the stage bars say what happens; datasets' own bars would repeat it
+            current = ds.map(stages.canonical, batched=True, with_indices=True)
+            inputs = None
+            for name, fn, label, status_column in stages.plan():
+                key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
+                redo = _failed_requests(status_column) if status_column and config.retry_failed else None
+                parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label,
+                                      inputs=inputs, redo=redo)
+                inputs = [part_digest(p) for p in parts]
+                current = _from_parts(parts, paths.work / "datasets")
+            return _finish(current, run_dir, config, teacher, stages, source)
 
-    with _quiet_datasets():  # the stage bars say what happens; datasets' own bars would repeat it
-        current = ds.map(stages.canonical, batched=True, with_indices=True)
-        for name, fn, label in stages.plan():
-            key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
-            parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label)
-            current = _from_parts(parts, paths.work / "datasets")
-        return _finish(current, run_dir, config, teacher, stages, source)
+
+def _failed_requests(status_column: str) -> Callable[[Path], str | None]:
+    """``redo`` of a teacher stage: a finished chunk is redone when some of its rows could not reach the teacher."""
+
+    def redo(part: Path) -> str | None:
+        failed = sum(kind in RETRYABLE for kind in column_kinds(part, status_column))
+        return f"{failed} row{'s' if failed != 1 else ''} {RETRYABLE[0]}, asked again" if failed else None
+
+    return redo
 
 
 @contextlib.contextmanager
@@ -195,13 +218,14 @@ class _Stages:
             **_mapping(CHOSEN), template=config.response_template, template_with_input=config.response_template_with_input,
             json_template=config.response_json_template, json_template_with_input=config.response_json_template_with_input, **common))
 
-    def plan(self) -> list[tuple[str, Callable, str]]:
+    def plan(self) -> list[tuple[str, Callable, str, str | None]]:
+        """(work folder, map function, progress label, the teacher status column whose failures a rerun retries)."""
         return [
-            ("1-score-original", self.score_original, "1/5 student scores the originals"),
-            ("2-reflect-instruction", self.reflect_instruction, "2/5 teacher reflects on instructions"),
-            ("3-choose-instruction", self.choose_instruction, "3/5 student chooses instructions"),
-            ("4-reflect-response", self.reflect_response, "4/5 teacher reflects on responses"),
-            ("5-choose-response", self.choose_response, "5/5 student chooses responses"),
+            ("1-score-original", self.score_original, "1/5 student scores the originals", None),
+            ("2-reflect-instruction", self.reflect_instruction, "2/5 teacher reflects on instructions", "instruction_reflection_status"),
+            ("3-choose-instruction", self.choose_instruction, "3/5 student chooses instructions", None),
+            ("4-reflect-response", self.reflect_response, "4/5 teacher reflects on responses", "response_reflection_status"),
+            ("5-choose-response", self.choose_response, "5/5 student chooses responses", None),
         ]
 
     # stage 0
@@ -329,8 +353,13 @@ def _with_cache(teacher: Teacher, path: Path) -> Teacher:
     return teacher
 
 
+#: Settings that say how to resume, not what to compute: changing them keeps the finished work.
+_RESUME_SETTINGS = ("retry_failed",)
+
+
 def _digest(config: RecycleConfig, teacher: Teacher, extra: str) -> str:
-    payload = json.dumps({"config": asdict(config), "teacher": teacher.identity(), "extra": extra}, sort_keys=True, default=str)
+    settings = {k: v for k, v in asdict(config).items() if k not in _RESUME_SETTINGS}
+    payload = json.dumps({"config": settings, "teacher": teacher.identity(), "extra": extra}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -7,8 +7,13 @@
       sft/train.parquet  the kept rows as conversational prompt/completion records (TRL SFT format)
       README.md          the dataset card
       report.html        every row, what the teacher changed and why, in one offline page (srt-hf report)
-      cache.sqlite       the teacher's response cache (recycle only; not uploaded)
+      images/            the card's IFD / r-IFD histograms
+      cache.sqlite       the teacher's response cache (recycle only; not uploaded, nor its -wal / -shm files)
       work/              resumable per-stage parts (not uploaded)
+      .srt-hf.lock       held by the run writing the folder (not uploaded)
+
+`srt-hf push` uploads the documented outputs only (:data:`UPLOADED`), never the cache, work files,
+locks or anything else left in the folder. Files are written atomically (fsync, then rename).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 ROWS, SELECTED, SFT, META, CARD = "rows.parquet", "selected.parquet", "sft/train.parquet", "run.json", "README.md"
-CACHE, WORK = "cache.sqlite", "work"
+CACHE, WORK, IMAGES, REPORT = "cache.sqlite", "work", "images", "report.html"
 NOT_UPLOADED = (CACHE, WORK)
 # run.json settings that say how a run was wired, not what it did: the card and the report leave them out.
 INTERNAL_SETTINGS = frozenset({"within_earlier_selection", "ifd_column", "hub_id", "chunk_rows", "instruction_column",
-                               "input_column", "response_column", "messages_column", "device"})
+                               "input_column", "response_column", "messages_column", "device", "retry_failed"})
+#: The top-level entries of a run folder that are published (everything else stays local).
+UPLOADED = (META, ROWS, SELECTED, CARD, REPORT, SFT.split("/")[0], IMAGES)
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,9 @@ class RunPaths:
 
 
 def write_meta(root: Path, meta: dict[str, Any]) -> None:
-    RunPaths(root).meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str))
+    from .durable import write_text_atomic
+
+    write_text_atomic(RunPaths(root).meta, json.dumps(meta, indent=2, ensure_ascii=False, default=str))
 
 
 def read_meta(root: Path) -> dict[str, Any]:
@@ -69,6 +78,7 @@ def read_meta(root: Path) -> dict[str, Any]:
 
 def write_sft(selected, path: Path, *, instruction: str, input: str | None, response: str, id_column: str | None = None) -> int:
     """Write the selected rows as conversational prompt/completion records; returns the row count."""
+    from .durable import atomic_path
     from .formats import to_prompt_completion
 
     def convert(batch: dict[str, list]) -> dict[str, list]:
@@ -83,6 +93,6 @@ def write_sft(selected, path: Path, *, instruction: str, input: str | None, resp
         return out
 
     sft = selected.map(convert, batched=True, remove_columns=selected.column_names, desc="SFT format")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sft.to_parquet(str(path))
+    with atomic_path(path) as tmp:
+        sft.to_parquet(str(tmp))
     return len(sft)

@@ -34,9 +34,10 @@ def test_parquet_and_jsonl_with_summary(tmp_path, tiny_model_dir, capsys):
 
 def test_missing_scores_are_null_in_files(tmp_path, tiny_model_dir):
     data = tmp_path / "in.jsonl"
-    data.write_text(json.dumps({"instruction": "Hi", "input": "", "output": ""}) + "\n")
+    data.write_text(json.dumps({"instruction": "Hi", "input": "", "output": ""}) + "\n"
+                    + json.dumps({"instruction": "Say hello to me, please.", "input": "", "output": "Hello!"}) + "\n")
     assert main(["score", str(data), "--student", str(tiny_model_dir), "--out", str(tmp_path / "o.jsonl")]) == 0
-    record = json.loads((tmp_path / "o.jsonl").read_text())
+    record = json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])
     assert record["ifd"] is None and record["score_status"] == "skipped: empty response"
 
 

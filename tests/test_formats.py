@@ -78,7 +78,7 @@ def test_missing_column_names_it_and_the_fix():
     "row, reason",
     [
         ({"instruction": None, "output": "x"}, "'instruction' is None"),
-        ({"instruction": "x", "output": 3}, "'output' is not a string (int)"),
+        ({"instruction": "x", "output": {"n": 3}}, "'output' is not a string (dict)"),
         ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
         ({"messages": "hello"}, "not a list of messages"),
     ],
@@ -86,3 +86,39 @@ def test_missing_column_names_it_and_the_fix():
 def test_bad_values_become_row_problems(row, reason):
     problem = read_one(row)
     assert isinstance(problem, RowProblem) and reason in str(problem)
+
+
+def test_numbers_in_text_columns_are_read_as_written():
+    ex = read_one({"instruction": "What is 2+2?", "input": None, "output": 4})
+    assert (ex.instruction, ex.input, ex.response) == ("What is 2+2?", "", "4")
+    assert read_one({"instruction": "Half?", "output": 0.5}).response == "0.5"
+
+
+def test_rows_of_mixed_formats_are_read_per_row():
+    from srt_hf.formats import describe
+
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    batch = {"instruction": ["Name a colour.", None, None], "output": ["Blue.", None, None],
+             "messages": [None, chat, None]}
+    fmt = detect_format(list(batch))
+    assert fmt.kind == "messages" and [f.kind for f in fmt.fallbacks] == ["alpaca"]
+    assert "rows without those columns are read as alpaca" in describe(fmt)
+    first, second, third = read_batch(batch, fmt)
+    assert (first.instruction, first.response) == ("Name a colour.", "Blue.")
+    assert (second.instruction, second.response) == ("Hi", "Hello!")
+    assert isinstance(third, RowProblem) and "'messages'" in str(third)  # empty in every format: the chosen one's reason
+    # An explicit mapping reads every row in that format only.
+    only = detect_format(list(batch), ColumnMapping(messages_column="messages"))
+    assert not only.fallbacks and isinstance(read_batch(batch, only)[0], RowProblem)
+
+
+def test_read_report_counts_rows_per_format():
+    from datasets import Dataset
+
+    from srt_hf.formats import read_report
+
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    ds = Dataset.from_list([{"instruction": "a", "output": "b", "messages": None}] * 2
+                           + [{"instruction": None, "output": None, "messages": chat}]
+                           + [{"instruction": None, "output": None, "messages": None}])
+    assert read_report(ds, detect_format(ds.column_names)) == "alpaca 2, messages 1, unreadable 1"

@@ -36,7 +36,7 @@ def test_missing_column_is_an_error_naming_column_and_fix(scorer):
         ({"instruction": "x", "input": "", "output": None}, "invalid: 'output' is None"),
         ({"instruction": "   ", "input": "", "output": "x"}, "invalid: empty instruction"),
         ({"instruction": "x", "input": "", "output": ""}, "skipped: empty response"),
-        ({"instruction": "x", "input": 5, "output": "y"}, "invalid: 'input' is not a string (int)"),
+        ({"instruction": "x", "input": {"a": 5}, "output": "y"}, "invalid: 'input' is not a string (dict)"),
     ],
 )
 def test_bad_values_get_a_status(scorer, row, status):

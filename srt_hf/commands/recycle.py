@@ -2,12 +2,15 @@
 
 The teacher reflects on each instruction and then on each response; the student keeps a reflected
 version only when its own IFD / reverse IFD says it is better; rows with IFD < 1 and r-IFD < 1 are
-selected. Rerun the same command to resume an interrupted run.
+selected. Rerun the same command to resume an interrupted run: finished work is kept and the rows whose
+teacher request failed are asked again (``--no-retry-failed`` keeps them). One run at a time per --out: a
+second run into the same folder stops at once, naming the first one's PID.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -33,9 +36,11 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import dataclass_from_args
-    from ..dataio import load_input
-    from ..formats import detect_format
+    from ..dataio import apply_limit, load_input
+    from ..errors import InputError
+    from ..formats import describe, detect_format, mapped_text_columns, read_report
     from ..pipeline import RecycleConfig, recycle
+    from ..status import tally
     from ..summary import recycle_summary
     from ..teachers import GenerationConfig, load_teacher
     from ..teachers.factory import endpoint_options
@@ -44,11 +49,15 @@ def run(args: argparse.Namespace) -> int:
     generation = dataclass_from_args(GenerationConfig, args)
     options = endpoint_options(args.teacher_api_key_env, args.teacher_header, args.teacher_extra_body)
     teacher = load_teacher(args.teacher or ["default"], model=args.teacher_model, config=generation, **options)
-    ds = load_input(args.input, args.split)
-    if args.limit is not None:
-        ds = ds.select(range(min(args.limit, len(ds))))
-    detect_format(ds.column_names, config)  # fail before loading any model
+    ds = apply_limit(load_input(args.input, args.split, text_columns=mapped_text_columns(config)), args.limit)
+    fmt = detect_format(ds.column_names, config)  # fail before loading any model
+    print(f"srt-hf recycle: {args.input}: {describe(fmt)}; rows read: {read_report(ds, fmt)}")
     result = recycle(ds, teacher=teacher, out=args.out, config=config, source=args.input)
     print(f"\nsrt-hf recycle: {len(result.rows)} rows -> {result.run_dir}\n")
     print(recycle_summary(result.meta))
+    if not any(v is not None and math.isfinite(v) for v in result.rows["original_ifd"]):
+        counts = ", ".join(f"{kind} {n}" for kind, n in tally(result.rows["original_score_status"]).items())
+        raise InputError(f"the student could score no row of {args.input} ({counts}); each row's reason is in {result.run_dir}/rows.parquet "
+                         "(original_score_status)", fix="check that the columns hold the texts (--instruction-column, "
+                         "--input-column, --response-column, --messages-column) and the statuses above")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 from pathlib import Path
 
@@ -28,43 +29,56 @@ def run(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..chunks import map_in_chunks, process_state, read_parts
     from ..cli import dataclass_from_args
-    from ..dataio import check_output_path, load_input, write_tables
-    from ..formats import detect_format
+    from ..dataio import apply_limit, check_output_path, load_input, write_tables
+    from ..errors import ConfigError, InputError
+    from ..formats import describe, detect_format, mapped_text_columns, read_report
+    from ..locks import is_main_process, output_lock
     from ..scoring import IFDScorer, ScoringConfig
+    from ..status import tally
     from ..summary import score_summary
 
     check_output_path(args.out)
+    if args.chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows {args.chunk_rows}: a chunk holds at least one row. Fix: pass --chunk-rows 1 or more (default 64)")
     config = dataclass_from_args(ScoringConfig, args)
     scorer = IFDScorer(config)
-    ds = load_input(args.input, args.split)
-    if args.limit is not None:
-        ds = ds.select(range(min(args.limit, len(ds))))
-    detect_format(ds.column_names, config)  # fail before loading the model
+    ds = apply_limit(load_input(args.input, args.split, text_columns=mapped_text_columns(config)), args.limit)
+    fmt = detect_format(ds.column_names, config)  # fail before loading the model
+    main = is_main_process()
+    if main:
+        print(f"srt-hf score: {args.input}: {describe(fmt)}; rows read: {read_report(ds, fmt)}")
     work = args.out.with_name(args.out.name + ".parts")
     key = f"{__version__}:{config.digest()}:{ds._fingerprint}"
-    parts = map_in_chunks(ds, scorer, work, key=key, chunk_rows=args.chunk_rows, desc=f"scoring ({config.preset})")
-    state = process_state()
-    if state and not state.is_main_process:
-        return 0
-    from .. import models
+    with output_lock(args.out, folder=False, command="srt-hf score"):  # covers OUT and OUT.parts
+        parts = map_in_chunks(ds, scorer, work, key=key, chunk_rows=args.chunk_rows, desc=f"scoring ({config.preset})")
+        state = process_state()
+        if not main:
+            return 0
+        from .. import models
 
-    provenance = {
-        "source": {"name": str(args.input), "split": args.split},
-        "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student)},
-        "scoring": {"preset": config.preset, "template": scorer.preset.template},
-    }
-    rows = write_tables(read_parts(parts), args.out, provenance=provenance)
-    summary_columns = [c for c in ("ifd", "rifd", "score_status") if c in config.output_columns()]
-    result = pa.concat_tables(pq.read_table(p, columns=summary_columns) for p in parts)
-    shutil.rmtree(work, ignore_errors=True)
+        provenance = {
+            "source": {"name": str(args.input), "split": args.split},
+            "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student)},
+            "scoring": {"preset": config.preset, "template": scorer.preset.template},
+        }
+        rows = write_tables(read_parts(parts), args.out, provenance=provenance)
+        summary_columns = [c for c in ("ifd", "rifd", "score_status") if c in config.output_columns()]
+        result = pa.concat_tables(pq.read_table(p, columns=summary_columns) for p in parts)
+        shutil.rmtree(work, ignore_errors=True)
     processes = f", {state.num_processes} processes" if state else ""
     print(
         f"\nsrt-hf score: {rows} rows -> {args.out} "
         f"(student {config.student}, preset {config.preset}, template {scorer.preset.template}{processes})\n"
     )
+    statuses = result.column("score_status").to_pylist()
     print(score_summary(
-        result.column("score_status").to_pylist(),
+        statuses,
         result.column("ifd").to_pylist(),
         result.column("rifd").to_pylist() if "rifd" in result.column_names else None,
     ))
+    if not any(v is not None and math.isfinite(v) for v in result.column("ifd").to_pylist()):
+        counts = ", ".join(f"{kind} {n}" for kind, n in tally(statuses).items())
+        raise InputError(f"no row of {args.input} could be scored ({counts}); each row's reason is in the score_status column of {args.out}",
+                         fix="check that the columns hold the texts (--instruction-column, --input-column, --response-column, "
+                         "--messages-column) and the statuses above")
     return 0

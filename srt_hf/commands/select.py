@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import dataclass_from_args
     from ..dataio import load_input
     from ..errors import InputError
-    from ..formats import ColumnMapping
+    from ..formats import ColumnMapping, mapped_text_columns
+    from ..locks import output_lock
     from ..selection.methods import chosen_method
 
     out: Path = args.out
@@ -58,18 +59,19 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix and not file_out:
         raise InputError(f"cannot write {out}: a run folder has no suffix, a file ends with .parquet or .jsonl", fix="change --out")
     mapping = dataclass_from_args(ColumnMapping, args)
-    ds = load_input(args.input, args.split)
-    table, meta, drop, mapping = chosen_method(args).run(ds, args, mapping)
-    meta.setdefault("source", {"name": str(args.input), "split": args.split})
-    _carry_run_meta(Path(args.input), meta)
-    if file_out:
-        _write_file(table, out, keep_all=args.keep_all, drop=drop)
-    else:
-        from ..report import write_report
-        from ..selection import write_selection_run
+    with output_lock(out, folder=not file_out, command="srt-hf select"):
+        ds = load_input(args.input, args.split, text_columns=mapped_text_columns(mapping))
+        table, meta, drop, mapping = chosen_method(args).run(ds, args, mapping)
+        meta.setdefault("source", {"name": str(args.input), "split": args.split})
+        _carry_run_meta(Path(args.input), meta)
+        if file_out:
+            _write_file(table, out, keep_all=args.keep_all, drop=drop)
+        else:
+            from ..report import write_report
+            from ..selection import write_selection_run
 
-        meta = write_selection_run(out, table, meta, mapping=mapping, drop_columns=drop)
-        write_report(out)  # OUT/report.html: every row with its reason
+            meta = write_selection_run(out, table, meta, mapping=mapping, drop_columns=drop)
+            write_report(out)  # OUT/report.html: every row with its reason
     _print_summary(table, meta, out, args)
     return 0
 
@@ -107,11 +109,13 @@ def _write_file(table, out: Path, *, keep_all: bool, drop) -> None:
     if not len(table):
         import pyarrow.parquet as pq
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() == ".parquet":
-            pq.write_table(table.with_format("arrow")[0:0], out)
-        else:
-            out.write_text("")
+        from ..durable import atomic_path
+
+        with atomic_path(out) as tmp:
+            if out.suffix.lower() == ".parquet":
+                pq.write_table(table.with_format("arrow")[0:0], tmp)
+            else:
+                tmp.write_text("")
         return
     write_tables(table.with_format("arrow").iter(batch_size=10_000), out)
 

@@ -140,6 +140,13 @@ class KCenter:
 
 def embedding_matrix(ds, column: str):
     """The embedding column as an (N, d) float32 matrix (zero rows where missing) and a presence mask, read in batches."""
+    from ..errors import InputError
+
+    feature = ds.features[column]
+    if type(feature).__name__ not in ("List", "LargeList", "Sequence", "Array2D") and not isinstance(feature, list):
+        raise InputError(f"{column!r} holds {feature} values, not embedding vectors", column=column,
+                         fix="name a column of number lists with --embedding-column, or name one that does not exist "
+                         "to let --student compute the embeddings")
     part = ds.select_columns([column]).with_format("numpy")
     matrix, present = None, np.zeros(len(ds), dtype=bool)
     for lo in range(0, len(ds), 8192):

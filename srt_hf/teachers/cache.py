@@ -5,19 +5,26 @@ prompt or a setting asks again while a rerun asks nothing it already has. Only r
 (successful ones, and those cut off at the token limit, which stay ``truncated``), never failures, each
 committed the moment it arrives: a run killed at any point and
 restarted repeats no finished request. WAL mode lets readers and one writer at a time work
-together; writers from other processes wait (``busy_timeout``) instead of failing.
+together; writers from other processes wait (``busy_timeout``) instead of failing. Each commit is
+atomic: a crash, even a power cut, leaves the cache as it was before or after a reply, never half-written.
+A cache that cannot be read (a damaged file) is moved aside with a notice and a new one is started: its
+entries are only a speed-up, so the replies are asked again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
+_CHECKED: set[str] = set()  # caches whose integrity this process has checked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -50,13 +57,43 @@ class ResponseCache:
         pid, conn = getattr(self._local, "conn", (None, None))
         if conn is None or pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process (WAL)
-            conn.execute(_SCHEMA)
+            try:
+                conn = self._open()
+            except sqlite3.DatabaseError as err:
+                if type(err) is not sqlite3.DatabaseError:  # locked, no permission, ...: not a damaged file
+                    raise
+                self._move_aside(err)
+                conn = self._open()
             self._local.conn = (os.getpid(), conn)
         return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: every commit atomic, durable across a killed process
+            conn.execute(_SCHEMA)
+            if str(self.path) not in _CHECKED:
+                verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check: {verdict}")
+                _CHECKED.add(str(self.path))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self, err: Exception) -> None:
+        """Rename the unreadable cache (and its -wal / -shm files) out of the way, with a notice."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = self.path.with_name(self.path.name + suffix)
+            if source.exists():
+                os.replace(source, aside.with_name(aside.name + suffix))
+        logger.warning("srt_hf: the teacher cache %s cannot be read (%s); moved it to %s and started an empty one "
+                       "(cached replies are only a speed-up: they will be asked again)", self.path, err, aside.name)
 
     def get(self, key: str) -> str | None:
         entry = self.get_entry(key)
