@@ -140,7 +140,7 @@ def main() -> None:
     n = len(rows)
     print(f"data: {args.data} ({n} rows), student: {args.student}, torch threads: {torch.get_num_threads()}")
 
-    scorer(dict((k, v[:2]) for k, v in batch.items()))  # warm-up
+    scorer({k: v[:2] for k, v in batch.items()})  # warm-up
     peak_before = matmul_peak(model.config)
     times: dict[str, list[float]] = {"baseline": [], "srt_hf": []}
     for r in range(args.rounds):

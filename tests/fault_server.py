@@ -128,12 +128,12 @@ _DIALECT_SCHEMA = {
 }
 
 
-def _schema_of(server: "FaultServer", body: dict) -> dict | None:
+def _schema_of(server: FaultServer, body: dict) -> dict | None:
     read = _DIALECT_SCHEMA.get(server.structured)
     return read(body) if read else None
 
 
-def _refusal(server: "FaultServer", body: dict) -> str | None:
+def _refusal(server: FaultServer, body: dict) -> str | None:
     """Why the server answers 400 to this body (None: it does not)."""
     if server.require_max_completion_tokens and "max_tokens" in body:
         return "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
@@ -196,7 +196,7 @@ class FaultServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "FaultServer":
+    def start(self) -> FaultServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
@@ -205,7 +205,7 @@ class FaultServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -357,7 +357,7 @@ class SpawnedServer:
         self.process: subprocess.Popen | None = None
         self.url = ""
 
-    def __enter__(self) -> "SpawnedServer":
+    def __enter__(self) -> SpawnedServer:
         args = [sys.executable, "-m", "tests.fault_server"]
         for key, value in self.options.items():
             flag = f"--{key.replace('_', '-')}"

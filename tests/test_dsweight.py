@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from srt_hf.dsweight import (
-    AnswerLoss, DSWeightConfig, ds_distance, ds_weight_decisions, ds_weight_filter, ds_weights, extract_last_number,
+    AnswerLoss,
+    DSWeightConfig,
+    ds_distance,
+    ds_weight_decisions,
+    ds_weight_filter,
+    ds_weights,
+    extract_last_number,
     self_consistency,
 )
 from srt_hf.errors import ConfigError, InputError

@@ -150,5 +150,5 @@ def test_push_never_uploads_what_a_killed_run_left(tmp_path):
         (run / name).write_bytes(b"left by a killed run")
     staged = hub.prepare_dataset_folder(run, tmp_path / "upload", repo_id="me/run")
     files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-    assert files == ["README.md", "images/ifd_histogram.png", "images/rifd_histogram.png", runs.ROWS, runs.META,
+    assert files == ["README.md", "images/ifd_histogram.png", "images/rifd_histogram.png", "report.html", runs.ROWS, runs.META,
                      runs.SELECTED, runs.SFT]

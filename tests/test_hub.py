@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_cards import DATASET_CARD_KEYS, make_run, no_network  # noqa: F401  (fixture re-used)
 
 from srt_hf import cli, hub, runs
 from srt_hf.errors import ConfigError, InputError
-from test_cards import DATASET_CARD_KEYS, make_run, no_network  # noqa: F401  (fixture re-used)
 
 
 @pytest.fixture

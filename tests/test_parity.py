@@ -11,9 +11,9 @@ import json
 import math
 
 import pytest
+from conftest import DATA
 from datasets import load_dataset
 
-from conftest import DATA
 from srt_hf import IFDScorer
 
 EXPECTED = json.loads((DATA / "expected.json").read_text())
@@ -58,6 +58,6 @@ def test_matches_reference(key, records, embedded_dir):
 
 def test_reference_ratios_follow_the_preset(records, embedded_dir):
     """reflection uses the perplexity ratio, cherry the loss ratio (both from the same losses)."""
-    out = IFDScorer(preset="reflection")(dict((k, v[:2]) for k, v in records.items()))
+    out = IFDScorer(preset="reflection")({k: v[:2] for k, v in records.items()})
     for i in range(2):
         assert out["ifd"][i] == pytest.approx(math.exp(out["loss_A_cond"][i] - out["loss_A_direct"][i]))

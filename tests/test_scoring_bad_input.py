@@ -40,7 +40,7 @@ def test_missing_column_is_an_error_naming_column_and_fix(scorer):
     ],
 )
 def test_bad_values_get_a_status(scorer, row, status):
-    rows = [GOOD, {k: v for k, v in row.items()}, GOOD]
+    rows = [GOOD, dict(row.items()), GOOD]
     result = scorer({k: [r[k] for r in rows] for k in rows[0]})
     assert result["score_status"] == ["ok", status, "ok"]
     assert math.isnan(result["ifd"][1]) and result["ifd"][0] == result["ifd"][2]

@@ -11,8 +11,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from fault_server import free_port
+
 from srt_hf.reflection import InstructionReflection
 from srt_hf.status import kind_of as status_kind
 from srt_hf.teachers import EndpointTeacher, GenerationConfig

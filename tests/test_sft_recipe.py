@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cards import DATASET_CARD_KEYS, MODEL_CARD_KEYS, make_run, no_network  # noqa: F401  (fixture re-used)
 
 from srt_hf import hub, runs
 from srt_hf.errors import ConfigError, InputError
-from test_cards import DATASET_CARD_KEYS, MODEL_CARD_KEYS, make_run, no_network  # noqa: F401  (fixture re-used)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "sft.py"

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fault_server import FaultServer, free_port
-from srt_hf.errors import ConfigError
-from srt_hf.errors import TeacherError
+
+from srt_hf.errors import ConfigError, TeacherError
 from srt_hf.teachers import EndpointTeacher, GenerationConfig, LocalTeacher, load_teacher, parse_retry_after
 
 FAST = dict(backoff_base=0.01, backoff_max=0.05, timeout=2.0, max_retries=3)

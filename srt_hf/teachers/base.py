@@ -187,7 +187,7 @@ class Teacher:
         """Called by transforms under ``Dataset.map(with_rank=True)``; local teachers pick ``cuda:rank``."""
 
     # entry points
-    def session(self) -> "TeacherSession":
+    def session(self) -> TeacherSession:
         """An async context manager bound to the running event loop; ``await s.complete(messages)``."""
         raise NotImplementedError
 
@@ -217,7 +217,7 @@ class TeacherSession:
         self._scope = teacher.scope()
         self._pending: dict[str, asyncio.Future] = {}
 
-    async def __aenter__(self) -> "TeacherSession":
+    async def __aenter__(self) -> TeacherSession:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -24,7 +24,15 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, TeacherError
 from ..status import OK, REQUEST_FAILED, make
-from .base import Completion, GenerationConfig, Messages, StructuredOutputUnsupported, Teacher, TeacherSession, truncated_status
+from .base import (
+    Completion,
+    GenerationConfig,
+    Messages,
+    StructuredOutputUnsupported,
+    Teacher,
+    TeacherSession,
+    truncated_status,
+)
 from .credentials import Credentials, host_of, is_hf_host
 from .http import (
     HTTPStatusError,
@@ -134,7 +142,7 @@ class EndpointTeacher(Teacher):
         """How srt_hf talks to the server, without any secret (for run.json)."""
         return {"base_urls": self.base_urls, "credentials": self.credentials.describe(), "structured": self.structured_dialect}
 
-    def session(self) -> "_EndpointSession":
+    def session(self) -> _EndpointSession:
         return _EndpointSession(self)
 
 
@@ -174,7 +182,7 @@ def _one_model_id(data: dict) -> str | None:
 class _EndpointSession(TeacherSession):
     teacher: EndpointTeacher
 
-    async def __aenter__(self) -> "_EndpointSession":
+    async def __aenter__(self) -> _EndpointSession:
         from huggingface_hub import constants
 
         hub_urls = [u for u in self.teacher.base_urls if is_hf_host(u)]

@@ -12,7 +12,15 @@ from typing import Any, Sequence
 
 from .. import models
 from ..status import OK, REQUEST_FAILED, make
-from .base import Completion, GenerationConfig, Messages, StructuredOutputUnsupported, Teacher, TeacherSession, truncated_status
+from .base import (
+    Completion,
+    GenerationConfig,
+    Messages,
+    StructuredOutputUnsupported,
+    Teacher,
+    TeacherSession,
+    truncated_status,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +77,7 @@ class LocalTeacher(Teacher):
     def bind_rank(self, rank: int | None) -> None:
         self._rank = rank
 
-    def session(self) -> "_LocalSession":
+    def session(self) -> _LocalSession:
         return _LocalSession(self)
 
     def load(self):
@@ -135,7 +143,7 @@ class _LocalSession(TeacherSession):
 
     teacher: LocalTeacher
 
-    async def __aenter__(self) -> "_LocalSession":
+    async def __aenter__(self) -> _LocalSession:
         self._queue: list[tuple[Messages, dict[str, Any], dict | None, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
         return self
