@@ -151,24 +151,21 @@ class _Reflection:
 
     def _resolve_templates(self) -> tuple[str, str]:
         cfg = self.config
-        plain = load_template(cfg.template, "template") if cfg.template else builtin_template(f"{self.kind}_reflection")
-        if cfg.template_with_input:
-            with_input = load_template(cfg.template_with_input, "template_with_input")
-        else:
-            with_input = plain if cfg.template else builtin_template(f"{self.kind}_reflection_input")
-        return plain, with_input
+        return self._resolve_pair(cfg.template, cfg.template_with_input, "template", "")
 
     def _resolve_json_templates(self) -> tuple[str, str] | None:
         """The JSON-layout prompts, or None when the marker layout is the only one (off, or own marker prompts)."""
         cfg = self.config
         if cfg.structured == "off" or (cfg.structured == "auto" and cfg.template and not cfg.json_template):
             return None  # the user's own marker prompt wins over the built-in JSON one
-        plain = load_template(cfg.json_template, "json_template") if cfg.json_template else builtin_template(f"{self.kind}_reflection_json")
-        if cfg.json_template_with_input:
-            with_input = load_template(cfg.json_template_with_input, "json_template_with_input")
-        else:
-            with_input = plain if cfg.json_template else builtin_template(f"{self.kind}_reflection_input_json")
-        return plain, with_input
+        return self._resolve_pair(cfg.json_template, cfg.json_template_with_input, "json_template", "_json")
+
+    def _resolve_pair(self, plain: str | None, with_input: str | None, setting: str, suffix: str) -> tuple[str, str]:
+        """(prompt, prompt with input): the user's texts or files, else the built-in ones of this layout."""
+        first = load_template(plain, setting) if plain else builtin_template(f"{self.kind}_reflection{suffix}")
+        if with_input:
+            return first, load_template(with_input, f"{setting}_with_input")
+        return first, first if plain else builtin_template(f"{self.kind}_reflection_input{suffix}")
 
     # -- datasets integration -------------------------------------------------------------------
     def __reduce__(self):
