@@ -295,14 +295,14 @@ def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: st
     ``skeleton`` (the prompt template rendered with empty fields) catches a reply that repeats the
     prompt: it fails when it echoes the template and its sections are missing or were copied from it.
     """
+    unknown = [name for name in sections if name not in _MARKER_NAMES]
+    if unknown:
+        raise ConfigError(f"Unknown reflection section(s) {unknown}; the markers are {list(_MARKER_NAMES)}.")
     if reply is None or not reply.strip():
         return ParsedReflection({}, make(PARSE_FAILED, "empty reply"))
     answer, nothing_left = strip_reasoning(reply)
     if nothing_left:
         return ParsedReflection({}, make(PARSE_FAILED, nothing_left))
-    unknown = [name for name in sections if name not in _MARKER_NAMES]
-    if unknown:
-        raise ConfigError(f"Unknown reflection section(s) {unknown}; the markers are {list(_MARKER_NAMES)}.")
     versions = _versions(answer, sections)
     found: dict[str, str] = {}
     parsed = None
