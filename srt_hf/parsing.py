@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -48,6 +48,7 @@ RESPONSE_FIELDS = ("review", "better_answer")
 _FIELDS = {"instruction": INSTRUCTION_FIELDS, "response": RESPONSE_FIELDS}
 _FIELD_SECTION = {"review": REVIEW, "new_instruction": NEW_INSTRUCTION, "new_answer": NEW_ANSWER,
                   "better_answer": BETTER_ANSWER}
+_SECTION_FIELD = {section: name for name, section in _FIELD_SECTION.items()}
 
 
 @dataclass
@@ -102,17 +103,26 @@ def _contains_phrase(text: str, phrase: str) -> bool:
     return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
 
 
-def _echo_failure(answer: str, parsed: ParsedReflection, skeleton: str | None) -> ParsedReflection | None:
-    """A failure when the reply echoes the template and its sections are missing or were copied from it.
+def _prompt_failure(
+    answer: str, parsed: ParsedReflection, skeleton: str | None, label: Callable[[str], str]
+) -> ParsedReflection | None:
+    """A failure when the reply repeats the prompt (``skeleton``: the template rendered with empty fields).
 
-    A reply that merely reuses the template's questions as headings, with sections of its own, passes.
+    ``parse_failed`` when the reply echoes the template and its sections are missing or were copied from it
+    (a reply that merely reuses the template's questions as headings, with sections of its own, passes);
+    ``placeholder`` when a text of three words or more is a phrase of the template ("the answer to the
+    improved instruction"). ``label`` names a section in the reason.
     """
-    if skeleton is None or not echoes(answer, skeleton):
+    if skeleton is None:
         return None
     template_text = _normalise(skeleton)
-    texts = [v for k, v in parsed.sections.items() if k != REVIEW]
-    if not parsed.ok or all(_contains_phrase(template_text, _normalise(v)) for v in texts):
+    texts = {k: v for k, v in parsed.sections.items() if k != REVIEW}
+    copied = {k: _contains_phrase(template_text, _normalise(v)) for k, v in texts.items()}
+    if echoes(answer, skeleton) and (not parsed.ok or all(copied.values())):
         return ParsedReflection({}, make(PARSE_FAILED, "reply echoes the prompt"))
+    for name, text in texts.items():
+        if parsed.ok and copied[name] and len(text.split()) >= 3:
+            return ParsedReflection({}, make(PLACEHOLDER, f"{label(name)} copies the prompt: {text[:40]!r}"))
     return None
 
 
@@ -152,7 +162,8 @@ def _code_lines(lines: list[tuple[int, str]]) -> set[int]:
     return inside
 
 
-def _outside_code(text: str, matches) -> list[re.Match]:
+def _outside_code(text: str, matches: Iterable[re.Match]) -> list[re.Match]:
+    """The matches that do not lie in a fenced code block of ``text``."""
     lines = _lines(text)
     code = _code_lines(lines)
     starts = [offset for offset, _ in lines]
@@ -284,14 +295,14 @@ def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: st
     ``skeleton`` (the prompt template rendered with empty fields) catches a reply that repeats the
     prompt: it fails when it echoes the template and its sections are missing or were copied from it.
     """
+    unknown = [name for name in sections if name not in _MARKER_NAMES]
+    if unknown:
+        raise ConfigError(f"Unknown reflection section(s) {unknown}; the markers are {list(_MARKER_NAMES)}.")
     if reply is None or not reply.strip():
         return ParsedReflection({}, make(PARSE_FAILED, "empty reply"))
     answer, nothing_left = strip_reasoning(reply)
     if nothing_left:
         return ParsedReflection({}, make(PARSE_FAILED, nothing_left))
-    unknown = [name for name in sections if name not in _MARKER_NAMES]
-    if unknown:
-        raise ConfigError(f"Unknown reflection section(s) {unknown}; the markers are {list(_MARKER_NAMES)}.")
     versions = _versions(answer, sections)
     found: dict[str, str] = {}
     parsed = None
@@ -309,7 +320,7 @@ def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: st
             break
         found[name] = usable[-1]
     parsed = parsed or ParsedReflection(found, OK)
-    return _echo_failure(answer, parsed, skeleton) or parsed
+    return _prompt_failure(answer, parsed, skeleton, lambda name: f"[{name}]") or parsed
 
 
 def parse_instruction_reflection(reply: str | None, *, skeleton: str | None = None) -> ParsedReflection:
@@ -330,19 +341,19 @@ def fields_of(kind: str) -> tuple[str, ...]:
     return _FIELDS[kind]
 
 
-def json_schema(kind: str) -> dict:
+def json_schema(kind: str, *, review_max_length: int | None = None) -> dict:
     """The JSON Schema of a structured reflection: one object, string fields in the paper's order, all required.
 
     Only ``type``, ``properties``, ``required`` and ``additionalProperties``, which every backend enforces
     (OpenAI's strict mode, TGI, vLLM, llama.cpp, llguidance); an empty text is caught as a placeholder.
+    ``review_max_length`` adds ``maxLength`` to the review, for a grammar-constrained local teacher whose
+    review would otherwise eat the token budget (not every server accepts ``maxLength``).
     """
     fields = fields_of(kind)
-    return {
-        "type": "object",
-        "properties": {name: {"type": "string"} for name in fields},
-        "required": list(fields),
-        "additionalProperties": False,
-    }
+    properties: dict[str, dict] = {name: {"type": "string"} for name in fields}
+    if review_max_length is not None:
+        properties["review"]["maxLength"] = review_max_length
+    return {"type": "object", "properties": properties, "required": list(fields), "additionalProperties": False}
 
 
 _OBJECT_START = re.compile(r"\{\s*[\"}]")
@@ -417,7 +428,7 @@ def parse_json_reflection(reply: str | None, kind: str, *, skeleton: str | None 
     if nothing_left:
         return ParsedReflection({}, make(PARSE_FAILED, nothing_left))
     parsed = _read_object(answer, fields)
-    return _echo_failure(answer, parsed, skeleton) or parsed
+    return _prompt_failure(answer, parsed, skeleton, lambda name: repr(_SECTION_FIELD[name])) or parsed
 
 
 def _read_object(answer: str, fields: tuple[str, ...]) -> ParsedReflection:

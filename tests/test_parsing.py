@@ -265,6 +265,9 @@ def test_json_schema_is_plain_and_ordered():
         "additionalProperties": False,
     }
     assert list(json_schema("response")["properties"]) == ["review", "better_answer"]
+    bounded = json_schema("response", review_max_length=300)["properties"]
+    assert bounded == {"review": {"type": "string", "maxLength": 300}, "better_answer": {"type": "string"}}
+    assert "maxLength" not in json_schema("response")["properties"]["review"]  # a fresh dict each time
     with pytest.raises(ConfigError, match="'instruction', 'response'"):
         json_schema("review")
 
@@ -361,6 +364,28 @@ def test_an_echoed_json_prompt_is_a_failure():
     assert echoed.status == "parse_failed: reply echoes the prompt"
     good = json.dumps({"review": "Too short.", "better_answer": "Blue, like a clear sky at noon."})
     assert parse_json_reflection(good, "response", skeleton=skeleton).ok
+
+
+def _skeleton(name: str) -> str:
+    import jinja2
+
+    return jinja2.Template(builtin_template(name)).render(instruction="", input="", response="")
+
+
+def test_texts_copied_from_the_prompt_are_placeholders():
+    skeleton = _skeleton("instruction_reflection_input_json")
+    copied = json.dumps({"review": "Good.", "new_instruction": "Sort the list [3, 1, 2] in ascending order.",
+                         "new_answer": "The answer to the improved instruction."})
+    parsed = parse_json_reflection(copied, "instruction", skeleton=skeleton)
+    assert parsed.status == "placeholder: 'new_answer' copies the prompt: 'The answer to the improved instruction.'"
+    assert parse_json_reflection(copied, "instruction").ok  # the copy is only visible against the prompt
+    marker = ("[New Instruction]\nSort the list [3, 1, 2].\n[End]\n"
+              "[New Answer]\nthe answer to the improved instruction\n[End]")
+    parsed = parse_instruction_reflection(marker, skeleton=_skeleton("instruction_reflection"))
+    assert parsed.status == "placeholder: [New Answer] copies the prompt: 'the answer to the improved instruction'"
+    short = json.dumps({"review": "Fine.", "new_instruction": "Which quality of a measurement is bias about?",
+                        "new_answer": "accuracy"})
+    assert parse_json_reflection(short, "instruction", skeleton=skeleton).ok  # one or two words are not a copy
 
 
 # -- the JSON prompts ------------------------------------------------------------------------------
