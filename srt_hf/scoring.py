@@ -23,13 +23,21 @@ import numpy as np
 
 from . import __version__, models
 from .errors import ConfigError
-from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch, user_content
+from .formats import (
+    ColumnMapping,
+    Example,
+    RowProblem,
+    detect_format,
+    read_batch,
+    user_content,
+)
 from .status import INVALID, OK, SKIPPED, make
 from .templates import Preset, format_prompt, format_reverse_prompt, get_preset
 
 if TYPE_CHECKING:  # torch loads only when a model is scored, so `srt-hf --help` stays fast
     from .span_loss import Span
 
+DTYPES = ("float32", "bfloat16", "float16")
 SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
 STATUS_COLUMN = "score_status"
 # Descriptions of the columns IFDScorer adds, for the dataset card.
@@ -54,11 +62,16 @@ class ScoringConfig(ColumnMapping):
     template: str | None = field(default=None, metadata={"help": "Prompt template of the preset (reflection: vicuna or alpaca). Default: the preset's."})
     rifd: bool | None = field(default=None, metadata={"help": "Also compute reverse IFD. Default: on for reflection, off otherwise."})
     max_length: int | None = field(default=None, metadata={"help": "Token budget of the conditioned texts. Default: the preset's (cherry 512, reflection 2048, superfiltering 1024, chat: the model's)."})
-    dtype: str = field(default="float32", metadata={"help": "Student dtype. float32 reproduces the references; bfloat16 is faster on GPUs."})
+    dtype: str = field(default="float32", metadata={"help": "Student dtype: float32 (reproduces the references), bfloat16 or float16 (faster on GPUs; see README for their measured tolerance)."})
     device: str | None = field(default=None, metadata={"help": "Device of the student. Default: cuda (cuda:rank under with_rank=True) when available, else cpu."})
     max_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per forward pass. Default: 4096 on CPU, 65536 on GPU."})
     share_prefix: bool = field(default=True, metadata={"help": "Run a prompt head shared by a whole batch once and reuse its KV cache."})
+    packing: bool | None = field(default=None, metadata={"help": "Pack several texts per row without padding. Default: wherever it is exact for the student (checked once per model); --no-packing forces padded batches."})
     output_prefix: str = field(default="", metadata={"help": "Prefix of the output column names (e.g. 'reflected_')."})
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"Unknown student dtype {self.dtype!r}. Set `dtype` to one of {list(DTYPES)}.")
 
     def resolved_preset(self) -> Preset:
         return get_preset(self.preset, self.template)
@@ -73,7 +86,7 @@ class ScoringConfig(ColumnMapping):
     def digest(self) -> str:
         """Identifies every setting that changes the output (not device or batch sizes)."""
         state = asdict(self)
-        for key in ("device", "max_batch_tokens", "share_prefix"):
+        for key in ("device", "max_batch_tokens", "share_prefix", "packing"):
             state.pop(key)
         state["preset"], state["template"] = self.preset, self.resolved_preset().template
         state["rifd"], state["student_files"] = self.rifd_enabled(), models.local_model_stamp(self.student)
@@ -131,7 +144,10 @@ class IFDScorer(models.LazyModel):
         plans = [self._plan(ex, encoder) for ex in examples]
         spans = [span for p in plans if isinstance(p, _RowPlan) for span in p.spans()]
         losses = iter(
-            span_losses(self.model, spans, max_batch_tokens=self._batch_tokens(), share_prefix=self.config.share_prefix)
+            span_losses(
+                self.model, spans, max_batch_tokens=self._batch_tokens(), share_prefix=self.config.share_prefix,
+                packing=self.config.packing,
+            )
         )
         out = {c: np.full(len(examples), np.nan) for c in SCORE_COLUMNS}
         status = []
