@@ -74,10 +74,6 @@ PLAIN_SCORES = (
 
 
 
-def report_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / REPORT
-
-
 def write_report(run_dir: str | Path, *, out: str | Path | None = None, compress: bool | None = None) -> Path:
     """Write ``RUN/report.html`` (or ``out``) from run.json and rows.parquet; returns its path.
 
@@ -156,7 +152,7 @@ def build_payload(run_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
         columns["_id"] = [strings.add(None if v is None else str(v)) for v in table.column(id_column).to_pylist()]
     view["id"] = "_id" if id_column else None
     view["id_label"] = id_column
-    charts = _chart_values(meta, view, columns, names, table)
+    charts = _chart_values(meta, columns, names, table)
     return {
         "format": 1,
         "title": _title(run_dir, meta),
@@ -251,8 +247,7 @@ def _is_text(t) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-def _chart_values(meta: Mapping[str, Any], view: Mapping[str, Any], columns: dict[str, list], names: set[str],
-                  table) -> list[dict[str, Any]]:
+def _chart_values(meta: Mapping[str, Any], columns: dict[str, list], names: set[str], table) -> list[dict[str, Any]]:
     """Which columns the before → after histograms read: the run's own choice (run.json ``histograms``), else
     ``ifd`` / ``rifd``; 'after' is the selected rows of that column."""
     specs = dict(meta.get("histograms") or {})
@@ -281,7 +276,7 @@ def _title(run_dir: Path, meta: Mapping[str, Any]) -> str:
 def _meta_for_page(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of run.json the page shows, with the settings split into what they describe."""
     keep = ("kind", "source", "teacher", "student", "scoring", "selection", "counts", "reasons", "teacher_requests",
-            "status_kinds", "prompts", "srt_hf_version", "created", "derived_from", "hub", "space", "stats")
+            "prompts", "srt_hf_version", "created", "derived_from", "hub", "space")
     page = {k: meta[k] for k in keep if k in meta}
     page["settings"] = settings_rows(meta)
     return page

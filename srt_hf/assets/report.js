@@ -425,6 +425,8 @@
       add(fs, grp);
     });
 
+    fs.hidden = !(V.stages || []).some(function (stage) { return stage.status; });
+
     var fc = $('f-choice');
     add(fc, el('option', { value: '' }, 'any choice'));
     var anyChoice = false;
