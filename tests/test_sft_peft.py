@@ -27,6 +27,15 @@ LORA = ("--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_targ
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bitsandbytes 4-bit in bfloat16, Liger kernels)")
 
 
+@pytest.fixture
+def bitsandbytes_found(monkeypatch):
+    """The dependency check sees bitsandbytes even where it is not installed: these tests read loading arguments only."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else real(name, *a))
+
+
 def test_lora_saves_only_the_adapter_which_loads_with_peft_and_merges(tmp_path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -52,7 +61,7 @@ def test_lora_saves_only_the_adapter_which_loads_with_peft_and_merges(tmp_path, 
     assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, base_q)  # training moved the adapter
 
 
-def test_4bit_settings_reach_the_model_loading_arguments(tmp_path, tiny_model_dir, monkeypatch):
+def test_4bit_settings_reach_the_model_loading_arguments(tmp_path, tiny_model_dir, monkeypatch, bitsandbytes_found):
     """--load_in_4bit becomes a BitsAndBytesConfig and the k-bit device map in from_pretrained's arguments (no GPU)."""
     from trl.trainer import sft_trainer
 
@@ -132,7 +141,7 @@ def test_dataset_name_is_trl_spelling_of_dataset(tmp_path, capsys):
     assert code == 2 and "disagree" in capsys.readouterr().err
 
 
-def test_qlora_config_for_one_gpu_has_the_paper_data_settings():
+def test_qlora_config_for_one_gpu_has_the_paper_data_settings(bitsandbytes_found):
     script, training, model = parse("--config", str(CONFIGS / "llama3_8b_srt_qlora.yaml"), "--use_cpu", "true")
     accelerate = yaml.safe_load((ACCELERATE_CONFIGS / "single_gpu.yaml").read_text())
     assert accelerate["num_processes"] == 1 and accelerate["distributed_type"] == "NO"
