@@ -266,7 +266,7 @@ class _Reflection:
         layout = "json" if json else "markers"
         messages = self.render(ex, json=json)
         skeleton = self._templates(json=json)[3 if ex.input.strip() else 2]
-        schema = json_schema(self.kind) if json else None
+        schema = json_schema(self.kind, review_max_length=self.teacher.review_max_length) if json else None
         completion = await session.complete(messages, schema=schema)
         if not completion.ok:
             return _RowOutcome(original, completion.status, completion.text or "", layout=layout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from itertools import pairwise
 
 import numpy as np
@@ -62,6 +63,7 @@ CONFIGS = {
     ),
     "mixtral": lambda: transformers.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW),
 }
+DEVICE = os.environ.get("SRT_HF_TEST_DEVICE", "cpu")  # benchmarks/gpu_check.sh runs this file on cuda
 PATHS = [{"packing": packing, "share_prefix": share} for packing in (True, False) for share in (True, False)]
 
 
@@ -114,7 +116,7 @@ def test_four_losses_equal_the_plain_forward(name, rows, tokenizer, tmp_path):
     student = build(name, tokenizer, tmp_path)
     batch = {"instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
              "output": [r["response"] for r in rows]}
-    scorers = [IFDScorer(student=str(student), preset="reflection", device="cpu", **kw) for kw in PATHS]
+    scorers = [IFDScorer(student=str(student), preset="reflection", device=DEVICE, **kw) for kw in PATHS]
     model = scorers[0].model
     assert scoring_path(model).kind == "packed", scoring_path(model)  # packing is exact for every one of them
     expected = reference_losses(model, scorers[0].tokenizer, rows)

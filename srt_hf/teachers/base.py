@@ -152,6 +152,8 @@ class Teacher:
     """Base of the teachers: settings, identity, cache and the sync/async entry points."""
 
     kind = "teacher"
+    #: a ``maxLength`` for the review of a structured reflection, where this teacher needs one (local decoding)
+    review_max_length: int | None = None
 
     def __init__(self, config: GenerationConfig | None = None, cache_path: str | os.PathLike | None = None):
         self.config = config or GenerationConfig()

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from .. import models
+from ..errors import ConfigError
 from ..status import OK, REQUEST_FAILED, make
 from .base import (
     Completion,
@@ -24,6 +25,9 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
+# the embedded 135M model's guards (see LocalTeacher); README's demo measures what they give
+EMBEDDED_GUARDS = {"no_repeat_ngram_size": 5, "soft_string_chars": 400}
+
 
 class LocalTeacher(Teacher):
     """A transformers causal LM generating in-process: batched, left-padded, with its chat template.
@@ -32,9 +36,18 @@ class LocalTeacher(Teacher):
     a .gguf file. Greedy when ``temperature`` is 0, else sampling seeded with ``seed`` once per
     ``generate`` call (so a sampled reply depends on the batch it ran in). Loads lazily, never pickles
     the model.
+
+    Guards for small models (:mod:`.decoding_guards`), on by default for the embedded model only, which
+    otherwise loops under greedy decoding and rarely closes a JSON string: ``no_repeat_ngram_size``, a
+    reply may not repeat one of its own n-grams of this length (the prompt may be quoted); and
+    ``soft_string_chars``, under a JSON schema a string longer than this is nudged to close at its next
+    natural end. None means 5 and 400 for the embedded model, 0 (off) for every other. Under a JSON
+    schema the review is also held to ``review_max_length`` characters, so that it cannot eat the token
+    budget of the texts after it (the review is not kept as data).
     """
 
     kind = "local"
+    review_max_length = 200
 
     def __init__(
         self,
@@ -45,10 +58,22 @@ class LocalTeacher(Teacher):
         revision: str | None = None,
         device: str | None = None,
         dtype: str = "float32",
+        no_repeat_ngram_size: int | None = None,
+        soft_string_chars: int | None = None,
     ):
         super().__init__(config, cache_path)
         self.model_name = None if models.is_default(model) else str(model)
         self.revision, self.device, self.dtype = revision, device, dtype
+        embedded = self.model_name is None
+        if no_repeat_ngram_size is None:
+            no_repeat_ngram_size = EMBEDDED_GUARDS["no_repeat_ngram_size"] if embedded else 0
+        if soft_string_chars is None:
+            soft_string_chars = EMBEDDED_GUARDS["soft_string_chars"] if embedded else 0
+        if no_repeat_ngram_size < 0 or no_repeat_ngram_size == 1:
+            raise ConfigError(f"no_repeat_ngram_size must be 0 (off) or at least 2, got {no_repeat_ngram_size}.")
+        if soft_string_chars < 0:
+            raise ConfigError(f"soft_string_chars must be 0 (off) or a number of characters, got {soft_string_chars}.")
+        self.no_repeat_ngram_size, self.soft_string_chars = no_repeat_ngram_size, soft_string_chars
         self._model = self._tokenizer = None
         self._loaded_device: str | None = None
         self._rank: int | None = None
@@ -57,7 +82,8 @@ class LocalTeacher(Teacher):
     def __reduce__(self):
         return (
             _rebuild_local,
-            (self.model_name, asdict(self.config), self.cache_path, self.revision, self.device, self.dtype),
+            (self.model_name, asdict(self.config), self.cache_path, self.revision, self.device, self.dtype,
+             self.guards()),
         )
 
     def __repr__(self) -> str:
@@ -67,7 +93,12 @@ class LocalTeacher(Teacher):
         return {
             "kind": self.kind, "model": models.display_name(self.model_name), "revision": self.revision,
             "dtype": self.dtype, "files": models.local_model_stamp(self.model_name),
+            **{name: value for name, value in self.guards().items() if value},
         }
+
+    def guards(self) -> dict[str, int]:
+        """The small-model guards in use (0: off)."""
+        return {"no_repeat_ngram_size": self.no_repeat_ngram_size, "soft_string_chars": self.soft_string_chars}
 
     def transport(self) -> dict[str, Any]:
         from .structured import available_locally
@@ -111,13 +142,20 @@ class LocalTeacher(Teacher):
             torch.manual_seed(settings["seed"])
         else:
             gen.do_sample, gen.temperature, gen.top_p, gen.top_k = False, None, None, None
-        processors = None
-        if schema is not None:
-            from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList
 
+        from .decoding_guards import ReplyRepeatGuard, StringLengthNudge
+
+        processors = LogitsProcessorList()
+        if self.no_repeat_ngram_size:
+            processors.append(ReplyRepeatGuard(self.no_repeat_ngram_size, prompt_length))
+        if schema is not None:
             from .structured import JSONGrammar
 
-            processors = LogitsProcessorList([JSONGrammar(tokenizer, schema, batch_size=len(prompts), prompt_length=prompt_length)])
+            if self.soft_string_chars:
+                processors.append(StringLengthNudge(tokenizer, self.soft_string_chars, prompt_length))
+            # last: the grammar has the final word on what may come next
+            processors.append(JSONGrammar(tokenizer, schema, batch_size=len(prompts), prompt_length=prompt_length))
         with torch.inference_mode():
             out = model.generate(**batch, generation_config=gen, logits_processor=processors)
         new = out[:, prompt_length:]  # (B, T_new); rows that ended early are padded
@@ -134,8 +172,8 @@ class LocalTeacher(Teacher):
         return "\n\n".join(turns) + "\n\nAssistant:"
 
 
-def _rebuild_local(model, config, cache_path, revision, device, dtype) -> LocalTeacher:
-    return LocalTeacher(model, GenerationConfig(**config), cache_path, revision=revision, device=device, dtype=dtype)
+def _rebuild_local(model, config, cache_path, revision, device, dtype, guards) -> LocalTeacher:
+    return LocalTeacher(model, GenerationConfig(**config), cache_path, revision=revision, device=device, dtype=dtype, **guards)
 
 
 class _LocalSession(TeacherSession):
