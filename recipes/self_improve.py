@@ -149,10 +149,11 @@ def _run(args: SelfImproveArguments, training_args) -> dict:
     if failed:  # a failed request is not an answer: say so instead of "no numeric answer"
         from srt_hf.selection import with_decisions
 
-        reasons = list(table["selection_reason"])
-        for i in failed:
+        reasons, selected = list(table["selection_reason"]), list(table["selected"])
+        for i in failed:  # a cut-off text still votes (the reference has no such notion), but is never learnt from
             reasons[i] = f"dropped: sampling failed ({rows['sample_status'][i]})"
-        table = with_decisions(table, table["selected"], reasons)
+            selected[i] = False
+        table = with_decisions(table, selected, reasons)
     stats = _stats(table, gold is not None)
     meta = {
         "source": {"name": args.train_file or "srt_hf/data/arith_train.jsonl (bundled)"},
