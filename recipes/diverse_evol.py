@@ -11,6 +11,11 @@ by k-center greedy around the pool (:func:`srt_hf.diversity.kcenter_greedy`). A 
 trained on the final pool (``--train_final``). Training settings are TRL's ``SFTConfig`` flags; on a
 machine without a GPU pass ``--use_cpu true --bf16 false`` (the demo config does).
 
+The embedded text is, by default, the chat-template text each round trains on (``--embed_text chat``,
+1024 tokens): like the reference, the model embeds exactly what it learns from. ``--embed_text alpaca``
+embeds the reference's own text instead (OFA-Sys/DiverseEvol: the Alpaca prompt + response + EOS, cut
+at 512 tokens), while training stays on the chat text. Pooling and k-center are the reference's either way.
+
 Writes, under ``output_dir``::
 
     pools/round_00.parquet ...   the pool after each round (its rows, with pool_round and selection_order)
@@ -46,7 +51,8 @@ class DiverseEvolArguments(ColumnMapping):
     step: int = field(default=100, metadata={"help": "Rows added per round by k-center greedy."})
     rounds: int = field(default=3, metadata={"help": "Rounds of train -> embed -> add."})
     train_final: bool = field(default=True, metadata={"help": "Train a last model on the final pool (output_dir/final)."})
-    embed_max_length: int = field(default=1024, metadata={"help": "Tokens of each training text embedded."})
+    embed_text: str = field(default="chat", metadata={"help": "Text embedded: 'chat' (the chat-template text the rounds train on) or 'alpaca' (the DiverseEvol reference's: Alpaca prompt + response + EOS)."})
+    embed_max_length: int | None = field(default=None, metadata={"help": "Tokens of each text embedded. Default: 1024 for 'chat', 512 for 'alpaca' (the reference's)."})
     embed_batch_rows: int = field(default=64, metadata={"help": "Rows per embedding call."})
 
 
@@ -109,7 +115,7 @@ def _run(args: DiverseEvolArguments, training_args) -> dict:
             if not any(model_dir.glob("*.safetensors")):  # a finished checkpoint is reused on resume
                 train_sft(args.model_name_or_path, _subset(records, pool), model_dir, args=training_args)
             model_dir = str(model_dir)
-            embedder = Embedder(EmbedConfig(**_mapping(args), model=model_dir, max_length=args.embed_max_length))
+            embedder = Embedder(EmbedConfig(**_mapping(args), model=model_dir, text=args.embed_text, max_length=args.embed_max_length))
             vectors, status = _embed(ds, embedder, args.embed_batch_rows, f"round {r}: embedding")
             usable = [i for i in range(n) if is_ok(status[i]) and i not in problems]
             lost = [i for i in pool if i not in set(usable)]
@@ -137,7 +143,8 @@ def _run(args: DiverseEvolArguments, training_args) -> dict:
         "student": {"model": models.display_name(args.model_name_or_path)},
         "selection": {"rule": "diverse_evol_kcenter", "initial_pool": len(initial), "step": args.step,
                       "rounds": len(rounds), "pool_seed": None if args.initial_pool_column else args.pool_seed,
-                      "initial_pool_column": args.initial_pool_column, "embedding": "mean last hidden state of each round's checkpoint"},
+                      "initial_pool_column": args.initial_pool_column, "embedding": "mean last hidden state of each round's checkpoint",
+                      "embed_text": args.embed_text, "embed_max_length": EmbedConfig(text=args.embed_text, max_length=args.embed_max_length).token_limit},
         "methods": ["diverse-evol", *decisions.methods],
         "training": {"final_model": final_dir, "max_steps": training_args.max_steps, "learning_rate": training_args.learning_rate},
         "columns": {"pool_round": "round in which the row joined the pool (0 = initial pool)",

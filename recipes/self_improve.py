@@ -10,7 +10,12 @@
    :mod:`srt_hf.teachers` with a response cache in ``output_dir/cache.sqlite`` (a rerun resumes).
 2. Extract the final number of each answer and vote per question (self-consistency).
 3. DS weight (:mod:`srt_hf.dsweight`): base-model loss of every answer and of the labelled valid
-   set, ``w``, ``d``; keep the majority-consistent answers with ``d`` at or below the quantile.
+   set, ``w``, ``d``; keep the majority-consistent answers with ``d`` below the 0.79 threshold. The
+   defaults are the reference code's rules (rubickkcibur/IWSI): the loss of the whole text
+   ``"Q: " + question + "\nA: " + EOS + answer``, a plain plurality vote on the first number after the
+   last "the answer is" (as an integer), the pool without ``w = 0``, ``th = sorted(d)[int(N · 0.79)]``
+   and ``d < th``. srt_hf's own variant: ``--ds_loss_tokens answer --ds_template "Question: {question}\nAnswer: {answer}"
+   --min_votes 2 --ds_threshold_rule quantile --ds_zero_weight_in_pool true --ds_answer_extraction last_number``.
 4. SFT the base model on the kept answers (prompt = the sampling prompt, completion = the answer).
 
 By default the data is the small arithmetic word-problem set shipped with srt_hf
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PROMPT = 'Answer in one short line: the calculation, then "The answer is <number>."\n\n{question}'
+DS_TEMPLATE = "Q: {question}\nA: {eos}{answer}"  # srt_hf.dsweight.DEFAULT_TEMPLATE (kept import-free for --help)
 
 
 @dataclass
@@ -52,9 +58,22 @@ class SelfImproveArguments:
     endpoint_url: str | None = field(default=None, metadata={"help": "Sample from this OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) instead of the local model."})
     endpoint_model: str | None = field(default=None, metadata={"help": "Model name sent to the server (vLLM and `transformers serve` need it)."})
     prompt_template: str = field(default=DEFAULT_PROMPT, metadata={"help": "User message of the sampling prompt, with {question}; also the SFT prompt."})
-    ds_template: str = field(default="Question: {question}\nAnswer: {answer}", metadata={"help": "Text template of the DS-weight loss ({question}, {answer}), or 'chat'."})
-    quantile: float = field(default=0.79, metadata={"help": "Keep consistent answers with d at or below this quantile."})
-    min_votes: int = field(default=2, metadata={"help": "Answers that must agree for a majority (1: plain plurality)."})
+    ds_template: str = field(default=DS_TEMPLATE, metadata={"help": "Text of the DS-weight loss ({question}, {answer}, {eos}), or 'chat'. Default: the reference's."})
+    ds_loss_tokens: str = field(default="text", metadata={"help": "Tokens the loss averages: 'text' (all, question included: the reference) or 'answer'."})
+    ds_answer_extraction: str = field(default="answer_is", metadata={"help": "Final answer: 'answer_is' (the reference's, as an integer) or 'last_number' (exact)."})
+    quantile: float = field(default=0.79, metadata={"help": "Share of the d pool the threshold sits at."})
+    ds_threshold_rule: str = field(default="rank", metadata={"help": "'rank' (the reference's: sorted(d)[int(N*q)], keep d < th) or 'quantile' (numpy's, keep d <= th)."})
+    min_votes: int = field(default=1, metadata={"help": "Answers that must agree for a majority (1: plain plurality, the reference)."})
+    ds_zero_weight_in_pool: bool = field(default=False, metadata={"help": "Let answers with w = 0 into the d pool (the reference leaves them out)."})
+
+    def ds_config(self):
+        """The :class:`srt_hf.dsweight.DSWeightConfig` of these arguments."""
+        from srt_hf.dsweight import DSWeightConfig
+
+        return DSWeightConfig(model=self.model_name_or_path, template=self.ds_template, loss_tokens=self.ds_loss_tokens,
+                              answer_extraction=self.ds_answer_extraction, quantile=self.quantile,
+                              threshold_rule=self.ds_threshold_rule, min_votes=self.min_votes,
+                              zero_weight_in_pool=self.ds_zero_weight_in_pool)
 
 
 def run(args: SelfImproveArguments, training_args) -> dict:
@@ -69,7 +88,7 @@ def _run(args: SelfImproveArguments, training_args) -> dict:
     import datasets
 
     from srt_hf import models, runs, status
-    from srt_hf.dsweight import DSWeightConfig, ds_weight_filter
+    from srt_hf.dsweight import ds_weight_filter
     from srt_hf.errors import ConfigError, InputError
     from srt_hf.formats import to_prompt_completion
     from srt_hf.selection import write_selection_run
@@ -121,7 +140,7 @@ def _run(args: SelfImproveArguments, training_args) -> dict:
     candidates = datasets.Dataset.from_dict(rows)
 
     # 2-3. vote and DS weight
-    ds_config = DSWeightConfig(model=args.model_name_or_path, template=args.ds_template, quantile=args.quantile, min_votes=args.min_votes)
+    ds_config = args.ds_config()
     table, decisions = ds_weight_filter(
         candidates, valid, ds_config, question_column="question", response_column="output", group_column="question_id",
         valid_question_column=args.question_column, valid_answer_column=args.valid_answer_column,
@@ -130,10 +149,11 @@ def _run(args: SelfImproveArguments, training_args) -> dict:
     if failed:  # a failed request is not an answer: say so instead of "no numeric answer"
         from srt_hf.selection import with_decisions
 
-        reasons = list(table["selection_reason"])
-        for i in failed:
+        reasons, selected = list(table["selection_reason"]), list(table["selected"])
+        for i in failed:  # a cut-off text still votes (the reference has no such notion), but is never learnt from
             reasons[i] = f"dropped: sampling failed ({rows['sample_status'][i]})"
-        table = with_decisions(table, table["selected"], reasons)
+            selected[i] = False
+        table = with_decisions(table, selected, reasons)
     stats = _stats(table, gold is not None)
     meta = {
         "source": {"name": args.train_file or "srt_hf/data/arith_train.jsonl (bundled)"},
@@ -141,8 +161,8 @@ def _run(args: SelfImproveArguments, training_args) -> dict:
         "teacher": {"model": (args.endpoint_model or sampler_name) if args.endpoint_url else models.display_name(sampler_name),
                     "role": "samples the candidate answers", "temperature": args.temperature, "top_p": args.top_p,
                     "max_new_tokens": args.max_new_tokens, "num_samples": args.num_samples, "seed": args.sampling_seed},
-        "selection": {"rule": "ds_weight_self_consistency", "quantile": args.quantile, "min_votes": args.min_votes, "threshold": decisions.threshold,
-                      "mean_valid_loss": decisions.mean_valid_loss, "ds_template": args.ds_template,
+        "selection": {"rule": "ds_weight_self_consistency", **ds_config.rule(), "threshold": decisions.threshold,
+                      "mean_valid_loss": decisions.mean_valid_loss,
                       "valid_set": args.valid_file or "srt_hf/data/arith_valid.jsonl (bundled)", "valid_rows": len(valid)},
         "prompts": {"sampling": args.prompt_template},
         "methods": ["ds-weight"],
@@ -152,7 +172,7 @@ def _run(args: SelfImproveArguments, training_args) -> dict:
             "sample_status": "ok | request_failed: <reason>", "answer": "final number extracted from the answer",
             "majority_answer": "self-consistency majority of the question's answers", "votes": "answers giving the majority",
             "answered": "answers of the question with a final number", "consistent": "answer equals the majority",
-            "loss": "base-model mean token loss of the answer given the question (DS template)",
+            "loss": f"base-model mean token loss ({ds_config.loss_tokens} tokens of the DS template)",
             "w": "clip(mean_valid_loss / loss, 0, 2)", "d": "w if w > 1 else min(1 / w, 5)",
         },
     }

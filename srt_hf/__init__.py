@@ -20,7 +20,7 @@ _EXPORTS = {
     "pipeline": ("RecycleConfig", "RecycleResult", "recycle"),
     "selection": ("select_top_ifd", "top_ifd_decisions"),
     "diversity": ("EmbedConfig", "Embedder", "kcenter_greedy"),
-    "dsweight": ("DSWeightConfig", "ds_weight_filter", "extract_last_number", "self_consistency"),
+    "dsweight": ("DSWeightConfig", "SRT_HF_VARIANT", "ds_weight_filter", "extract_answer_is", "extract_last_number", "self_consistency"),
     "cards": ("write_dataset_card", "write_model_card"),
     "hub": ("push_dataset", "push_space", "upload"),
     "report": ("write_report",),

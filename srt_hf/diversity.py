@@ -4,12 +4,20 @@
     order = kcenter_greedy(np.asarray(ds["embedding"], np.float32), k=100, initial=pool)
 
 **Embedding.** The mean of the last hidden layer (the final-norm output the LM head reads) over every
-token of the *formatted training text*: the student's chat template applied to the conversational
-``prompt + completion`` record of :func:`srt_hf.formats.to_prompt_completion` — the same text TRL's
-``SFTTrainer`` trains on (tokenized without extra special tokens, cut after ``max_length`` tokens like
-TRL's ``keep_start`` truncation). Pad tokens never count, whatever the padding side or batch: the mask comes
-from the token counts, so a text that itself contains the pad token (``<|im_end|>`` in ChatML) is
-averaged over all of its tokens.
+token of the row's *training text*, which ``text`` chooses:
+
+* ``chat`` (default): the student's chat template applied to the conversational ``prompt + completion``
+  record of :func:`srt_hf.formats.to_prompt_completion` — the text TRL's ``SFTTrainer`` (and so
+  ``recipes/sft.py`` and ``recipes/diverse_evol.py``) trains on; tokenized without extra special
+  tokens, cut after ``max_length`` tokens (default 1024) like TRL's ``keep_start`` truncation.
+* ``alpaca``: the reference's text (OFA-Sys/DiverseEvol ``SupervisedDataset``): the Alpaca prompt
+  (with or without its ``### Input:`` block, ending in ``### Response:``), the response and the
+  tokenizer's EOS token, tokenized with the tokenizer's own special tokens (a BOS where it adds one)
+  and cut after ``max_length`` tokens (default 512, the reference's ``model_max_length``). The
+  reference sets Llama's special tokens (``</s>`` as EOS); srt_hf keeps the student's.
+
+Pad tokens never count, whatever the padding side or batch: the mask comes from the token counts, so a
+text that itself contains the pad token (``<|im_end|>`` in ChatML) is averaged over all of its tokens.
 
 **k-center greedy.** Each pick is the row farthest (Euclidean) from its nearest centre; the centres
 are the initial pool plus the rows picked so far; ties go to the lowest index. Memory is O(N) on top of
@@ -42,6 +50,10 @@ from . import __version__, models
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch, to_prompt_completion
 from .status import INVALID, OK, make
+from .templates import PROMPT_TEMPLATES
+
+EMBED_TEXTS = ("chat", "alpaca")
+DEFAULT_MAX_LENGTH = {"chat": 1024, "alpaca": 512}  # TRL's SFTConfig default; the reference's model_max_length
 
 # Rows per BLAS call. Small calls run single-threaded in OpenBLAS, which is as fast as memory allows for
 # a matrix-vector product and, unlike its threaded path, does not stall when the CPU is shared.
@@ -296,11 +308,23 @@ class EmbedConfig(ColumnMapping):
 
     model: str | None = field(default="default", metadata={"help": "Model that embeds: 'default' (embedded SmolLM2-135M-Instruct), a Hub id, a local directory (e.g. a checkpoint) or a .gguf file."})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the model (branch, tag or commit)."})
-    max_length: int = field(default=1024, metadata={"help": "Tokens of the formatted training text kept (from the start), like TRL's SFTConfig.max_length."})
+    text: str = field(default="chat", metadata={"help": "Text embedded: 'chat' (the chat-template text TRL trains on) or 'alpaca' (the DiverseEvol reference's: Alpaca prompt + response + EOS)."})
+    max_length: int | None = field(default=None, metadata={"help": "Tokens of the text kept (from the start). Default: 1024 for 'chat' (TRL's SFTConfig.max_length), 512 for 'alpaca' (the reference's)."})
     dtype: str = field(default="float32", metadata={"help": "Model dtype while embedding (the embeddings are float32)."})
     device: str | None = field(default=None, metadata={"help": "Device. Default: cuda (cuda:rank under with_rank=True) when available, else cpu."})
     max_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per forward pass. Default: 4096 on CPU, 65536 on GPU."})
     output_column: str = field(default="embedding", metadata={"help": "Name of the output column; its status column is '<name>_status'."})
+
+    def __post_init__(self) -> None:
+        if self.text not in EMBED_TEXTS:
+            raise ConfigError(f"Embedding `text` is one of {', '.join(EMBED_TEXTS)}; got {self.text!r}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"Embedding `max_length` is at least 1 token, got {self.max_length}.")
+
+    @property
+    def token_limit(self) -> int:
+        """``max_length``, or the default of the chosen text."""
+        return DEFAULT_MAX_LENGTH[self.text] if self.max_length is None else self.max_length
 
     def digest(self) -> str:
         """Identifies every setting that changes the output (not device or batch size)."""
@@ -347,17 +371,31 @@ class Embedder(models.LazyModel):
         return self.config.model, self.config.revision, self.config.dtype, self.config.device
 
     def _check_tokenizer(self, tokenizer) -> None:
+        if self.config.text == "alpaca":
+            if not tokenizer.eos_token:
+                raise ConfigError(f"The model {models.display_name(self.config.model)!r} has no EOS token to end the alpaca "
+                                  "text with; embed the 'chat' text instead.")
+            return
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
                 f"The model {models.display_name(self.config.model)!r} has no chat template, so it has no conversational "
-                "training text to embed; use a model (or tokenizer) with a chat template."
+                "training text to embed; use a model (or tokenizer) with a chat template, or embed the 'alpaca' text."
             )
 
     # -- embedding ------------------------------------------------------------------------------
     def training_text(self, example: Example) -> str:
-        """The text the student trains on for this row (chat template on prompt + completion)."""
+        """The text embedded for this row: the chat-template training text, or the reference's alpaca text."""
+        if self.config.text == "alpaca":
+            prompts = PROMPT_TEMPLATES["alpaca"]
+            prompt = prompts["prompt_input"] if example.input else prompts["prompt_no_input"]
+            return prompt.format(instruction=example.instruction, input=example.input) + example.response + self.tokenizer.eos_token
         record = to_prompt_completion(example.instruction, example.input, example.response)
         return self.tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=False)
+
+    def token_ids(self, example: Example) -> list[int]:
+        """The token ids embedded for this row (special tokens: the tokenizer's own for 'alpaca', none added for 'chat')."""
+        add_special = self.config.text == "alpaca"  # the chat text holds its special tokens as text
+        return self.tokenizer(self.training_text(example), add_special_tokens=add_special)["input_ids"][: self.config.token_limit]
 
     def embed_examples(self, examples: list[Example | RowProblem]) -> dict[str, Any]:
         ids: dict[int, list[int]] = {}
@@ -366,7 +404,7 @@ class Embedder(models.LazyModel):
             if isinstance(ex, RowProblem):
                 status.append(make(INVALID, ex))
                 continue
-            ids[i] = self.tokenizer(self.training_text(ex), add_special_tokens=False)["input_ids"][: self.config.max_length]
+            ids[i] = self.token_ids(ex)
             status.append(OK if ids[i] else make(INVALID, "empty training text"))
         vectors = self.embed_ids({i: t for i, t in ids.items() if t})
         column = [vectors[i] if i in vectors else None for i in range(len(examples))]

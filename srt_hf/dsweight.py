@@ -1,21 +1,41 @@
 """DS weight with self-consistency: which self-generated answers a model should learn from (docs/ARCHITECTURE.md).
 
+    table, decisions = ds_weight_filter(candidates, valid, DSWeightConfig())   # the reference's rules
+    table, decisions = ds_weight_filter(candidates, valid, DSWeightConfig(**SRT_HF_VARIANT))  # srt_hf's own
+
 For self-improvement the model answers each question K times. Candidates whose final answer agrees
 with the majority vote (self-consistency) are kept, minus those the base model finds too far from
-its own distribution:
+its own distribution. The defaults follow the reference code (rubickkcibur/IWSI, the ``K-Mixed``
+mode of its ``baseline.sh``, ``--uncertainty_th 0.79``); each has a documented alternative:
 
-* ``loss`` — the base model's mean token cross-entropy of the candidate's answer text given its
-  question, under a text template (default ``"Question: {question}\\nAnswer: {answer}"``; ``"chat"``
-  renders the question with the model's chat template and the answer as the assistant turn). The
-  answer tokens are every token that covers a character of the answer; the text ends with the
-  answer (nothing after ``{answer}`` is scored), and no EOS is added.
+* **Final answer** (``answer_extraction``). ``answer_is`` (default): lower-case the text, take what
+  follows the last "the answer is" (the whole text when it has none), then what follows the last "="
+  in that, and read its first unsigned number (commas removed) as ``int(float(x))``: "3.7" gives "3".
+  ``last_number``: the last signed number of the text, exact (``"1,200.50"`` → ``"1200.5"``).
+* **Vote** (``min_votes``). The most common answer wins (ties: the one that appeared first); with the
+  default 1 a lone answer is a majority, as in the reference; 2 asks for two agreeing answers.
+* **Loss.** The base model's mean token cross-entropy of the text ``template`` renders
+  (``{question}``, ``{answer}``, and ``{eos}`` for the tokenizer's EOS token; nothing after
+  ``{answer}`` is used), tokenized with the tokenizer's special tokens and cut after ``max_length``
+  tokens (400, the reference's). ``loss_tokens="text"`` (default) scores every token after the first
+  — the reference scores ``"Q: " + question + "\nA: " + eos + answer`` whole, question included;
+  ``"answer"`` scores only the tokens that cover a character of the answer. ``template="chat"``
+  renders the question with the model's chat template (its special tokens are text there).
 * ``w = clip(mean_valid_loss / loss, 0, 2)`` — ``mean_valid_loss`` is the same loss averaged over a
   small labelled valid set (~5% of the train size); ``w = 0`` when ``loss = 0``.
 * ``d = w if w > 1 else min(1 / w, 5)`` — how far the candidate is from the valid data, either way.
-* Among the majority-consistent candidates, those with ``d`` at or below the ``quantile`` (0.79, as
-  in the reference scripts) of their ``d`` values are kept. A majority needs ``min_votes`` agreeing
-  answers (default 2: with every answer different there is no consensus to learn from; 1 gives a
-  plain plurality vote).
+* **Pool and threshold.** The pool is the majority-consistent candidates with ``w > 0``
+  (``zero_weight_in_pool=True`` lets ``w = 0``, i.e. ``d = 5``, in). ``threshold_rule="rank"``
+  (default): ``th = sorted(d)[int(N · quantile)]`` over the pool's N values and a candidate is kept
+  iff ``d < th`` — so every candidate tied at ``th`` is dropped; with ``int(N · quantile) = N``
+  (``quantile = 1``) all are kept. ``"quantile"``: ``th = np.quantile(d, quantile)`` (linear
+  interpolation) and ``d <= th`` is kept.
+
+Not reproduced, on purpose: the reference computes its losses in bfloat16 on batches left-padded to
+400 tokens, where the first token is also "scored" from the logits of a pad position (whose attention
+is fully masked, so its value depends on the attention kernel); srt_hf scores each token from the
+tokens before it, in ``dtype`` (float32 by default). Its answers are taken as given (the reference
+rewrites the sampled text after "the answer is" before scoring).
 
 Every candidate row carries its extracted answer, the vote, ``loss``, ``w``, ``d``, ``selected`` and a
 ``selection_reason``. Everything is deterministic: the same candidates give the same decisions.
@@ -37,8 +57,13 @@ import numpy as np
 from . import models
 from .errors import ConfigError, InputError
 
-DEFAULT_TEMPLATE = "Question: {question}\nAnswer: {answer}"
+DEFAULT_TEMPLATE = "Q: {question}\nA: {eos}{answer}"  # the reference's text (IWSI record_loss.py)
+ANSWER_TEMPLATE = "Question: {question}\nAnswer: {answer}"  # srt_hf's variant, scored on the answer tokens
+LOSS_TOKENS = ("text", "answer")
+THRESHOLD_RULES = ("rank", "quantile")
+ANSWER_EXTRACTIONS = ("answer_is", "last_number")
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
+_UNSIGNED = re.compile(r"\d+\.?\d*")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,6 +86,29 @@ def extract_last_number(text: str | None) -> str | None:
     return None
 
 
+def extract_answer_is(text: str | None) -> str | None:
+    """The reference's final answer: the first number after the last "the answer is", then after the last "=".
+
+    Lower-cased, commas removed, read as ``int(float(x))`` (``"3.7"`` → ``"3"``; no sign is read);
+    None when nothing is left or the number has more than 30 characters.
+    """
+    if not text:
+        return None
+    tail = text.lower().split("the answer is")[-1].strip()
+    if "=" in tail:
+        tail = tail.split("=")[-1].strip()
+    found = _UNSIGNED.search(tail.replace(",", ""))
+    if found is None or len(found.group()) > 30:
+        return None
+    return str(int(float(found.group())))
+
+
+ANSWER_EXTRACTORS: dict[str, Callable[[str | None], str | None]] = {
+    "answer_is": extract_answer_is,
+    "last_number": extract_last_number,
+}
+
+
 @dataclass
 class Vote:
     """Self-consistency over one question's candidates."""
@@ -77,7 +125,7 @@ class Vote:
 
 def self_consistency(
     candidates: Sequence[str | None],
-    extract_answer: Callable[[str | None], str | None] = extract_last_number,
+    extract_answer: Callable[[str | None], str | None] = extract_answer_is,
     min_votes: int = 1,
 ) -> Vote:
     """Majority vote over the final answers of ``candidates`` (unanswered candidates do not vote).
@@ -122,16 +170,20 @@ def ds_distance(w: Sequence[float], max_d: float = 5.0) -> np.ndarray:
 
 @dataclass
 class DSWeightConfig:
-    """How DS weights are computed and applied."""
+    """How DS weights are computed and applied. The defaults follow the reference code (see the module docstring)."""
 
     model: str | None = field(default="default", metadata={"help": "Base model scoring the losses: 'default', a Hub id, a local directory or a .gguf file."})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
-    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Text template with {question} and {answer} (nothing after {answer} is scored), or 'chat' for the model's chat template."})
-    quantile: float = field(default=0.79, metadata={"help": "Keep majority-consistent candidates whose d is at or below this quantile of their d values."})
-    min_votes: int = field(default=2, metadata={"help": "Answers that must agree for a majority (1: plain plurality)."})
+    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Text template with {question} and {answer} (and {eos}: the tokenizer's EOS token; nothing after {answer} is used), or 'chat' for the model's chat template. Default: the reference's."})
+    loss_tokens: str = field(default="text", metadata={"help": "Tokens the loss averages: 'text' (every token after the first, question included, as the reference) or 'answer' (the answer's tokens only)."})
+    answer_extraction: str = field(default="answer_is", metadata={"help": "Final answer: 'answer_is' (the reference's: first number after the last 'the answer is', then after the last '=', as int(float(x))) or 'last_number' (the last number, exact)."})
+    quantile: float = field(default=0.79, metadata={"help": "Share of the pool's d values the threshold sits at (0.79 as in the reference scripts)."})
+    threshold_rule: str = field(default="rank", metadata={"help": "'rank' (the reference's: th = sorted(d)[int(N*quantile)], keep d < th) or 'quantile' (th = numpy's interpolated quantile, keep d <= th)."})
+    min_votes: int = field(default=1, metadata={"help": "Answers that must agree for a majority (1: plain plurality, as the reference; 2: a lone answer is no majority)."})
+    zero_weight_in_pool: bool = field(default=False, metadata={"help": "Let candidates with w = 0 (loss 0) into the pool as d = max_d (the reference leaves them out)."})
     max_weight: float = field(default=2.0, metadata={"help": "Upper clip of w = mean_valid_loss / loss."})
     max_d: float = field(default=5.0, metadata={"help": "Upper cap of d = 1 / w for w <= 1."})
-    max_length: int = field(default=1024, metadata={"help": "Tokens per scored text (the end is cut)."})
+    max_length: int = field(default=400, metadata={"help": "Tokens per scored text, from the start (400: the reference's model_max_length)."})
     dtype: str = field(default="float32", metadata={"help": "Model dtype while scoring."})
     device: str | None = field(default=None, metadata={"help": "Device. Default: cuda when available, else cpu."})
     max_batch_tokens: int | None = field(default=None, metadata={"help": "Tokens per forward pass. Default: 4096 on CPU, 65536 on GPU."})
@@ -139,14 +191,34 @@ class DSWeightConfig:
     def __post_init__(self) -> None:
         if self.template != "chat" and ("{question}" not in self.template or "{answer}" not in self.template):
             raise ConfigError(f"DS weight `template` must contain {{question}} and {{answer}} (or be 'chat'), got {self.template!r}.")
+        for name, allowed in (("loss_tokens", LOSS_TOKENS), ("threshold_rule", THRESHOLD_RULES), ("answer_extraction", ANSWER_EXTRACTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"DS weight `{name}` is one of {', '.join(allowed)}; got {getattr(self, name)!r}.")
         if not 0 <= self.quantile <= 1:
             raise ConfigError(f"DS weight `quantile` is between 0 and 1, got {self.quantile}.")
         if self.min_votes < 1:
             raise ConfigError(f"DS weight `min_votes` is at least 1, got {self.min_votes}.")
+        if self.max_length < 2:
+            raise ConfigError(f"DS weight `max_length` is at least 2 tokens, got {self.max_length}.")
 
     def digest(self) -> str:
         state = {k: v for k, v in asdict(self).items() if k not in ("device", "max_batch_tokens")}
         return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+    def rule(self) -> dict[str, Any]:
+        """The settings that decide what is kept (for run.json and the card)."""
+        names = ("template", "loss_tokens", "answer_extraction", "quantile", "threshold_rule", "min_votes",
+                 "zero_weight_in_pool", "max_weight", "max_d", "max_length", "dtype")
+        return {name: getattr(self, name) for name in names}
+
+
+# The choices srt_hf made before its defaults followed the reference: the answer's tokens after
+# "Question: …\nAnswer: ", two agreeing answers, numpy's quantile with d <= th, w = 0 in the pool,
+# the exact last number. ``DSWeightConfig(**SRT_HF_VARIANT)``.
+SRT_HF_VARIANT: dict[str, Any] = {
+    "template": ANSWER_TEMPLATE, "loss_tokens": "answer", "min_votes": 2, "threshold_rule": "quantile",
+    "zero_weight_in_pool": True, "answer_extraction": "last_number", "max_length": 1024,
+}
 
 
 class AnswerLoss(models.LazyModel):
@@ -167,16 +239,28 @@ class AnswerLoss(models.LazyModel):
         if self.config.template == "chat":
             return self.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
         head = self.config.template.split("{answer}", 1)[0]
+        if "{eos}" in head:
+            eos = self.tokenizer.eos_token
+            if not eos:
+                raise ConfigError("The DS weight template names {eos} but the model's tokenizer has no EOS token; drop {eos} from the template.")
+            head = head.replace("{eos}", eos)
         return head.replace("{question}", question)
 
     def span(self, question: str, answer: str):
-        """The token ids of prefix + answer and the first answer token (a :class:`srt_hf.span_loss.Span`)."""
+        """The token ids of prefix + answer and the first scored token (a :class:`srt_hf.span_loss.Span`).
+
+        ``loss_tokens="text"``: every token after the first; ``"answer"``: the first token that covers a
+        character of the answer onwards.
+        """
         from .span_loss import Span
 
         prefix = self.prefix(question)
         text = prefix + answer
         add_special = self.config.template != "chat"  # a chat prompt holds its special tokens as text
         tok = self.tokenizer
+        if self.config.loss_tokens == "text":
+            ids = tok(text, add_special_tokens=add_special)["input_ids"]
+            return Span(tuple(ids[: self.config.max_length]), 0, "ds")
         if getattr(tok, "is_fast", False):
             enc = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -187,7 +271,7 @@ class AnswerLoss(models.LazyModel):
         return Span(tuple(ids[: self.config.max_length]), start, "ds")
 
     def __call__(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        """Mean answer-token loss per (question, answer); NaN where no answer token is left."""
+        """Mean loss per (question, answer) over the ``loss_tokens``; NaN where no such token is left."""
         from .span_loss import span_losses
 
         if len(questions) != len(answers):
@@ -221,21 +305,27 @@ def ds_weight_decisions(
     losses: Sequence[float],
     mean_valid_loss: float,
     *,
-    extract_answer: Callable[[str | None], str | None] = extract_last_number,
+    extract_answer: Callable[[str | None], str | None] = extract_answer_is,
     quantile: float = 0.79,
     max_weight: float = 2.0,
     max_d: float = 5.0,
-    min_votes: int = 2,
+    min_votes: int = 1,
+    threshold_rule: str = "rank",
+    zero_weight_in_pool: bool = False,
 ) -> DSDecisions:
-    """Vote per group (question), weigh, and keep majority-consistent candidates with ``d`` <= the quantile.
+    """Vote per group (question), weigh, and keep the majority-consistent candidates whose ``d`` passes the threshold.
 
-    ``groups[i]`` names the question of candidate ``i``; ``losses[i]`` is its base-model loss.
+    ``groups[i]`` names the question of candidate ``i``; ``losses[i]`` is its base-model loss. The
+    defaults are the reference's rules (module docstring): a plain plurality vote, a pool without
+    ``w = 0``, ``th = sorted(d)[int(N · quantile)]`` and ``d < th``.
     """
     n = len(candidates)
     if not (len(groups) == len(losses) == n):
         raise InputError(f"{len(groups)} groups, {n} candidates and {len(losses)} losses", fix="pass one of each per candidate")
     if not math.isfinite(mean_valid_loss) or mean_valid_loss <= 0:
         raise InputError(f"the mean valid loss is {mean_valid_loss}", fix="the valid set needs at least one answer with a positive loss")
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ConfigError(f"DS weight `threshold_rule` is one of {', '.join(THRESHOLD_RULES)}; got {threshold_rule!r}.")
     members: dict[Any, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
@@ -249,10 +339,12 @@ def ds_weight_decisions(
     consistent = [a is not None and a == m for a, m in zip(answer, majority)]
     w = ds_weights(losses, mean_valid_loss, max_weight)
     d = ds_distance(w, max_d)
-    pool = [i for i in range(n) if consistent[i] and np.isfinite(d[i])]
-    threshold = float(np.quantile(d[pool], quantile)) if pool else None
+    pool = [i for i in range(n) if consistent[i] and np.isfinite(d[i]) and (zero_weight_in_pool or w[i] > 0)]
+    threshold = _threshold(d[pool], quantile, threshold_rule) if pool else None
     in_pool = set(pool)
-    selected = [i in in_pool and d[i] <= threshold for i in range(n)] if pool else [False] * n
+    strict = threshold_rule == "rank"
+    selected = [i in in_pool and (d[i] < threshold if strict else d[i] <= threshold) for i in range(n)]
+    kept_sign, dropped_sign = ("<", ">=") if strict else ("<=", ">")
     reasons = []
     for i in range(n):
         tally = f"{votes[i]}/{len(members[groups[i]])} votes"
@@ -263,17 +355,30 @@ def ds_weight_decisions(
         elif not consistent[i]:
             reasons.append(f"dropped: disagrees with the majority answer (answer {answer[i]}, majority {majority[i]}, {tally})")
         elif not np.isfinite(d[i]):
-            reasons.append("dropped: no answer token to score (loss is missing)")
+            reasons.append("dropped: no token to score (loss is missing)")
+        elif i not in in_pool:
+            reasons.append(f"dropped: weight 0, left out of the d pool (loss {float(losses[i]):g})")
         elif selected[i]:
-            reasons.append(f"kept: majority answer, d within the {quantile:g} quantile (answer {answer[i]}, {tally}, d={d[i]:.3f} <= {threshold:.3f})")
+            reasons.append(f"kept: majority answer, d within the {quantile:g} threshold "
+                           f"(answer {answer[i]}, {tally}, d={d[i]:.3f} {kept_sign} {threshold:.3f})")
         else:
-            reasons.append(f"dropped: d above the {quantile:g} quantile of consistent candidates (d={d[i]:.3f} > {threshold:.3f})")
+            reasons.append(f"dropped: d beyond the {quantile:g} threshold of consistent candidates "
+                           f"(d={d[i]:.3f} {dropped_sign} {threshold:.3f})")
     columns = {
         "answer": answer, "majority_answer": majority, "votes": votes, "answered": answered, "consistent": consistent,
         "loss": [float(v) for v in np.asarray(losses, dtype=float)], "w": [float(v) for v in w], "d": [float(v) for v in d],
         "selected": [bool(s) for s in selected], "selection_reason": reasons,
     }
     return DSDecisions(columns, threshold, float(mean_valid_loss))
+
+
+def _threshold(d: np.ndarray, quantile: float, rule: str) -> float:
+    """``rank``: the value at position ``int(N · quantile)`` of the sorted pool (inf past the end: all are kept);
+    ``quantile``: numpy's linearly interpolated quantile."""
+    if rule == "quantile":
+        return float(np.quantile(d, quantile))
+    k = int(len(d) * quantile)  # the reference's int(len · q), float rounding included
+    return float(np.sort(d)[k]) if k < len(d) else math.inf
 
 
 def ds_weight_filter(
@@ -286,14 +391,15 @@ def ds_weight_filter(
     group_column: str | None = None,
     valid_question_column: str = "question",
     valid_answer_column: str = "solution",
-    extract_answer: Callable[[str | None], str | None] = extract_last_number,
+    extract_answer: Callable[[str | None], str | None] | None = None,
     scorer: AnswerLoss | None = None,
 ):
     """The DS-weight filter on ``datasets.Dataset`` s: returns ``(candidates with the decision columns, DSDecisions)``.
 
     ``candidates``: one row per sampled answer (``question_column``, ``response_column``; candidates of
     a question share ``group_column``, default the question text). ``valid``: labelled rows
-    (``valid_question_column``, ``valid_answer_column``) for the mean valid loss.
+    (``valid_question_column``, ``valid_answer_column``) for the mean valid loss. ``extract_answer``
+    overrides ``config.answer_extraction`` with a function of your own.
     """
     from .selection import with_decisions
 
@@ -312,8 +418,9 @@ def ds_weight_filter(
     losses = scorer(candidates[question_column], candidates[response_column])
     decisions = ds_weight_decisions(
         candidates[group_column or question_column], candidates[response_column], losses, float(finite.mean()),
-        extract_answer=extract_answer, quantile=config.quantile, max_weight=config.max_weight, max_d=config.max_d,
-        min_votes=config.min_votes,
+        extract_answer=extract_answer or ANSWER_EXTRACTORS[config.answer_extraction], quantile=config.quantile,
+        max_weight=config.max_weight, max_d=config.max_d, min_votes=config.min_votes, threshold_rule=config.threshold_rule,
+        zero_weight_in_pool=config.zero_weight_in_pool,
     )
     cols = dict(decisions.columns)
     selected, reasons = cols.pop("selected"), cols.pop("selection_reason")

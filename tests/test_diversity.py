@@ -9,6 +9,7 @@ import pytest
 
 from srt_hf.diversity import EmbedConfig, Embedder, kcenter_greedy, reference_sq_distances
 from srt_hf.errors import ConfigError
+from srt_hf.formats import Example
 
 
 def brute_force_kcenter(X: np.ndarray, k: int, initial=(), start: int = 0) -> list[int]:
@@ -146,6 +147,41 @@ def test_embedding_is_the_mean_last_hidden_state_of_the_training_text(embedder):
         with torch.no_grad():
             hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
         np.testing.assert_allclose(out["embedding"][i], hidden.mean(0).numpy(), rtol=1e-4, atol=1e-5)
+
+
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+                   "### Instruction:\n{instruction}\n\n### Response:")
+ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n"
+                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
+
+
+def test_alpaca_option_embeds_the_reference_text(tiny_model_dir):
+    import torch
+
+    alpaca = Embedder(model=str(tiny_model_dir), device="cpu", text="alpaca")
+    tok = alpaca.tokenizer
+    examples = [Example(i, x, o, []) for i, x, o in zip(ROWS["instruction"], ROWS["input"], ROWS["output"])]
+    expected = [
+        ALPACA_NO_INPUT.replace("{instruction}", "Say hi.") + "Hi!" + tok.eos_token,
+        ALPACA_INPUT.replace("{instruction}", ROWS["instruction"][1]).replace("{input}", "For a child.") + ROWS["output"][1] + tok.eos_token,
+        ALPACA_NO_INPUT.replace("{instruction}", "2+2?") + "4" + tok.eos_token,
+    ]
+    assert [alpaca.training_text(ex) for ex in examples] == expected
+    assert alpaca.config.token_limit == 512 and Embedder(model="x").config.token_limit == 1024
+    out = alpaca(ROWS)
+    assert out["embedding_status"] == ["ok"] * 3
+    for i, text in enumerate(expected):
+        ids = tok(text)["input_ids"]  # the tokenizer's own special tokens, as the reference's tokenizer call
+        assert ids[-1] == tok.eos_token_id and alpaca.token_ids(examples[i]) == ids
+        with torch.no_grad():
+            hidden = alpaca.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+        np.testing.assert_allclose(out["embedding"][i], hidden.mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    long = Example("word " * 700, "", "done", [])
+    assert len(alpaca.token_ids(long)) == 512 and alpaca.token_ids(long) == tok(alpaca.training_text(long))["input_ids"][:512]
+    assert EmbedConfig(text="alpaca").digest() != EmbedConfig().digest()
+    with pytest.raises(ConfigError, match="text"):
+        EmbedConfig(text="vicuna")
 
 
 def test_padding_does_not_change_the_embedding(embedder):

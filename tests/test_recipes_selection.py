@@ -153,8 +153,9 @@ def test_self_improve_from_an_endpoint_votes_filters_and_trains(tiny_model_dir, 
     consistent = [r for r in rows if r["consistent"]]
     kept = [r for r in consistent if r["selected"]]
     threshold = meta["selection"]["threshold"]
-    assert threshold == pytest.approx(float(np.quantile([r["d"] for r in consistent], 0.79)))
-    assert {r["id"] for r in kept} == {r["id"] for r in consistent if r["d"] <= threshold}
+    pool = sorted(r["d"] for r in consistent if r["w"] > 0)  # the reference's rule: sorted(d)[int(N * 0.79)], d < th
+    assert threshold == pool[int(len(pool) * 0.79)] and meta["selection"]["threshold_rule"] == "rank"
+    assert {r["id"] for r in kept} == {r["id"] for r in consistent if r["w"] > 0 and r["d"] < threshold}
     assert 0 < len(kept) < len(consistent)
     assert meta["stats"]["majority_accuracy"] == 1.0 and meta["stats"]["kept_accuracy"] == 1.0
     assert meta["training"]["status"] == "trained" and (out / "model" / "model.safetensors").is_file()

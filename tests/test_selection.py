@@ -208,6 +208,13 @@ def test_cli_kcenter_embeds_with_the_student(tmp_path, demo_path, tiny_model_dir
     assert [i for i, r in enumerate(rows) if r["selection_order"] == 1] == [2]  # the start row is the first pick
     assert sum(r["selected"] for r in rows) == 3
     assert rows[2]["selection_reason"] == "kept: k-center pick (pick 1 of 3, the first pick, no pool yet)"
+    info = json.loads((out / "run.json").read_text())["selection"]
+    assert (info["embed_text"], info["embed_max_length"]) == ("chat", 1024)
+    alpaca = tmp_path / "kc-alpaca"
+    assert run_select([str(demo_path), "--kcenter", "3", "--student", str(tiny_model_dir), "--embed-text", "alpaca",
+                       "--out", str(alpaca)]) == 0
+    info = json.loads((alpaca / "run.json").read_text())["selection"]
+    assert (info["embed_text"], info["embed_max_length"]) == ("alpaca", 512)
 
 
 def test_cli_kcenter_rows_without_embedding_are_explained(tmp_path):

@@ -39,7 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
     m = p.add_argument_group("student model (--kcenter, --ds-weight)")
     m.add_argument("--student", default="default", help="Model that embeds the rows (--kcenter) or scores the answers (--ds-weight): 'default', a Hub id or a local checkpoint.")
-    m.add_argument("--max-length", type=int, default=1024, help="Tokens of the training text embedded (or scored, --ds-weight).")
+    m.add_argument("--max-length", type=int, default=None,
+                   help="Tokens of the text embedded (--kcenter; default: 1024 for the chat text, 512 for the alpaca text) "
+                        "or scored (--ds-weight; default 400, the reference's).")
     for method in METHODS:
         method.add_arguments(p, rule)
     add_dataclass_arguments(p, ColumnMapping)

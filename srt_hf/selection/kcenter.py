@@ -79,6 +79,9 @@ class KCenter:
         k.add_argument("--embedding-column", default="embedding", help="Use this column of IN as the embeddings when present.")
         k.add_argument("--pool-column", default=None, help="Boolean column marking the current pool (the first centres).")
         k.add_argument("--start", type=int, default=0, help="First pick when there is no pool (a row position).")
+        k.add_argument("--embed-text", default="chat", choices=("chat", "alpaca"),
+                       help="Text the student embeds: 'chat' (the chat-template text TRL trains on; default) or 'alpaca' "
+                            "(the DiverseEvol reference's: Alpaca prompt + response + EOS, 512 tokens).")
 
     def chosen(self, args) -> bool:
         return args.kcenter is not None
@@ -91,7 +94,8 @@ class KCenter:
         column = args.embedding_column
         computed = column not in ds.column_names
         if computed:
-            embedder = Embedder(EmbedConfig(**vars(mapping), model=args.student, max_length=args.max_length, output_column=column))
+            embedder = Embedder(EmbedConfig(**vars(mapping), model=args.student, text=args.embed_text, max_length=args.max_length,
+                                            output_column=column))
             ds = ds.map(embedder, batched=True, batch_size=64, desc=f"embedding ({models.display_name(args.student)})")
             status = ds[embedder.status_column]
         else:
@@ -126,6 +130,8 @@ class KCenter:
             "rule": "kcenter_greedy", "k": args.kcenter, "picked": len(picks), "pool": len(pool_rows),
             "pool_column": args.pool_column, "start": None if pool_rows else args.start,
             "embedding": column if not computed else f"mean last hidden state of {models.display_name(args.student)}",
+            "embed_text": None if not computed else embedder.config.text,
+            "embed_max_length": None if not computed else embedder.config.token_limit,
         }
         meta = {
             "selection": decisions.info,
