@@ -5,7 +5,10 @@ four separate forward passes at batch size 1 through ``model(input_ids, labels=l
 at every position, the loss over the 49k vocabulary everywhere). srt_hf batches by length, runs shared
 prompt heads once and computes logits only at labelled positions. Both must agree within 1e-4.
 
-    python benchmarks/bench_scoring.py [--data FILE] [--rows 48] [--preset reflection]
+    python benchmarks/bench_scoring.py [--data FILE] [--rows 32] [--student default] [--device cuda] [--dtype bfloat16]
+
+On a GPU the reference loop runs in float32 (as the references do) and srt_hf in ``--dtype``; the
+difference bound is then the dtype's tolerance (float32 1e-4; see README "Student dtype").
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from srt_hf import IFDScorer, ScoringConfig
 from srt_hf.formats import detect_format, read_batch
-from srt_hf.templates import format_prompt, format_reverse_prompt
+from srt_hf.reference import reference_losses
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_cherry_5_percent.json"
 DEMO_DATA = Path(__file__).resolve().parents[1] / "srt_hf" / "data" / "demo_alpaca.jsonl"
@@ -44,38 +47,6 @@ class Counter:
         kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
         per_token = layers * 2 * (h * h * 2 + h * kv * 2 + 3 * h * inter)
         return per_token * self.body_tokens + layers * 4 * h * self.attn_pairs + 2 * h * cfg.vocab_size * self.head_tokens
-
-
-def reference_loop(model, tok, rows: list[dict], template: str, max_length: int, counter: Counter) -> list[dict]:
-    """The reference per-row computation (batch size 1, four passes, full logits)."""
-
-    def whole_text(text: str, budget: int) -> float:
-        ids = tok.encode(text, return_tensors="pt", truncation=True, max_length=budget)
-        _count(counter, ids.shape[1], ids.shape[1])
-        return model(ids, labels=ids.contiguous(), output_hidden_states=True).loss.item()
-
-    def part_text(text: str, target: str, budget: int) -> float:
-        ids = tok.encode(text, return_tensors="pt", truncation=True, max_length=budget)
-        start = len(tok.encode(text[: text.rfind(target)]))
-        labels = ids.clone()
-        labels[0, :start] = -100
-        _count(counter, ids.shape[1], ids.shape[1])
-        return model(ids, labels=labels, output_hidden_states=True).loss.item()
-
-    out = []
-    with torch.no_grad():
-        for r in rows:
-            prompt = format_prompt(template, r["instruction"], r["input"])
-            reverse = format_reverse_prompt(template, r["response"])
-            prompt_len = tok.encode(prompt, return_tensors="pt", truncation=True, max_length=max_length).shape[1]
-            reverse_len = tok.encode(reverse, return_tensors="pt", truncation=True, max_length=max_length).shape[1]
-            out.append({
-                "loss_Q_direct": whole_text(r["instruction"] + r["input"], max_length - reverse_len + 1),
-                "loss_A_direct": whole_text(r["response"], max_length - prompt_len + 1),
-                "loss_Q_cond": part_text(reverse + r["instruction"] + r["input"], r["instruction"], max_length),
-                "loss_A_cond": part_text(prompt + r["response"], r["response"], max_length),
-            })
-    return out
 
 
 def _count(counter: Counter, n: int, head: int) -> None:
@@ -105,8 +76,8 @@ def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter) -> None:
             counter.attn_pairs += n * p + n * (n + 1) // 2
 
 
-def matmul_peak(cfg, tokens: int = 1024, trials: int = 5) -> float:
-    """Best GFLOP/s of float32 ``F.linear`` at the model's own shapes (the ceiling for this workload).
+def matmul_peak(cfg, tokens: int = 1024, trials: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of ``F.linear`` at the model's own shapes, device and dtype (the ceiling for this workload).
 
     The best of several short trials, so that a moment of load from elsewhere on a shared machine does not
     lower the ceiling; ``main`` also takes it before and after the timed rounds and keeps the higher.
@@ -114,13 +85,20 @@ def matmul_peak(cfg, tokens: int = 1024, trials: int = 5) -> float:
     h, inter = cfg.hidden_size, cfg.intermediate_size
     best = 0.0
     for k, n in ((h, h), (h, inter), (inter, h), (h, cfg.vocab_size)):
-        x, w = torch.randn(tokens, k), torch.randn(n, k)
+        x, w = torch.randn(tokens, k, device=device, dtype=dtype), torch.randn(n, k, device=device, dtype=dtype)
         torch.nn.functional.linear(x, w)
         for _ in range(trials):
+            _sync(device)
             t = time.perf_counter()
             torch.nn.functional.linear(x, w)
+            _sync(device)
             best = max(best, 2 * tokens * k * n / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -128,29 +106,46 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA if SHARED_DATA.exists() else DEMO_DATA)
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="Timed rounds, alternating which side runs first; medians are reported.")
-    parser.add_argument("--student", default="default")
+    parser.add_argument("--student", default="default", help="a model id or folder, or random:llama-1b (a randomly initialised 1B Llama with the embedded tokenizer; see random_student.py)")
     parser.add_argument("--template", default="vicuna", choices=["vicuna", "alpaca"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    parser.add_argument("--profile", action="store_true", help="After the rounds, profile one srt_hf pass and print where its time goes.")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="srt_hf's student dtype; the baseline stays float32")
     args = parser.parse_args()
 
     batch = load_rows(args.data, args.rows)
-    scorer = IFDScorer(ScoringConfig(student=args.student, preset="reflection", template=args.template))
-    model, tok = scorer.model, scorer.tokenizer
+    if args.student.startswith("random:"):
+        from random_student import build_random_student
+
+        args.student = str(build_random_student(args.student.removeprefix("random:")))
+    scorer = IFDScorer(ScoringConfig(student=args.student, preset="reflection", template=args.template, device=args.device, dtype=args.dtype))
+    if args.dtype == "float32":
+        model, tok = scorer.model, scorer.tokenizer
+    else:  # the reference computes in float32: its own model
+        reference = IFDScorer(ScoringConfig(student=args.student, preset="reflection", template=args.template, device=args.device))
+        model, tok = reference.model, reference.tokenizer
+    bound = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}[args.dtype]
     examples = read_batch(batch, detect_format(list(batch)))
     rows = [{"instruction": e.instruction, "input": e.input, "response": e.response} for e in examples]
     n = len(rows)
-    print(f"data: {args.data} ({n} rows), student: {args.student}, torch threads: {torch.get_num_threads()}")
+    where = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"data: {args.data} ({n} rows), student: {args.student} ({args.dtype}), device: {where}")
 
     scorer({k: v[:2] for k, v in batch.items()})  # warm-up
-    peak_before = matmul_peak(model.config)
+    print(f"srt_hf scoring path: {scorer_path(scorer)}")
+    peak_dtype = getattr(torch, args.dtype)
+    peak_before = matmul_peak(model.config, device=model.device, dtype=peak_dtype)
     times: dict[str, list[float]] = {"baseline": [], "srt_hf": []}
     for r in range(args.rounds):
         for side in (("baseline", "srt_hf") if r % 2 == 0 else ("srt_hf", "baseline")):
+            _sync(model.device)
             t = time.perf_counter()
             if side == "srt_hf":
                 ours = scorer(batch)
             else:
                 base_counter = Counter()
-                ref = reference_loop(model, tok, rows, args.template, 2048, base_counter)
+                ref = reference_losses(model, tok, rows, args.template, on_pass=lambda n, c=base_counter: _count(c, n, n))
+            _sync(model.device)
             times[side].append(time.perf_counter() - t)
             print(f"round {r + 1}: {side:8} {times[side][-1]:7.1f} s", flush=True)
     t_base, t_ours = float(np.median(times["baseline"])), float(np.median(times["srt_hf"]))
@@ -163,15 +158,57 @@ def main() -> None:
     our_counter = Counter()
     srt_hf_counts(scorer, examples, our_counter)
     cfg = model.config
-    peak = max(peak_before, matmul_peak(cfg))
-    print(f"max relative difference of the four losses: {worst:.2e} ({'OK' if worst <= 1e-4 else 'MISMATCH'})")
+    peak = max(peak_before, matmul_peak(cfg, device=model.device, dtype=peak_dtype))
+    print(f"max relative difference of the four losses: {worst:.2e} ({'OK' if worst <= bound else 'MISMATCH'}, bound {bound:g} for {args.dtype})")
     print(f"{'':10}{'rows/s':>10}{'tokens/s':>12}{'GFLOP':>10}{'GFLOP/s':>10}{'% of peak':>11}")
     for name, secs, c in (("baseline", t_base, base_counter), ("srt_hf", t_ours, our_counter)):
         gf = c.flops(cfg) / 1e9
         print(f"{name:10}{n / secs:>10.3f}{c.body_tokens / secs:>12.0f}{gf:>10.1f}{gf / secs:>10.1f}{100 * gf / secs / peak:>10.0f}%")
-    print(f"matmul peak at the model's shapes (float32 linear, {torch.get_num_threads()} threads, best trial): {peak:.1f} GFLOP/s")
+    print(f"matmul peak at the model's shapes ({args.dtype} linear on {where}, best trial): {peak:.1f} GFLOP/s")
     print(f"speed-up srt_hf / baseline: {t_base / t_ours:.2f}x  (medians of {args.rounds} rounds; same rows, same outputs)")
     print(f"srt_hf does {our_counter.flops(cfg) / base_counter.flops(cfg):.2f}x of the baseline's FLOPs")
+    if args.profile:
+        matmul_share = profile(scorer, batch)
+        print(f"bound if every operator but the matrix products took no time: {t_base / (t_ours * matmul_share):.2f}x "
+              f"(the matrix products alone are {100 * matmul_share:.0f}% of srt_hf's time)")
+
+
+# operator name prefix -> the kind of work it is, for the profile's summary
+OP_KINDS = (
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")),
+    ("attention kernels", ("aten::_scaled_dot_product", "aten::scaled_dot_product")),
+    ("softmax / log-sum-exp (output head)", ("aten::logsumexp", "aten::log_softmax", "aten::_log_softmax", "aten::softmax", "aten::_softmax")),
+    ("copies, gathers and indexing", ("aten::copy_", "aten::index", "aten::cat", "aten::gather", "aten::to", "aten::contiguous", "aten::clone")),
+)
+
+
+def profile(scorer: IFDScorer, batch: dict) -> float:
+    """One srt_hf pass under torch.profiler: self time by kind of work, the ten largest operators; returns the matmul share."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if scorer.model.device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        scorer(batch)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    kinds: dict[str, float] = {}
+    for e in events:
+        kind = next((name for name, prefixes in OP_KINDS if e.key.startswith(prefixes)), "elementwise and other operators")
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_cpu_time_total
+    print(f"profile of one srt_hf pass ({total / 1e6:.1f} s of operator self time on the CPU side):")
+    for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {100 * us / total:5.1f}%  {kind}")
+    print("  largest operators:")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]:
+        print(f"  {100 * e.self_cpu_time_total / total:5.1f}%  {e.key} ({e.count} calls)")
+    return kinds.get(OP_KINDS[0][0], 0.0) / total
+
+
+def scorer_path(scorer: IFDScorer) -> str:
+    from srt_hf.span_loss import scoring_path
+
+    return scoring_path(scorer.model, share_prefix=scorer.config.share_prefix).describe()
 
 
 if __name__ == "__main__":
