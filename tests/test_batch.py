@@ -169,8 +169,8 @@ def test_export_results_import_two_rounds_equal_the_online_run(tmp_path, demo_pa
             break
         assert code == 3
         said = capsys.readouterr().out
-        new = sorted(p for p in folder.glob("*-round*.jsonl"))[-1] if not rounds else \
-            next(p for p in sorted(folder.glob("*-round*.jsonl")) if p not in rounds)
+        exported = sorted(p for p in folder.glob("*.jsonl") if p.with_name(f"{p.stem}.manifest.json").exists())
+        new = next(p for p in exported if p not in rounds)
         assert f"vllm run-batch -i {new} -o " in said and "--model fake" in said and "rerun the same command" in said.lower()
         rounds.append(new)
         write_results(new)
