@@ -246,3 +246,50 @@ def test_submit_to_the_batch_api(tmp_path, monkeypatch):
             m.after_stage("teacher")
         api.finish(api.last_batch)
         assert all(c.ok for c in mode().teacher.generate(CONVERSATIONS))
+
+
+def test_a_kill_between_upload_and_batch_creation_resumes_without_a_second_upload(tmp_path, monkeypatch):
+    import openai.resources.batches as batches
+
+    monkeypatch.setenv("FAKE_BATCH_KEY", "sk-secret-123")
+    with FakeBatchAPI() as api:
+        def mode():
+            teacher = EndpointTeacher(api.url + "/v1", model="fake", api_key_env="FAKE_BATCH_KEY", cache_path=tmp_path / "c.sqlite")
+            m = BatchMode(BatchConfig(teacher_batch=str(tmp_path / "b"), submit="openai"), teacher, run_dir=tmp_path, run_id="r")
+            m.start()
+            return m
+
+        real = batches.Batches.create
+        monkeypatch.setattr(batches.Batches, "create", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        m = mode()
+        m.teacher.generate(CONVERSATIONS)
+        with pytest.raises(KeyboardInterrupt):
+            m.after_stage("teacher")
+        assert len(api.files) == 1 and not api.batches
+        monkeypatch.setattr(batches.Batches, "create", real)
+        with pytest.raises(BatchPending, match="still running"):
+            mode()  # the rerun creates the batch from the recorded upload, then waits for it
+        assert len(api.files) == 1 and len(api.batches) == 1
+        api.finish(api.last_batch)
+        assert all(c.ok for c in mode().teacher.generate(CONVERSATIONS))
+
+
+def test_batch_settings_are_checked(tmp_path, monkeypatch, capsys):
+    from srt_hf.errors import ConfigError
+    from srt_hf.teachers import LocalTeacher
+
+    with pytest.raises(ConfigError, match="--submit needs --teacher-batch"):
+        BatchConfig(submit="openai")
+    with pytest.raises(ConfigError, match="--submit 'anthropic'"):
+        BatchConfig(teacher_batch="x", submit="anthropic")
+    with pytest.raises(ConfigError, match="is local"):
+        BatchMode(BatchConfig(teacher_batch="x"), LocalTeacher("default"), run_dir=tmp_path, run_id="r")
+    with pytest.raises(ConfigError, match="needs --teacher-model"):
+        BatchMode(BatchConfig(teacher_batch="x"), EndpointTeacher(NOWHERE, served_model="m"), run_dir=tmp_path, run_id="r")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    teacher = EndpointTeacher("https://api.openai.com/v1", model="gpt-4o-mini", cache_path=tmp_path / "c.sqlite")
+    m = BatchMode(BatchConfig(teacher_batch=str(tmp_path / "b"), submit="openai"), teacher, run_dir=tmp_path, run_id="r")
+    m.start()
+    m.teacher.generate(CONVERSATIONS[:1])
+    with pytest.raises(ConfigError, match="needs an API key for api.openai.com: export OPENAI_API_KEY"):
+        m.after_stage("teacher")

@@ -18,9 +18,10 @@ next round's file, which is submitted again. A batch that failed validation stop
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..durable import atomic_path, write_text_atomic
 from ..errors import BatchPending, ConfigError, TeacherError
@@ -50,6 +51,22 @@ def _client(mode: BatchMode):
     return openai.OpenAI(api_key=authorization[7:], base_url=base, default_headers=headers, max_retries=3, timeout=300)
 
 
+@contextlib.contextmanager
+def _api_errors(mode: BatchMode) -> Iterator[None]:
+    """The client's errors (refused key, unknown model, no connection) as a TeacherError naming the API and the fix."""
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as err:
+        raise TeacherError(f"the batch API at {mode.inner.base_urls[0]} answered HTTP {err.status_code}: {err.message}. "
+                           "Check the key (--teacher-api-key-env) and the URL (--teacher); finished work is kept, rerun the "
+                           "same command to resume") from None
+    except openai.APIError as err:
+        raise TeacherError(f"the batch API at {mode.inner.base_urls[0]} could not be reached ({err.message}); check --teacher "
+                           "and the network, then rerun the same command (finished work is kept)") from None
+
+
 def _state_path(mode: BatchMode) -> Path:
     return mode.run_dir / STATE
 
@@ -75,7 +92,8 @@ def submit(mode: BatchMode, path: Path) -> str:
     if entry.get("done"):  # a new round always has a new name: an ended batch is never sent twice
         return entry["batch_id"]
     client = _client(mode)
-    _advance(mode, client, state, entry)
+    with _api_errors(mode):
+        _advance(mode, client, state, entry)
     return entry["batch_id"]
 
 
@@ -100,6 +118,15 @@ def sync(mode: BatchMode) -> None:
     if not open_entries:
         return
     client = _client(mode)
+    with _api_errors(mode):
+        running = _check(mode, client, state, open_entries)
+    if running:
+        raise BatchPending("teacher batches still running: " + "; ".join(running)
+                           + ". Rerun the same command later: it downloads the results, imports them and goes on.")
+
+
+def _check(mode: BatchMode, client, state: dict[str, Any], open_entries: list[dict[str, Any]]) -> list[str]:
+    """Advance every open batch; returns the ones still running (a failed one raises)."""
     running = []
     for entry in open_entries:
         _advance(mode, client, state, entry)
@@ -124,9 +151,7 @@ def sync(mode: BatchMode) -> None:
                                f"{'; '.join(errors[:5]) or 'no reason given'}. Fix the setting it names and rerun the same "
                                "command: the requests are written and submitted again")
         _save(mode, state)
-    if running:
-        raise BatchPending("teacher batches still running: " + "; ".join(running)
-                           + ". Rerun the same command later: it downloads the results, imports them and goes on.")
+    return running
 
 
 def _download(client, file_id: str, path: Path) -> None:
