@@ -293,3 +293,34 @@ def test_batch_settings_are_checked(tmp_path, monkeypatch, capsys):
     m.teacher.generate(CONVERSATIONS[:1])
     with pytest.raises(ConfigError, match="needs an API key for api.openai.com: export OPENAI_API_KEY"):
         m.after_stage("teacher")
+
+
+@pytest.mark.slow
+def test_submit_openai_end_to_end_equals_the_online_run(tmp_path, demo_path, tiny_model_dir, online, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_BATCH_KEY", "sk-secret-456")
+    out, folder = tmp_path / "run", tmp_path / "batches"
+    with FakeBatchAPI() as api:
+        def rerun() -> int:
+            return recycle_cli(demo_path, tiny_model_dir, out, api.url + "/v1", "--teacher-api-key-env", "FAKE_BATCH_KEY",
+                               "--teacher-batch", str(folder), "--submit", "openai")
+
+        assert rerun() == 3 and "Submitted to the batch API" in capsys.readouterr().out
+        api.finish(api.last_batch, fail={1})  # one instruction reflection fails
+        assert rerun() == 3  # imports, stage 4's requests are submitted; the failed row waits for the next round
+        api.finish(api.last_batch, expire_after=1)  # one response reflection ran, the batch expired
+        for _ in range(4):
+            code = rerun()
+            if code == 0:
+                break
+            assert code == 3
+            api.finish(api.last_batch)
+    assert code == 0
+    assert pq.read_table(out / "rows.parquet").to_pylist() == online
+    assert "sk-secret" not in (out / "batches.json").read_text() and "sk-secret" not in (out / "run.json").read_text()
+    assert {e["authorization"] for e in api.log} == {"Bearer sk-secret-456"}
+    batches = [[r["custom_id"] for r in api.requests_of(b)] for b in api.batches]
+    # stage 2 round 1, stage 4 round 1, the failed instruction again, then stage 4 without the line that ran
+    assert [len(ids) for ids in batches] == [4, 4, 1, 3]
+    assert batches[2] == [batches[0][1]] and batches[1][0] not in batches[3]
+    usage = json.loads((out / "run.json").read_text())["teacher_usage"]
+    assert usage["2-reflect-instruction"]["batch"]["replies"] == 4 and usage["4-reflect-response"]["batch"]["replies"] == 4
