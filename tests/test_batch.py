@@ -324,3 +324,15 @@ def test_submit_openai_end_to_end_equals_the_online_run(tmp_path, demo_path, tin
     assert batches[2] == [batches[0][1]] and batches[1][0] not in batches[3]
     usage = json.loads((out / "run.json").read_text())["teacher_usage"]
     assert usage["2-reflect-instruction"]["batch"]["replies"] == 4 and usage["4-reflect-response"]["batch"]["replies"] == 4
+
+
+def test_a_run_killed_between_manifest_and_request_file_writes_the_file_again(tmp_path):
+    mode = batch_mode(tmp_path)
+    mode.teacher.generate(CONVERSATIONS)
+    path = export(mode)
+    text = path.read_text()
+    path.unlink()  # what a kill after the manifest, before the request lines, leaves
+    mode = batch_mode(tmp_path)
+    mode.teacher.generate(CONVERSATIONS)
+    assert export(mode) == path and path.read_text() == text
+    assert sorted(p.name for p in path.parent.iterdir()) == ["teacher-round1.jsonl", "teacher-round1.manifest.json"]

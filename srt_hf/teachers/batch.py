@@ -159,17 +159,21 @@ class BatchFolder:
         rounds = [m for m in self.manifests() if m.stage == stage]
         return rounds[-1] if rounds else None
 
-    def write_round(self, stage: str, bodies: dict[str, dict[str, Any]], settings: dict[str, dict[str, Any]]) -> Path:
-        """Write the next round's request file of ``stage`` (atomically), then its manifest."""
+    def write_round(self, stage: str, bodies: dict[str, dict[str, Any]], settings: dict[str, dict[str, Any]],
+                    *, round: int | None = None) -> Path:
+        """Write the manifest, then the request file, of ``stage``'s next round (or of ``round``), both atomically.
+
+        The manifest goes first, so a request file never lies in the folder without one (it would be read as results).
+        """
         latest = self.latest(stage)
-        k = latest.round + 1 if latest else 1
+        k = round if round is not None else (latest.round + 1 if latest else 1)
         path = self.root / f"{stage}-round{k}.jsonl"
-        lines = "".join(json.dumps(request_line(key, body), ensure_ascii=False) + "\n" for key, body in bodies.items())
-        write_text_atomic(path, lines)
         model = next(iter(bodies.values()))["model"] if bodies else None
         manifest = {"format": 1, "file": path.name, "run": self.run_id, "stage": stage, "round": k, "model": model,
                     "requests": {key: body_digest(body) for key, body in bodies.items()}, "settings": settings}
         write_text_atomic(path.with_name(f"{path.stem}.manifest.json"), json.dumps(manifest, indent=1, sort_keys=True))
+        lines = "".join(json.dumps(request_line(key, body), ensure_ascii=False) + "\n" for key, body in bodies.items())
+        write_text_atomic(path, lines)
         return path
 
     def check_unchanged(self, manifest: Manifest) -> None:

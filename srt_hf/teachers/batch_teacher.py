@@ -134,11 +134,12 @@ class BatchMode:
             return
         latest = self.folder.latest(stage)
         waiting = latest is not None and set(latest.requests) == set(pending) and not self._answered(latest)
-        if waiting:
+        bodies = {k: body for k, (body, _) in pending.items()}
+        settings = {k: settings for k, (_, settings) in pending.items()}
+        if waiting and (self.folder.root / latest.name).exists():
             path = self.folder.root / latest.name
-        else:
-            path = self.folder.write_round(stage, {k: body for k, (body, _) in pending.items()},
-                                           {k: settings for k, (_, settings) in pending.items()})
+        else:  # a new round, or the waiting round's file again (a run killed between its manifest and its lines)
+            path = self.folder.write_round(stage, bodies, settings, round=latest.round if waiting else None)
         submitted = None
         if self.config.submit:
             from . import openai_batch
