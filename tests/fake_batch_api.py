@@ -47,9 +47,10 @@ def output_line(request: dict[str, Any], n: int, *, fail: bool = False, finish_r
             "error": None}
 
 
-def expired_line(request: dict[str, Any], n: int) -> dict[str, Any]:
+def expired_line(request: dict[str, Any], n: int, ended: str = "expired") -> dict[str, Any]:
+    """An error-file line of a request the batch never ran (it expired or was cancelled first)."""
     return {"id": f"batch_req_{n}", "custom_id": request["custom_id"], "response": None,
-            "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}
+            "error": {"code": f"batch_{ended}", "message": f"The batch {ended} before this request was executed."}}
 
 
 class FakeBatchAPI:
@@ -89,13 +90,15 @@ class FakeBatchAPI:
     def start(self, batch_id: str) -> None:
         self.batches[batch_id]["status"] = "in_progress"
 
-    def finish(self, batch_id: str, *, fail: set[int] = frozenset(), expire_after: int | None = None) -> None:
-        """Run the batch: an output file (and an error file for failed or never-run lines); completed or expired."""
+    def finish(self, batch_id: str, *, fail: set[int] = frozenset(), expire_after: int | None = None,
+               ended: str = "expired") -> None:
+        """Run the batch: an output file (and an error file for failed or never-run lines); completed, or ``ended``
+        (expired or cancelled) after ``expire_after`` lines."""
         requests = self.requests_of(batch_id)
         out, errors = [], []
         for n, request in enumerate(requests):
             if expire_after is not None and n >= expire_after:
-                errors.append(expired_line(request, n))
+                errors.append(expired_line(request, n, ended))
             else:
                 (errors if n in fail else out).append(output_line(request, n, fail=n in fail))
         batch = self.batches[batch_id]
@@ -104,7 +107,7 @@ class FakeBatchAPI:
                 file_id = self.new_id("file")
                 self.files[file_id] = "".join(json.dumps(line) + "\n" for line in lines).encode()
                 batch[field] = file_id
-        batch["status"] = "expired" if expire_after is not None else "completed"
+        batch["status"] = ended if expire_after is not None else "completed"
         batch["request_counts"] = {"total": len(requests), "completed": len(out), "failed": len(errors)}
 
 

@@ -270,6 +270,12 @@ def test_a_kill_between_upload_and_batch_creation_resumes_without_a_second_uploa
         with pytest.raises(BatchPending, match="still running"):
             mode()  # the rerun creates the batch from the recorded upload, then waits for it
         assert len(api.files) == 1 and len(api.batches) == 1
+        api.finish(api.last_batch, expire_after=1, ended="cancelled")  # cancelled after one line
+        m = mode()
+        assert sorted(kind_of(c.status) for c in m.teacher.generate(CONVERSATIONS)) == ["ok", "pending", "pending"]
+        with pytest.raises(BatchPending):
+            m.after_stage("teacher")
+        assert len(api.requests_of(api.last_batch)) == 2  # only the lines it never ran
         api.finish(api.last_batch)
         assert all(c.ok for c in mode().teacher.generate(CONVERSATIONS))
 
