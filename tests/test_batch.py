@@ -342,3 +342,16 @@ def test_a_run_killed_between_manifest_and_request_file_writes_the_file_again(tm
     mode.teacher.generate(CONVERSATIONS)
     assert export(mode) == path and path.read_text() == text
     assert sorted(p.name for p in path.parent.iterdir()) == ["teacher-round1.jsonl", "teacher-round1.manifest.json"]
+
+
+def test_pending_rows_are_redone_even_without_retry_failed(tmp_path):
+    import pyarrow as pa
+
+    from srt_hf.pipeline import _redo_teacher_rows
+
+    part = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"s": ["ok", "pending: in the batch file", "request_failed: HTTP 500"]}), part)
+    assert _redo_teacher_rows("s", retry_failed=False)(part) == "1 row pending, read from the batch results"
+    assert _redo_teacher_rows("s", retry_failed=True)(part) == "1 row request_failed, asked again; 1 row pending, read from the batch results"
+    pq.write_table(pa.table({"s": ["ok", "request_failed: HTTP 500"]}), part)
+    assert _redo_teacher_rows("s", retry_failed=False)(part) is None

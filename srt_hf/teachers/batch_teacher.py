@@ -15,6 +15,7 @@ redoes pending rows on the next run. A batch error of the last import answers ``
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,6 @@ class BatchMode:
         if not teacher.model:
             raise ConfigError("--teacher-batch needs --teacher-model NAME: the model named in every batch request and in "
                               "the cache key (srt_hf cannot ask a server which model it serves for a batch).")
-        import os
-
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("--teacher-batch runs in one process; launch it without accelerate (the teacher does no work here).")
         self.config, self.inner, self.run_dir = config, teacher, Path(run_dir)
