@@ -175,16 +175,19 @@ def recycle(
         with _quiet_datasets():  # the stage bars say what happens; datasets' own bars would repeat it
             current = ds.map(stages.canonical, batched=True, with_indices=True)
             inputs = None
-            for name, fn, label, status_column in stages.plan():
-                key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
-                teacher.cache_tags = {"run": run_id, "stage": name}
-                redo = _redo_teacher_rows(status_column, config.retry_failed) if status_column else None
-                parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label,
-                                      inputs=inputs, redo=redo)
-                if mode is not None and status_column:
-                    mode.after_stage(name)
-                inputs = [part_digest(p) for p in parts]
-                current = _from_parts(parts, paths.work / "datasets")
+            try:
+                for name, fn, label, status_column in stages.plan():
+                    key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
+                    teacher.cache_tags = {"run": run_id, "stage": name}  # each reply cached says where it belongs
+                    redo = _redo_teacher_rows(status_column, config.retry_failed) if status_column else None
+                    parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label,
+                                          inputs=inputs, redo=redo)
+                    if mode is not None and status_column:
+                        mode.after_stage(name)
+                    inputs = [part_digest(p) for p in parts]
+                    current = _from_parts(parts, paths.work / "datasets")
+            finally:
+                teacher.cache_tags = {}  # a teacher passed in with its own cache leaves this run untagged
             usage = _stage_usage(teacher, run_id, [name for name, _, _, column in stages.plan() if column])
             return _finish(current, run_dir, config, teacher, stages, source, usage)
 

@@ -253,7 +253,7 @@ class TeacherSession:
                 teacher.stats.add(completed=1, truncated=int(truncated), **result.usage)
                 if teacher.cache is not None:
                     meta = {"settings": settings, "finish": "length" if truncated else "stop", "source": "online",
-                            "usage": result.usage, **teacher.cache_tags}
+                            "usage": result.usage, **getattr(teacher, "cache_tags", {})}
                     teacher.cache.put(key, result.text or "", meta)
             future.set_result(result)
             return result
