@@ -10,7 +10,7 @@ import types
 import typing
 from typing import Any, Sequence
 
-from .errors import SrtHfError
+from .errors import BatchPending, SrtHfError
 
 # name -> module; each module defines add_parser(subparsers) and run(args) -> int.
 COMMANDS = {
@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except BatchPending as stop:  # not a failure: the run waits for teacher batch results
+        print(f"srt-hf {args.command}: {stop}")
+        return stop.exit_code
     except SrtHfError as err:
         print(f"srt-hf {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -46,3 +46,17 @@ class OutputError(SrtHfError):
 
 class LockedError(SrtHfError):
     """Another run holds the output this run would write; the message names its PID and how to proceed."""
+
+
+class BatchPending(SrtHfError):
+    """Not a failure: the run stopped to wait for the replies of a teacher batch (``--teacher-batch``).
+
+    The message says which file holds the requests, how to run it, and that the same command resumes; the CLI
+    exits with :attr:`exit_code`. Everything finished so far is kept.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, files: list | None = None):
+        super().__init__(message)
+        self.files = list(files or [])

@@ -48,8 +48,9 @@ from .locks import output_lock
 from .reflection import InstructionReflection, ReflectionConfig, ResponseReflection
 from .runs import RunPaths
 from .scoring import IFDScorer, ScoringConfig
-from .status import INVALID, OK, RETRYABLE, SKIPPED, is_ok, kind_of, make
+from .status import INVALID, OK, PENDING, RETRYABLE, SKIPPED, is_ok, kind_of, make
 from .teachers import GenerationConfig, Teacher, load_teacher
+from .teachers.batch_teacher import BatchConfig, BatchMode
 
 ORIGINAL = ("original_instruction", "original_input", "original_response")
 REFLECTED_PAIR = ("instruction_reflected", "input_reflected", "response_reflected")
@@ -143,11 +144,14 @@ def recycle(
     generation: GenerationConfig | None = None,
     teacher_model: str | None = None,
     source: str | None = None,
+    batch: BatchConfig | None = None,
 ) -> RecycleResult:
     """Run stages 1–5 on ``ds`` and write the run folder ``out`` (rerun the same call to resume).
 
     ``teacher``: a Teacher, or a name for :func:`srt_hf.teachers.load_teacher` (URLs, 'default', a model).
     ``student`` overrides ``config.student``. Without ``out`` the folder is ``runs/recycle-<digest>``.
+    ``batch`` (``BatchConfig(teacher_batch=DIR)``): the teacher's missing requests go into batch files in DIR;
+    a teacher stage that leaves any raises :class:`~srt_hf.errors.BatchPending` (rerun with the results to go on).
     """
     config = copy.deepcopy(config) if config is not None else RecycleConfig()
     if student is not None:
@@ -160,29 +164,54 @@ def recycle(
     paths = RunPaths(run_dir)
     with output_lock(run_dir, folder=True, command="srt-hf recycle"):
         teacher = _with_cache(teacher, paths.cache)
-        stages = _Stages(config, teacher)
         key = f"{__version__}:{ds._fingerprint}:{_digest(config, teacher, '')}"
+        run_id = hashlib.sha256(key.encode()).hexdigest()
+        mode = None
+        if batch is not None and batch.enabled:
+            mode = BatchMode(batch, teacher, run_dir=run_dir, run_id=run_id)
+            mode.start()
+            teacher = mode.teacher
+        stages = _Stages(config, teacher)
         with _quiet_datasets():  # the stage bars say what happens; datasets' own bars would repeat it
             current = ds.map(stages.canonical, batched=True, with_indices=True)
             inputs = None
-            for name, fn, label, status_column in stages.plan():
-                key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
-                redo = _failed_requests(status_column) if status_column and config.retry_failed else None
-                parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label,
-                                      inputs=inputs, redo=redo)
-                inputs = [part_digest(p) for p in parts]
-                current = _from_parts(parts, paths.work / "datasets")
-            return _finish(current, run_dir, config, teacher, stages, source)
+            try:
+                for name, fn, label, status_column in stages.plan():
+                    key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()
+                    teacher.cache_tags = {"run": run_id, "stage": name}  # each reply cached says where it belongs
+                    redo = _redo_teacher_rows(status_column, config.retry_failed) if status_column else None
+                    parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label,
+                                          inputs=inputs, redo=redo)
+                    if mode is not None and status_column:
+                        mode.after_stage(name)
+                    inputs = [part_digest(p) for p in parts]
+                    current = _from_parts(parts, paths.work / "datasets")
+            finally:
+                teacher.cache_tags = {}  # a teacher passed in with its own cache leaves this run untagged
+            usage = _stage_usage(teacher, run_id, [name for name, _, _, column in stages.plan() if column])
+            return _finish(current, run_dir, config, teacher, stages, source, usage)
 
 
-def _failed_requests(status_column: str) -> Callable[[Path], str | None]:
-    """``redo`` of a teacher stage: a finished chunk is redone when some of its rows could not reach the teacher."""
+def _redo_teacher_rows(status_column: str, retry_failed: bool) -> Callable[[Path], str | None]:
+    """``redo`` of a teacher stage: a finished chunk is redone when rows wait for a batch reply (``pending``, always)
+    or could not reach the teacher (``request_failed``, unless ``retry_failed`` is off)."""
 
     def redo(part: Path) -> str | None:
-        failed = sum(kind in RETRYABLE for kind in column_kinds(part, status_column))
-        return f"{failed} row{'s' if failed != 1 else ''} {RETRYABLE[0]}, asked again" if failed else None
+        kinds = column_kinds(part, status_column)
+        waiting = kinds.count(PENDING)
+        failed = sum(kind in RETRYABLE for kind in kinds) if retry_failed else 0
+        why = [f"{n} row{'s' if n != 1 else ''} {what}" for n, what in
+               ((failed, f"{RETRYABLE[0]}, asked again"), (waiting, f"{PENDING}, read from the batch results")) if n]
+        return "; ".join(why) or None
 
     return redo
+
+
+def _stage_usage(teacher: Teacher, run_id: str, stages: list[str]) -> dict[str, Any]:
+    """Per teacher stage: replies, prompt and completion tokens, by where they came from (batch or online)."""
+    found = teacher.cache.usage(run_id) if teacher.cache is not None else {}
+    empty = {"replies": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    return {stage: {source: dict(found.get(stage, {}).get(source, empty)) for source in ("batch", "online")} for stage in stages}
 
 
 @contextlib.contextmanager
@@ -369,7 +398,8 @@ def _from_parts(parts: list[Path], cache_dir: Path):
     return Dataset.from_parquet([str(p) for p in parts], cache_dir=str(cache_dir))
 
 
-def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages: _Stages, source: str | None) -> RecycleResult:
+def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages: _Stages, source: str | None,
+            usage: dict[str, Any] | None = None) -> RecycleResult:
     from .report import write_report
     from .selection import quantiles, with_decisions, write_selection_run
 
@@ -402,6 +432,7 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
         "methods": ["selective-reflection-tuning", "reflection-tuning"],
         "counts": counts,
         "teacher_requests": teacher.stats.as_dict(),
+        "teacher_usage": usage or {},
         "status_kinds": {"instruction_reflection": _tally(inst), "response_reflection": _tally(resp)},
         "stats": {
             "ifd": {"before": quantiles(list(rows["original_ifd"])), "after": quantiles(list(rows["final_ifd"]))},

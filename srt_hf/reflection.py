@@ -13,7 +13,8 @@ columns (so they never hold None) and says why in its status:
 * ``placeholder: <section>`` — a section holds template filler ("your instruction", "N/A", "...");
 * ``request_failed: <reason>`` — the teacher could not be reached after its retries (see teachers.py);
 * ``empty_input: <what>`` — nothing to reflect on (empty instruction);
-* ``invalid: <reason>`` — the row could not be read (the reflected columns are "").
+* ``invalid: <reason>`` — the row could not be read (the reflected columns are "");
+* ``pending: <where>`` — the request (or its parse retry) went into a batch file; the next run fills it in.
 
 A parse failure or placeholder is retried once as a new request (``seed + 1``, and ``retry_temperature``
 when the teacher is greedy, since a greedy retry would repeat itself); the status then ends with
@@ -52,7 +53,7 @@ from .parsing import (
     parse_reflection,
     parse_response_reflection,
 )
-from .status import EMPTY_INPUT, INVALID, OK, kind_of, make
+from .status import EMPTY_INPUT, INVALID, OK, is_pending, kind_of, make
 from .teachers import Teacher, TeacherSession, run_sync
 from .teachers.base import StructuredOutputUnsupported
 from .teachers.structured import UNSUPPORTED
@@ -276,6 +277,8 @@ class _Reflection:
         if not parsed.ok and self.config.retry_parse_failures:
             retried = True
             retry = await session.complete(messages, self._retry_overrides(), schema=schema)
+            if is_pending(retry.status):  # the retry went into a batch file: the row waits for it
+                return _RowOutcome(original, retry.status, raw, retried, layout)
             if not retry.ok:
                 return _RowOutcome(original, f"{parsed.status} (retry {retry.status})", raw, retried, layout)
             raw = retry.text or ""

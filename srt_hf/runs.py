@@ -9,6 +9,7 @@
       report.html        every row, what the teacher changed and why, in one offline page (srt-hf report)
       images/            the card's IFD / r-IFD histograms
       cache.sqlite       the teacher's response cache (recycle only; not uploaded, nor its -wal / -shm files)
+      batches.json       recycle --submit openai: the batch ids of its batch files (not uploaded)
       work/              resumable per-stage parts (not uploaded)
       .srt-hf.lock       held by the run writing the folder (not uploaded)
 

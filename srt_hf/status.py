@@ -13,10 +13,12 @@ Kinds (docs/ARCHITECTURE.md):
 * ``request_failed`` — the teacher could not be reached or answered an error after its retries;
 * ``parse_failed`` — the teacher's reply held no usable section;
 * ``placeholder`` — a section held template filler ("your instruction", "N/A");
-* ``truncated`` — the teacher stopped at its token limit, so its reply is incomplete.
+* ``truncated`` — the teacher stopped at its token limit, so its reply is incomplete;
+* ``pending`` — the request went into a batch file (``--teacher-batch``) and its reply has not come back yet.
 
-Only ``request_failed`` is retryable: a resumed run asks the teacher again for those rows. Every other kind
-is final for the same settings and data.
+Only ``request_failed`` is retryable: a resumed run asks the teacher again for those rows. ``pending`` rows are
+always redone on the next run (their replies are read from the imported results). Every other kind is final for
+the same settings and data.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ REQUEST_FAILED = "request_failed"
 PARSE_FAILED = "parse_failed"
 PLACEHOLDER = "placeholder"
 TRUNCATED = "truncated"
+PENDING = "pending"
 
-KINDS = (OK, SKIPPED, INVALID, EMPTY_INPUT, REQUEST_FAILED, PARSE_FAILED, PLACEHOLDER, TRUNCATED)
+KINDS = (OK, SKIPPED, INVALID, EMPTY_INPUT, REQUEST_FAILED, PARSE_FAILED, PLACEHOLDER, TRUNCATED, PENDING)
 #: Kinds after which the teacher gave no usable text (what the summary counts as a failed reflection).
 TEACHER_FAILURES = (REQUEST_FAILED, PARSE_FAILED, PLACEHOLDER, TRUNCATED)
 RETRYABLE = (REQUEST_FAILED,)
@@ -65,6 +68,11 @@ def is_ok(status: str | None) -> bool:
 def is_retryable(status: str | None) -> bool:
     """Whether a resumed run should redo the row (the teacher could not be reached last time)."""
     return kind_of(status) in RETRYABLE
+
+
+def is_pending(status: str | None) -> bool:
+    """Whether the row waits for a batch reply (a rerun after the import fills it in)."""
+    return kind_of(status) == PENDING
 
 
 def tally(statuses: Iterable[str | None]) -> dict[str, int]:

@@ -95,12 +95,26 @@ def recycle_summary(meta: dict) -> str:
         "",
         table(["score", "median before", "median after", "n before", "n after"], medians),
     ]
+    usage = teacher_usage_rows(meta.get("teacher_usage", {}))
+    if usage:
+        parts += ["", table(["teacher stage", "replies", "batch", "online", "prompt tokens", "completion tokens"], usage)]
     if reasons:
         parts += ["", table(["selection", "rows"], list(reasons.items()))]
     bad = {f"{stage}: {kind}": n for stage, tally in kinds.items() for kind, n in tally.items() if kind != "ok"}
     if bad:
         parts += ["", table(["reflection status", "rows"], list(bad.items()))]
     return "\n".join(parts)
+
+
+def teacher_usage_rows(usage: dict[str, dict[str, dict[str, int]]]) -> list[list[object]]:
+    """One row per teacher stage: replies, how many came through a batch and online, and the token counts."""
+    rows = []
+    for stage, sources in usage.items():
+        batch, online = sources.get("batch", {}), sources.get("online", {})
+        total = lambda k: batch.get(k, 0) + online.get(k, 0)  # noqa: E731
+        rows.append([stage, total("replies"), batch.get("replies", 0), online.get("replies", 0), total("prompt_tokens"),
+                     total("completion_tokens")])
+    return rows
 
 
 def _unusable_share(kinds: dict[str, dict[str, int]]) -> str:

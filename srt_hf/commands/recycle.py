@@ -5,6 +5,10 @@ version only when its own IFD / reverse IFD says it is better; rows with IFD < 1
 selected. Rerun the same command to resume an interrupted run: finished work is kept and the rows whose
 teacher request failed are asked again (``--no-retry-failed`` keeps them). One run at a time per --out: a
 second run into the same folder stops at once, naming the first one's PID.
+
+``--teacher-batch DIR`` writes the teacher requests missing from the cache to batch files in DIR (for
+``vllm run-batch`` or ``--submit openai``) and stops with exit code 3; rerunning the same command with the results
+in DIR imports them and goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ def add_parser(sub) -> None:
     from ..cli import add_dataclass_arguments
     from ..pipeline import RecycleConfig
     from ..teachers import GenerationConfig
+    from ..teachers.batch_teacher import BatchConfig
 
     p = sub.add_parser("recycle", help="Reflect with a teacher, select with the student, write a run folder.", description=__doc__)
     p.add_argument("input", metavar="IN", help="JSON/JSONL/CSV/Parquet file, save_to_disk folder, Hub dataset id, or 'demo'.")
@@ -31,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="Recycle only the first N rows.")
     add_dataclass_arguments(p, RecycleConfig)
     add_dataclass_arguments(p, GenerationConfig)
+    add_dataclass_arguments(p, BatchConfig)
     p.set_defaults(run=run)
 
 
@@ -43,16 +49,18 @@ def run(args: argparse.Namespace) -> int:
     from ..status import tally
     from ..summary import recycle_summary
     from ..teachers import GenerationConfig, load_teacher
+    from ..teachers.batch_teacher import BatchConfig
     from ..teachers.factory import endpoint_options
 
     config = dataclass_from_args(RecycleConfig, args)
     generation = dataclass_from_args(GenerationConfig, args)
+    batch = dataclass_from_args(BatchConfig, args)
     options = endpoint_options(args.teacher_api_key_env, args.teacher_header, args.teacher_extra_body)
     teacher = load_teacher(args.teacher or ["default"], model=args.teacher_model, config=generation, **options)
     ds = apply_limit(load_input(args.input, args.split, text_columns=mapped_text_columns(config)), args.limit)
     fmt = detect_format(ds.column_names, config)  # fail before loading any model
     print(f"srt-hf recycle: {args.input}: {describe(fmt)}; rows read: {read_report(ds, fmt)}")
-    result = recycle(ds, teacher=teacher, out=args.out, config=config, source=args.input)
+    result = recycle(ds, teacher=teacher, out=args.out, config=config, source=args.input, batch=batch)
     print(f"\nsrt-hf recycle: {len(result.rows)} rows -> {result.run_dir}\n")
     print(recycle_summary(result.meta))
     if not any(v is not None and math.isfinite(v) for v in result.rows["original_ifd"]):

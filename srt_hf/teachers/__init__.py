@@ -9,7 +9,9 @@
 * :mod:`.endpoint` — :class:`EndpointTeacher`, any OpenAI-compatible server;
 * :mod:`.local` — :class:`LocalTeacher`, a transformers model run in-process;
 * :mod:`.cache` — the persistent SQLite response cache;
-* :mod:`.factory` — :func:`load_teacher`, what a ``--teacher`` value means.
+* :mod:`.factory` — :func:`load_teacher`, what a ``--teacher`` value means;
+* :mod:`.batch`, :mod:`.batch_teacher`, :mod:`.openai_batch` — batch generation (``--teacher-batch``): the
+  request and results files, the teacher that collects missing requests, ``--submit openai``.
 
 A teacher pickles without any live client or model: async clients belong to the event loop that made
 them, so each :meth:`Teacher.session` (one per ``asyncio.run``) makes its own.

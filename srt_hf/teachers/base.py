@@ -160,6 +160,8 @@ class Teacher:
         self.cache_path = str(cache_path) if cache_path is not None else None
         self.cache = ResponseCache(self.cache_path) if self.cache_path else None
         self.stats = TeacherStats()
+        #: stored with every reply this process caches (the pipeline sets the run and the stage, for accounting)
+        self.cache_tags: dict[str, Any] = {}
 
     # identity
     def scope(self) -> dict[str, Any]:
@@ -250,7 +252,8 @@ class TeacherSession:
             if result.ok or truncated:  # both are final for these settings: keep them
                 teacher.stats.add(completed=1, truncated=int(truncated), **result.usage)
                 if teacher.cache is not None:
-                    meta = {"settings": settings, "finish": "length" if truncated else "stop"}
+                    meta = {"settings": settings, "finish": "length" if truncated else "stop", "source": "online",
+                            "usage": result.usage, **getattr(teacher, "cache_tags", {})}
                     teacher.cache.put(key, result.text or "", meta)
             future.set_result(result)
             return result

@@ -111,6 +111,18 @@ class ResponseCache:
             (key, text, time.time(), json.dumps(meta or {}, sort_keys=True)),
         )
 
+    def usage(self, run: str) -> dict[str, dict[str, dict[str, int]]]:
+        """Replies the run ``run`` received, by stage and source (batch / online), with the servers' token counts."""
+        rows = self._conn().execute(
+            "SELECT json_extract(meta, '$.stage'), json_extract(meta, '$.source'), COUNT(*), "
+            "TOTAL(json_extract(meta, '$.usage.prompt_tokens')), TOTAL(json_extract(meta, '$.usage.completion_tokens')) "
+            "FROM completions WHERE json_extract(meta, '$.run') = ? GROUP BY 1, 2", (run,)).fetchall()
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for stage, source, n, prompt, completion in rows:
+            found.setdefault(stage or "", {})[source or "online"] = {
+                "replies": n, "prompt_tokens": int(prompt), "completion_tokens": int(completion)}
+        return found
+
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 

@@ -179,6 +179,20 @@ def _one_model_id(data: dict) -> str | None:
     return models[0] if models else None
 
 
+def request_body(
+    model: str | None, messages: Messages, settings: dict[str, Any], *, tokens_field: str = "max_tokens",
+    extra_body: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The chat-completion request body: model, messages, the generation settings, ``extra_body``, then ``extra``
+    (the structured-output fields). Online requests and batch-file lines are built here alike."""
+    body: dict[str, Any] = {"model": model or "default", "messages": messages}
+    body[tokens_field] = settings["max_new_tokens"]
+    body.update(temperature=settings["temperature"], top_p=settings["top_p"], seed=settings["seed"])
+    body.update(extra_body or {})
+    body.update(extra or {})
+    return body
+
+
 class _EndpointSession(TeacherSession):
     teacher: EndpointTeacher
 
@@ -209,13 +223,9 @@ class _EndpointSession(TeacherSession):
         request.headers.update(self.teacher.credentials.headers_for(str(request.url)))
 
     def body(self, messages: Messages, settings: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The chat-completion request body (what a batch file line would hold, too)."""
-        body: dict[str, Any] = {"model": self._model or "default", "messages": messages}
-        body[self.teacher.tokens_field] = settings["max_new_tokens"]
-        body.update(temperature=settings["temperature"], top_p=settings["top_p"], seed=settings["seed"])
-        body.update(self.teacher.extra_body)
-        body.update(extra or {})
-        return body
+        """The chat-completion request body (what a batch file line holds, too: see :func:`request_body`)."""
+        return request_body(self._model, messages, settings, tokens_field=self.teacher.tokens_field,
+                            extra_body=self.teacher.extra_body, extra=extra)
 
     # -- URL choice and health ------------------------------------------------------------------
     async def _wait_for_url(self) -> None:
