@@ -34,6 +34,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from srt_hf.train import recipe_entry_points
+
 DEFAULT_PROMPT = 'Answer in one short line: the calculation, then "The answer is <number>."\n\n{question}'
 DS_TEMPLATE = "Q: {question}\nA: {eos}{answer}"  # srt_hf.dsweight.DEFAULT_TEMPLATE (kept import-free for --help)
 
@@ -232,16 +234,8 @@ def _print_summary(meta: dict, out: Path) -> None:
     print("\n" + table(["figure", "value"], figures))
 
 
-def make_parser():
-    from trl import SFTConfig, TrlParser
-
-    return TrlParser((SelfImproveArguments, SFTConfig))
-
-
-def main(argv: list[str] | None = None) -> int:
-    from srt_hf.train import recipe_main
-
-    return recipe_main("self_improve", run, make_parser(), argv)
+# the recipe's options (its own and TRL's SFTConfig), and its command line
+make_parser, main = recipe_entry_points("self_improve", run, SelfImproveArguments)
 
 
 if __name__ == "__main__":

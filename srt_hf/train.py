@@ -346,3 +346,17 @@ def recipe_main(name: str, run: Callable[[Any, Any], Any], parser, argv: list[st
         print(f"{name}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def recipe_entry_points(name: str, run: Callable[[Any, Any], Any], arguments: type) -> tuple[Callable[[], Any], Callable[..., int]]:
+    """``make_parser`` and ``main`` of a looping recipe whose options are ``arguments`` and TRL's ``SFTConfig``."""
+
+    def make_parser():
+        from trl import SFTConfig, TrlParser
+
+        return TrlParser((arguments, SFTConfig))
+
+    def main(argv: list[str] | None = None) -> int:
+        return recipe_main(name, run, make_parser(), argv)
+
+    return make_parser, main
