@@ -115,3 +115,33 @@ def test_report_command(tmp_path, capsys):
     assert "not a finished srt-hf run folder" in capsys.readouterr().err
     with pytest.raises(InputError, match="Fix: pass the --out folder"):
         report.write_report(tmp_path / "empty")
+
+
+def kcenter_run(tmp_path, n: int = 16):
+    """A `srt-hf select --kcenter 5` run on given embeddings around a pool of rows 0 and 1."""
+    import datasets
+    import numpy as np
+
+    vectors = np.random.default_rng(1).standard_normal((n, 3))
+    datasets.Dataset.from_dict({
+        "instruction": [f"Question {i}?" for i in range(n)], "output": [f"Answer {i}." for i in range(n)],
+        "embedding": vectors.tolist(), "in_pool": [i < 2 for i in range(n)],
+    }).to_parquet(str(tmp_path / "emb.parquet"))
+    out = tmp_path / "kc"
+    assert cli.main(["select", str(tmp_path / "emb.parquet"), "--kcenter", "5", "--pool-column", "in_pool",
+                     "--out", str(out)]) == 0
+    return out
+
+
+def test_a_kcenter_run_shows_its_rule_reasons_and_pick_order(tmp_path):
+    out = kcenter_run(tmp_path)
+    payload = embedded((out / "report.html").read_text(encoding="utf-8"))
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "rows.parquet", columns=["selection_order", "selection_reason"]).to_pydict()
+    assert payload["view"]["order"] == "selection_order"
+    assert payload["columns"]["selection_order"] == rows["selection_order"]
+    assert sorted(v for v in rows["selection_order"] if v is not None) == [1, 2, 3, 4, 5]
+    assert [text_of(payload, "selection_reason", i) for i in range(16)] == rows["selection_reason"]
+    assert payload["meta"]["selection"]["rule"] == "kcenter_greedy"
+    assert ["pick order", ["selection_order"]] in payload["view"]["scores"]["rows"]
