@@ -62,6 +62,16 @@ def test_report_holds_every_row_with_its_texts_choices_and_scores(tmp_path):
     settings = {(s[0], s[1]) for s in meta["settings"]}
     assert ("teacher", "temperature") in settings and ("config", "retry_parse_failures") in settings
     assert not {("config", "chunk_rows"), ("config", "instruction_column"), ("config", "student")} & settings
+    # every status's kind comes from srt_hf.status; the page's script does not parse statuses
+    from srt_hf.status import kind_of
+
+    status_columns = [c for c in payload["columns"] if c.endswith("status")]
+    assert "instruction_reflection_status" in status_columns
+    used = {k for c in status_columns for k in payload["columns"][c] if k is not None}
+    assert {int(k) for k in payload["kinds"]} == used
+    assert all(payload["kinds"][str(k)] == kind_of(payload["strings"][k]) for k in used)
+    assert {"ok", "parse_failed", "request_failed"} <= set(payload["kinds"].values())
+    assert "split(':'" not in (report.ASSETS / "report.js").read_text()
 
 
 def test_data_and_teacher_text_cannot_become_markup(tmp_path):
