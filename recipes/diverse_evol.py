@@ -36,6 +36,7 @@ from pathlib import Path
 
 from srt_hf.formats import ColumnMapping
 from srt_hf.status import INVALID, is_ok, make
+from srt_hf.train import recipe_entry_points
 
 
 @dataclass
@@ -249,16 +250,8 @@ def _print_summary(meta: dict, out: Path) -> None:
     print(table(["reason", "rows"], list(meta["reasons"].items())))
 
 
-def make_parser():
-    from trl import SFTConfig, TrlParser
-
-    return TrlParser((DiverseEvolArguments, SFTConfig))
-
-
-def main(argv: list[str] | None = None) -> int:
-    from srt_hf.train import recipe_main
-
-    return recipe_main("diverse_evol", run, make_parser(), argv)
+# the recipe's options (its own and TRL's SFTConfig), and its command line
+make_parser, main = recipe_entry_points("diverse_evol", run, DiverseEvolArguments)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,20 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from srt_hf.dsweight import DSWeightConfig
+from srt_hf.train import recipe_entry_points, recipe_options
+
 DEFAULT_PROMPT = 'Answer in one short line: the calculation, then "The answer is <number>."\n\n{question}'
-DS_TEMPLATE = "Q: {question}\nA: {eos}{answer}"  # srt_hf.dsweight.DEFAULT_TEMPLATE (kept import-free for --help)
+# The DS-weight options: recipe option -> field of DSWeightConfig (its default and help).
+DS_OPTIONS = {"ds_template": "template", "ds_loss_tokens": "loss_tokens", "ds_answer_extraction": "answer_extraction",
+              "quantile": "quantile", "ds_threshold_rule": "threshold_rule", "min_votes": "min_votes",
+              "ds_zero_weight_in_pool": "zero_weight_in_pool"}
 
 
 @dataclass
-class SelfImproveArguments:
-    """Where the questions come from, how answers are sampled, and how they are filtered."""
+class SelfImproveArguments(recipe_options(DSWeightConfig, DS_OPTIONS)):
+    """Where the questions come from, how answers are sampled, and how they are filtered (the DS-weight options:
+    :data:`DS_OPTIONS`)."""
 
     model_name_or_path: str = field(default="default", metadata={"help": "The model that answers (unless endpoint_url), scores (DS weight) and is fine-tuned. 'default' is the embedded SmolLM2-135M-Instruct."})
     train_file: str = field(default="", metadata={"help": "Questions (.jsonl/.json/.csv/.parquet). Default: the bundled arith_train.jsonl."})
@@ -58,22 +65,10 @@ class SelfImproveArguments:
     endpoint_url: str | None = field(default=None, metadata={"help": "Sample from this OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) instead of the local model."})
     endpoint_model: str | None = field(default=None, metadata={"help": "Model name sent to the server (vLLM and `transformers serve` need it)."})
     prompt_template: str = field(default=DEFAULT_PROMPT, metadata={"help": "User message of the sampling prompt, with {question}; also the SFT prompt."})
-    ds_template: str = field(default=DS_TEMPLATE, metadata={"help": "Text of the DS-weight loss ({question}, {answer}, {eos}), or 'chat'. Default: the reference's."})
-    ds_loss_tokens: str = field(default="text", metadata={"help": "Tokens the loss averages: 'text' (all, question included: the reference) or 'answer'."})
-    ds_answer_extraction: str = field(default="answer_is", metadata={"help": "Final answer: 'answer_is' (the reference's, as an integer) or 'last_number' (exact)."})
-    quantile: float = field(default=0.79, metadata={"help": "Share of the d pool the threshold sits at."})
-    ds_threshold_rule: str = field(default="rank", metadata={"help": "'rank' (the reference's: sorted(d)[int(N*q)], keep d < th) or 'quantile' (numpy's, keep d <= th)."})
-    min_votes: int = field(default=1, metadata={"help": "Answers that must agree for a majority (1: plain plurality, the reference)."})
-    ds_zero_weight_in_pool: bool = field(default=False, metadata={"help": "Let answers with w = 0 into the d pool (the reference leaves them out)."})
 
-    def ds_config(self):
+    def ds_config(self) -> DSWeightConfig:
         """The :class:`srt_hf.dsweight.DSWeightConfig` of these arguments."""
-        from srt_hf.dsweight import DSWeightConfig
-
-        return DSWeightConfig(model=self.model_name_or_path, template=self.ds_template, loss_tokens=self.ds_loss_tokens,
-                              answer_extraction=self.ds_answer_extraction, quantile=self.quantile,
-                              threshold_rule=self.ds_threshold_rule, min_votes=self.min_votes,
-                              zero_weight_in_pool=self.ds_zero_weight_in_pool)
+        return DSWeightConfig(model=self.model_name_or_path, **{name: getattr(self, option) for option, name in DS_OPTIONS.items()})
 
 
 def run(args: SelfImproveArguments, training_args) -> dict:
@@ -232,16 +227,8 @@ def _print_summary(meta: dict, out: Path) -> None:
     print("\n" + table(["figure", "value"], figures))
 
 
-def make_parser():
-    from trl import SFTConfig, TrlParser
-
-    return TrlParser((SelfImproveArguments, SFTConfig))
-
-
-def main(argv: list[str] | None = None) -> int:
-    from srt_hf.train import recipe_main
-
-    return recipe_main("self_improve", run, make_parser(), argv)
+# the recipe's options (its own and TRL's SFTConfig), and its command line
+make_parser, main = recipe_entry_points("self_improve", run, SelfImproveArguments)
 
 
 if __name__ == "__main__":

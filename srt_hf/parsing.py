@@ -289,6 +289,14 @@ def _versions(text: str, sections: Sequence[str]) -> dict[str, tuple[list[str], 
     return found
 
 
+def _answer_part(reply: str | None) -> tuple[str, ParsedReflection | None]:
+    """The reply after its reasoning, or the failure of an empty reply or of one that is only reasoning."""
+    if reply is None or not reply.strip():
+        return "", ParsedReflection({}, make(PARSE_FAILED, "empty reply"))
+    answer, nothing_left = strip_reasoning(reply)
+    return answer, ParsedReflection({}, make(PARSE_FAILED, nothing_left)) if nothing_left else None
+
+
 def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: str | None = None) -> ParsedReflection:
     """Find ``sections`` (e.g. ``("New Instruction", "New Answer")``, in the order the prompt asks) in a reply.
 
@@ -298,11 +306,9 @@ def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: st
     unknown = [name for name in sections if name not in _MARKER_NAMES]
     if unknown:
         raise ConfigError(f"Unknown reflection section(s) {unknown}; the markers are {list(_MARKER_NAMES)}.")
-    if reply is None or not reply.strip():
-        return ParsedReflection({}, make(PARSE_FAILED, "empty reply"))
-    answer, nothing_left = strip_reasoning(reply)
-    if nothing_left:
-        return ParsedReflection({}, make(PARSE_FAILED, nothing_left))
+    answer, failed = _answer_part(reply)
+    if failed:
+        return failed
     versions = _versions(answer, sections)
     found: dict[str, str] = {}
     parsed = None
@@ -422,11 +428,9 @@ def parse_json_reflection(reply: str | None, kind: str, *, skeleton: str | None 
     one with every field wins. ``skeleton`` works as in :func:`parse_reflection`.
     """
     fields = fields_of(kind)
-    if reply is None or not reply.strip():
-        return ParsedReflection({}, make(PARSE_FAILED, "empty reply"))
-    answer, nothing_left = strip_reasoning(reply)
-    if nothing_left:
-        return ParsedReflection({}, make(PARSE_FAILED, nothing_left))
+    answer, failed = _answer_part(reply)
+    if failed:
+        return failed
     parsed = _read_object(answer, fields)
     return _prompt_failure(answer, parsed, skeleton, lambda name: repr(_SECTION_FIELD[name])) or parsed
 

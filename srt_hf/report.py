@@ -30,6 +30,7 @@ from typing import Any
 
 from .errors import InputError
 from .runs import INTERNAL_SETTINGS, ROWS, RunPaths, read_meta
+from .status import kind_of
 
 REPORT = "report.html"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -153,6 +154,9 @@ def build_payload(run_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
     view["id"] = "_id" if id_column else None
     view["id_label"] = id_column
     charts = _chart_values(meta, columns, names, table)
+    # each status's kind, read by srt_hf.status (the page never parses a status itself)
+    kinds = {str(k): kind_of(strings.values[k]) for c in columns if c.endswith("status") for k in set(columns[c])
+             if k is not None}
     return {
         "format": 1,
         "title": _title(run_dir, meta),
@@ -162,6 +166,7 @@ def build_payload(run_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
         "charts": charts,
         "strings": strings.values,
         "columns": columns,
+        "kinds": kinds,
     }
 
 

@@ -34,37 +34,23 @@ INTERNAL_SETTINGS = frozenset({"within_earlier_selection", "ifd_column", "hub_id
 UPLOADED = (META, ROWS, SELECTED, CARD, REPORT, SFT.split("/")[0], IMAGES)
 
 
+class _InRun:
+    """A file or folder of the run, read as an attribute of :class:`RunPaths` (``RunPaths(root).rows``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, paths: RunPaths | None, owner: type | None = None) -> Any:
+        return self if paths is None else paths.root / self.name
+
+
 @dataclass(frozen=True)
 class RunPaths:
+    """Where each part of the run folder ``root`` lies (each attribute a :class:`~pathlib.Path`)."""
+
     root: Path
-
-    @property
-    def rows(self) -> Path:
-        return self.root / ROWS
-
-    @property
-    def selected(self) -> Path:
-        return self.root / SELECTED
-
-    @property
-    def sft(self) -> Path:
-        return self.root / SFT
-
-    @property
-    def meta(self) -> Path:
-        return self.root / META
-
-    @property
-    def card(self) -> Path:
-        return self.root / CARD
-
-    @property
-    def cache(self) -> Path:
-        return self.root / CACHE
-
-    @property
-    def work(self) -> Path:
-        return self.root / WORK
+    rows, selected, sft, meta = _InRun(ROWS), _InRun(SELECTED), _InRun(SFT), _InRun(META)
+    card, cache, work = _InRun(CARD), _InRun(CACHE), _InRun(WORK)
 
 
 def write_meta(root: Path, meta: dict[str, Any]) -> None:

@@ -7,8 +7,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .status import OK as OK_KIND
-from .status import PARSE_FAILED, PLACEHOLDER, TRUNCATED, is_ok, kind_of
+from .status import INVALID, OK, PARSE_FAILED, PLACEHOLDER, SKIPPED, TRUNCATED, is_ok, kind_of
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -50,7 +49,7 @@ def status_counts(statuses: Iterable[str]) -> Counter:
 def score_summary(statuses: Sequence[str], ifd: Sequence[float | None], rifd: Sequence[float | None] | None) -> str:
     counts = status_counts(statuses)
     parts = [
-        table(["rows", "count"], [["total", len(statuses)], *[[k, counts.get(k, 0)] for k in ("ok", "skipped", "invalid")]]),
+        table(["rows", "count"], [["total", len(statuses)], *[[k, counts.get(k, 0)] for k in (OK, SKIPPED, INVALID)]]),
         "",
         table(["score", "n", "min", "p25", "median", "p75", "max"], quantile_rows({"ifd": ifd, **({"rifd": rifd} if rifd is not None else {})})),
     ]
@@ -68,7 +67,7 @@ def recycle_summary(meta: dict) -> str:
     counts, requests = meta["counts"], meta.get("teacher_requests", {})
     kinds = meta.get("status_kinds", {})
     failures = {
-        stage: sum(n for kind, n in tally.items() if kind != "ok") for stage, tally in kinds.items()
+        stage: sum(n for kind, n in tally.items() if kind != OK) for stage, tally in kinds.items()
     }
     rows = [
         ["rows in", counts["input"]],
@@ -100,7 +99,7 @@ def recycle_summary(meta: dict) -> str:
         parts += ["", table(["teacher stage", "replies", "batch", "online", "prompt tokens", "completion tokens"], usage)]
     if reasons:
         parts += ["", table(["selection", "rows"], list(reasons.items()))]
-    bad = {f"{stage}: {kind}": n for stage, tally in kinds.items() for kind, n in tally.items() if kind != "ok"}
+    bad = {f"{stage}: {kind}": n for stage, tally in kinds.items() for kind, n in tally.items() if kind != OK}
     if bad:
         parts += ["", table(["reflection status", "rows"], list(bad.items()))]
     return "\n".join(parts)
@@ -119,7 +118,7 @@ def teacher_usage_rows(usage: dict[str, dict[str, dict[str, int]]]) -> list[list
 
 def _unusable_share(kinds: dict[str, dict[str, int]]) -> str:
     """Reflections the teacher answered but that gave nothing to use (parse_failed, placeholder, truncated)."""
-    asked = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in (OK_KIND, PARSE_FAILED, PLACEHOLDER, TRUNCATED))
+    asked = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in (OK, PARSE_FAILED, PLACEHOLDER, TRUNCATED))
     bad = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in (PARSE_FAILED, PLACEHOLDER, TRUNCATED))
     return f"{bad} of {asked} ({100 * bad / asked:.0f}%)" if asked else "0"
 

@@ -346,3 +346,35 @@ def recipe_main(name: str, run: Callable[[Any, Any], Any], parser, argv: list[st
         print(f"{name}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def recipe_entry_points(name: str, run: Callable[[Any, Any], Any], arguments: type) -> tuple[Callable[[], Any], Callable[..., int]]:
+    """``make_parser`` and ``main`` of a looping recipe whose options are ``arguments`` and TRL's ``SFTConfig``."""
+
+    def make_parser():
+        from trl import SFTConfig, TrlParser
+
+        return TrlParser((arguments, SFTConfig))
+
+    def main(argv: list[str] | None = None) -> int:
+        return recipe_main(name, run, make_parser(), argv)
+
+    return make_parser, main
+
+
+def recipe_options(config: type, names: Mapping[str, str]) -> type:
+    """A dataclass of some of ``config``'s fields as recipe options (``names``: option -> field of ``config``).
+
+    Each option takes its type, default and help from ``config``, so a recipe and the library cannot disagree on
+    them; a recipe's arguments dataclass inherits from the result.
+    """
+    import dataclasses
+    import typing
+
+    fields, hints = {f.name: f for f in dataclasses.fields(config)}, typing.get_type_hints(config)
+    spec = []
+    for option, name in names.items():
+        f = fields[name]
+        default = (dict(default=f.default) if f.default is not dataclasses.MISSING else dict(default_factory=f.default_factory))
+        spec.append((option, hints[name], dataclasses.field(metadata=f.metadata, **default)))
+    return dataclasses.make_dataclass(f"{config.__name__}Options", spec)

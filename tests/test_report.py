@@ -62,6 +62,16 @@ def test_report_holds_every_row_with_its_texts_choices_and_scores(tmp_path):
     settings = {(s[0], s[1]) for s in meta["settings"]}
     assert ("teacher", "temperature") in settings and ("config", "retry_parse_failures") in settings
     assert not {("config", "chunk_rows"), ("config", "instruction_column"), ("config", "student")} & settings
+    # every status's kind comes from srt_hf.status; the page's script does not parse statuses
+    from srt_hf.status import kind_of
+
+    status_columns = [c for c in payload["columns"] if c.endswith("status")]
+    assert "instruction_reflection_status" in status_columns
+    used = {k for c in status_columns for k in payload["columns"][c] if k is not None}
+    assert {int(k) for k in payload["kinds"]} == used
+    assert all(payload["kinds"][str(k)] == kind_of(payload["strings"][k]) for k in used)
+    assert {"ok", "parse_failed", "request_failed"} <= set(payload["kinds"].values())
+    assert "split(':'" not in (report.ASSETS / "report.js").read_text()
 
 
 def test_data_and_teacher_text_cannot_become_markup(tmp_path):
@@ -115,3 +125,33 @@ def test_report_command(tmp_path, capsys):
     assert "not a finished srt-hf run folder" in capsys.readouterr().err
     with pytest.raises(InputError, match="Fix: pass the --out folder"):
         report.write_report(tmp_path / "empty")
+
+
+def kcenter_run(tmp_path, n: int = 16):
+    """A `srt-hf select --kcenter 5` run on given embeddings around a pool of rows 0 and 1."""
+    import datasets
+    import numpy as np
+
+    vectors = np.random.default_rng(1).standard_normal((n, 3))
+    datasets.Dataset.from_dict({
+        "instruction": [f"Question {i}?" for i in range(n)], "output": [f"Answer {i}." for i in range(n)],
+        "embedding": vectors.tolist(), "in_pool": [i < 2 for i in range(n)],
+    }).to_parquet(str(tmp_path / "emb.parquet"))
+    out = tmp_path / "kc"
+    assert cli.main(["select", str(tmp_path / "emb.parquet"), "--kcenter", "5", "--pool-column", "in_pool",
+                     "--out", str(out)]) == 0
+    return out
+
+
+def test_a_kcenter_run_shows_its_rule_reasons_and_pick_order(tmp_path):
+    out = kcenter_run(tmp_path)
+    payload = embedded((out / "report.html").read_text(encoding="utf-8"))
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "rows.parquet", columns=["selection_order", "selection_reason"]).to_pydict()
+    assert payload["view"]["order"] == "selection_order"
+    assert payload["columns"]["selection_order"] == rows["selection_order"]
+    assert sorted(v for v in rows["selection_order"] if v is not None) == [1, 2, 3, 4, 5]
+    assert [text_of(payload, "selection_reason", i) for i in range(16)] == rows["selection_reason"]
+    assert payload["meta"]["selection"]["rule"] == "kcenter_greedy"
+    assert ["pick order", ["selection_order"]] in payload["view"]["scores"]["rows"]

@@ -152,3 +152,21 @@ def test_a_link_opens_its_row_and_compressed_select_reports_render(tmp_path, bro
     assert "Explain topic" in page.inner_text(f"#row-{shown(page)[0]} [data-field=_instruction]")
     assert problems + more == []
     page.close()
+
+
+def test_a_kcenter_report_sorts_by_pick_order(tmp_path, browser):
+    from test_report import kcenter_run
+
+    out = kcenter_run(tmp_path)
+    import pyarrow.parquet as pq
+
+    order = pq.read_table(out / "rows.parquet", columns=["selection_order"]).column(0).to_pylist()
+    page, problems = open_report(browser, out / "report.html")
+    choose(page, "sort", "order")
+    picks = sorted((o, i) for i, o in enumerate(order) if o is not None)
+    unpicked = [i for i, o in enumerate(order) if o is None]
+    assert shown(page) == [i for _, i in picks] + unpicked  # picks first, in the order k-center chose them
+    first = picks[0][1]
+    assert "pick 1" in page.inner_text(f"#row-{first}") and "k-center pick" in page.inner_text(f"#row-{first}")
+    assert problems == []
+    page.close()

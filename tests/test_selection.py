@@ -265,3 +265,57 @@ def test_cli_on_a_recycle_run_folder_ranks_the_rows_it_kept(tmp_path):
     assert [r["id"] for r in pq.read_table(out_all / "rows.parquet").to_pylist() if r["selected"]] == ["0", "2"]
     run_select([str(recycled), "--top-n", "3", "--all-rows", "--out", str(out_all)])
     assert [r["id"] for r in pq.read_table(out_all / "rows.parquet").to_pylist() if r["selected"]] == ["0", "1", "2"]
+
+
+class EveryOther:
+    """A selection method written the way docs/ARCHITECTURE.md says: a Decisions-returning rule plus the CLI glue."""
+
+    name = "every-other"
+
+    def add_arguments(self, parser, rule) -> None:
+        rule.add_argument("--every-other", action="store_true", help="Keep the even rows.")
+
+    def chosen(self, args) -> bool:
+        return args.every_other
+
+    def run(self, ds, args, mapping):
+        from srt_hf.selection import Decisions
+
+        keep = [i % 2 == 0 for i in range(len(ds))]
+        decisions = Decisions(keep, ["kept: even row" if k else "dropped: odd row" for k in keep],
+                              info={"rule": "every_other"}, columns={"parity": [i % 2 for i in range(len(ds))]},
+                              methods=["k-center"])
+        return decisions.table(ds), decisions.meta(), [], mapping
+
+
+def test_a_new_method_is_one_list_entry(scored_file, tmp_path, monkeypatch):
+    from srt_hf.selection import methods
+
+    assert [m.name for m in methods.METHODS] == ["top-ifd", "k-center", "ds-weight"]
+    monkeypatch.setattr(methods, "METHODS", [*methods.METHODS, EveryOther()])
+    out = tmp_path / "run"
+    assert run_select([str(scored_file), "--every-other", "--out", str(out)]) == 0
+    rows = pq.read_table(out / "rows.parquet").to_pylist()
+    assert [r["selection_reason"] for r in rows[:2]] == ["kept: even row", "dropped: odd row"]
+    assert [r["parity"] for r in rows] == [0, 1] * 5
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["selection"]["rule"] == "every_other" and meta["counts"]["selected"] == 5
+    assert "k-center" in meta["methods"] and "wu2023diverseevol" in (out / "README.md").read_text()
+    assert "kept: even row" in (out / "report.html").read_text()
+    with pytest.raises(SystemExit):  # still one rule at a time
+        run_select([str(scored_file), "--every-other", "--top-n", "2", "--out", str(tmp_path / "two")])
+
+
+def test_kcenter_reasons_are_written_in_one_place():
+    # the CLI (srt_hf/selection/kcenter.py) and recipes/diverse_evol.py both take their reasons from kcenter_decisions:
+    # neither the recipe nor the command writes a "kept: …" / "dropped: …" text of its own
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = (root / "recipes" / "diverse_evol.py").read_text()
+    assert "kcenter_decisions(" in recipe and not re.search(r"f?[\"'](kept|dropped): ", recipe)
+    kcenter = (root / "srt_hf" / "selection" / "kcenter.py").read_text()
+    command = kcenter[kcenter.index("class KCenter"):]  # the `srt-hf select --kcenter` glue
+    assert "kcenter_decisions(" in command and not re.search(r"f?[\"'](kept|dropped): ", command)
+    assert re.search(r"f[\"](kept|dropped): ", kcenter[:kcenter.index("class KCenter")])

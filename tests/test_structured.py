@@ -74,3 +74,23 @@ def test_local_teacher_follows_the_schema(tiny_model_dir):
     finished = [r for r in replies if r.ok]
     assert all(set(json.loads(r.text)) == {"review", "better_answer"} for r in finished)
     assert all(r.ok or r.status.startswith("truncated: ") for r in replies)
+
+
+def test_without_llguidance_the_error_names_the_extra(monkeypatch):
+    import re
+    import sys
+    from pathlib import Path
+
+    from srt_hf.teachers import structured
+
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # import llguidance -> ImportError
+    with pytest.raises(ConfigError, match=re.escape('pip install "srt-hf[structured]"')):
+        structured._llguidance()
+    assert not structured.available_locally()
+    # every `srt-hf[extra]` the code, recipes and README name is an extra of pyproject.toml
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    extras = set(re.findall(r"^(\w+) = \[", pyproject.split("[project.optional-dependencies]")[1].split("\n[")[0], re.M))
+    texts = [p.read_text() for p in [*root.glob("srt_hf/**/*.py"), *root.glob("recipes/**/*"), root / "README.md"] if p.is_file()]
+    named = {e for t in texts for group in re.findall(r"srt-hf\[([\w,]+)\]", t) for e in group.split(",")}
+    assert {"structured", "peft", "liger"} <= named and named <= extras

@@ -3,7 +3,7 @@
 (function () {
   'use strict';
 
-  var D, S, C, V, N, META;
+  var D, S, C, V, N, META, KINDS = Object.create(null);
   var state = { q: '', status: '', choice: '', selected: '', reason: '', sort: 'row', range: null, page: 0, size: 25 };
   var filtered = [];
   var lowered = null;
@@ -49,7 +49,8 @@
     return k === null || k === undefined ? null : S[k];
   }
   function num(col, i) { var a = col ? C[col] : null; return a ? a[i] : null; }
-  function kindOf(status) { return status === null || status === undefined ? '' : String(status).split(':', 1)[0].trim(); }
+  // a status's kind as srt_hf.status.kind_of read it (D.kinds, by string-table index): the page parses no status
+  function kindOf(status) { return status === null || status === undefined ? '' : (KINDS[status] || ''); }
   function isSelected(i) { return V.selected ? C[V.selected][i] === 1 : true; }
   function reasonGroup(r) { return r === null ? '' : r.split(' (', 1)[0]; }
   function fmt(v, digits) {
@@ -711,6 +712,7 @@
   // ---------------------------------------------------------------------------------------------- start
   function start(data) {
     D = data; S = D.strings; C = D.columns; V = D.view; N = D.n; META = D.meta || {};
+    Object.keys(D.kinds || {}).forEach(function (k) { KINDS[S[Number(k)]] = D.kinds[k]; });
     $('loading').hidden = true;
     $('overview').hidden = false;
     $('browser').hidden = false;

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from ..errors import ConfigError, SrtHfError
-from ..status import OK, TRUNCATED, is_ok, kind_of, make
+from ..status import OK, REQUEST_FAILED, TRUNCATED, is_ok, kind_of, make
 from .cache import ResponseCache, cache_key
 
 Messages = list[dict[str, Any]]
@@ -92,6 +92,18 @@ class Completion:
     @property
     def ok(self) -> bool:
         return is_ok(self.status)
+
+    @classmethod
+    def reply(cls, text: str, *, cut_at: int | None = None, attempts: int = 0, cached: bool = False,
+              usage: dict[str, int] | None = None) -> Completion:
+        """A reply that arrived: ``ok``, or ``truncated: …`` when it stopped at ``cut_at`` new tokens."""
+        status = OK if cut_at is None else truncated_status(cut_at)
+        return cls(text, status, attempts=attempts, cached=cached, usage=dict(usage or {}))
+
+    @classmethod
+    def failed(cls, reason: str, attempts: int) -> Completion:
+        """No reply after ``attempts`` requests: ``request_failed: reason``."""
+        return cls(None, make(REQUEST_FAILED, reason), attempts=attempts)
 
 
 class StructuredOutputUnsupported(SrtHfError):
@@ -239,8 +251,8 @@ class TeacherSession:
             if entry is not None:
                 text, meta = entry
                 teacher.stats.add(cache_hits=1)
-                status = truncated_status(settings["max_new_tokens"]) if meta.get("finish") == "length" else OK
-                return Completion(text, status, attempts=0, cached=True)
+                cut_at = settings["max_new_tokens"] if meta.get("finish") == "length" else None
+                return Completion.reply(text, cut_at=cut_at, cached=True)
         if key in self._pending:  # the same request is already on its way: share its answer
             done = await asyncio.shield(self._pending[key])
             return Completion(done.text, done.status, attempts=0, cached=done.cached)

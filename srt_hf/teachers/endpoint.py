@@ -23,16 +23,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from ..errors import ConfigError, TeacherError
-from ..status import OK, REQUEST_FAILED, make
-from .base import (
-    Completion,
-    GenerationConfig,
-    Messages,
-    StructuredOutputUnsupported,
-    Teacher,
-    TeacherSession,
-    truncated_status,
-)
+from .base import Completion, GenerationConfig, Messages, StructuredOutputUnsupported, Teacher, TeacherSession
 from .credentials import Credentials, host_of, is_hf_host
 from .http import (
     HTTPStatusError,
@@ -337,12 +328,11 @@ class _EndpointSession(TeacherSession):
             refused = probing and fault is not None and fault.reason.startswith("HTTP 4") and not fault.fatal
             self._record(url, None if refused else fault)
             if fault is None:
-                if reply.finish_reason == "length":
-                    return Completion(reply.text, truncated_status(settings["max_new_tokens"]), attempt, usage=reply.usage), None
-                return Completion(reply.text, OK, attempts=attempt, usage=reply.usage), None
+                cut_at = settings["max_new_tokens"] if reply.finish_reason == "length" else None
+                return Completion.reply(reply.text, cut_at=cut_at, attempts=attempt, usage=reply.usage), None
             self._check_fatal(url, fault)
             if refused:
-                return Completion(None, make(REQUEST_FAILED, fault.reason), attempts=attempt), fault
+                return Completion.failed(fault.reason, attempt), fault
             if not fault.retryable or attempt > cfg.max_retries:
                 break
             teacher.stats.add(retried=1)
@@ -351,7 +341,7 @@ class _EndpointSession(TeacherSession):
             if not (others_up and (fault.url_down or fault.retry_after is not None)):
                 await asyncio.sleep(random.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))))
         teacher.stats.add(failed=1)
-        return Completion(None, make(REQUEST_FAILED, fault.reason), attempts=attempt), fault
+        return Completion.failed(fault.reason, attempt), fault
 
     def _tokens_field_rejected(self, fault: _Fault) -> bool:
         """A 400 saying to use ``max_completion_tokens`` (newer OpenAI models): switch once for the run."""

@@ -12,16 +12,7 @@ from typing import Any, Sequence
 
 from .. import models
 from ..errors import ConfigError
-from ..status import OK, REQUEST_FAILED, make
-from .base import (
-    Completion,
-    GenerationConfig,
-    Messages,
-    StructuredOutputUnsupported,
-    Teacher,
-    TeacherSession,
-    truncated_status,
-)
+from .base import Completion, GenerationConfig, Messages, StructuredOutputUnsupported, Teacher, TeacherSession
 
 logger = logging.getLogger(__name__)
 
@@ -215,12 +206,12 @@ class _LocalSession(TeacherSession):
                     settings, schema = chunk[0][1], chunk[0][2]
                     try:
                         replies = await asyncio.to_thread(teacher.generate_batch, [c[0] for c in chunk], settings, schema)
-                        cut = truncated_status(settings["max_new_tokens"])
-                        results = [Completion(text, cut if limit else OK, attempts=1) for text, limit in replies]
+                        cut = settings["max_new_tokens"]
+                        results = [Completion.reply(text, cut_at=cut if limit else None, attempts=1) for text, limit in replies]
                     except Exception as err:  # noqa: BLE001 - a failed batch becomes statuses, never a crash
                         logger.warning("local teacher: generate failed for %d prompts: %s", len(chunk), err)
                         teacher.stats.add(failed=len(chunk))
-                        results = [Completion(None, make(REQUEST_FAILED, f"{type(err).__name__}: {str(err)[:160]}"), 1)] * len(chunk)
+                        results = [Completion.failed(f"{type(err).__name__}: {str(err)[:160]}", 1)] * len(chunk)
                     for (*_, future), result in zip(chunk, results):
                         if not future.done():
                             future.set_result(result)
