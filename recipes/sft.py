@@ -43,7 +43,7 @@ from typing import Any
 _FILE_LOADERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 COMPARE_DIR = "compare"
 # Never uploaded: checkpoints, and the comparison's response cache and lock.
-NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", f"{COMPARE_DIR}/cache.sqlite*", f"{COMPARE_DIR}/.lock"]
+NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", f"{COMPARE_DIR}/cache.sqlite*", f"{COMPARE_DIR}/.srt-hf.lock"]
 
 
 @dataclass

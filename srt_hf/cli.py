@@ -35,13 +35,26 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip:
             kind = next(a for a in args if a is not type(None))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = _with_default(f.metadata.get("help", ""), default, flag if kind is bool else None)
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(kind) is list:
             parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
+
+
+def _with_default(help_text: str, default: Any, bool_flag: str | None = None) -> str:
+    """The help text, ``%``-escaped for argparse, ending in the default unless the text already names it.
+
+    A boolean's default is stated as the flag that is on by default (``--x`` or ``--no-x``).
+    """
+    escaped = help_text.replace("%", "%%")
+    if default is None or default == [] or "default" in help_text.lower():
+        return escaped
+    if bool_flag is not None:
+        return f"{escaped} (default: {bool_flag if default else '--no-' + bool_flag[2:]})"
+    return f"{escaped} (default: %(default)s)"
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any):

@@ -29,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, judge, models
+from .durable import atomic_path, write_text_atomic
 from .errors import ConfigError, InputError
+from .locks import LOCK_NAME, output_lock
 from .status import EMPTY_INPUT, OK, REQUEST_FAILED, is_ok, kind_of, make, reason_of
 
 BUILTIN = "builtin"
 BUILTIN_PROMPTS = Path(__file__).parent / "data" / "compare_prompts.jsonl"
-TABLE, SUMMARY, CHART, CACHE, LOCK = "compare.parquet", "summary.json", "comparison.png", "cache.sqlite", ".lock"
+TABLE, SUMMARY, CHART, CACHE = "compare.parquet", "summary.json", "comparison.png", "cache.sqlite"
+LOCK = LOCK_NAME  # held by the run (srt_hf.locks), removed when it ends
 NOT_UPLOADED = (CACHE, CACHE + "-wal", CACHE + "-shm", LOCK)
 _FILE_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -190,21 +193,14 @@ def load_prompts(source: str = BUILTIN, limit: int | None = None) -> list[dict[s
 
 
 def compare(model_a: str, model_b: str, out: str | os.PathLike, config: CompareConfig | None = None) -> ComparisonResult:
-    """Compare ``model_a`` with ``model_b`` on the test prompts; writes ``out`` (see the module docstring)."""
-    from filelock import FileLock, Timeout
+    """Compare ``model_a`` with ``model_b`` on the test prompts; writes ``out`` (see the module docstring).
 
+    One run at a time per ``out``: a second one stops at once, naming the first one's PID.
+    """
     config = config or CompareConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out / LOCK))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ConfigError(f"another `srt-hf compare` is writing to {out}: wait for it or choose another --out") from None
-    try:
+    with output_lock(out, folder=True, command="srt-hf compare"):
         return _run(str(model_a), str(model_b), out, config)
-    finally:
-        lock.release()
 
 
 def _run(model_a: str, model_b: str, out: Path, config: CompareConfig) -> ComparisonResult:
@@ -227,7 +223,7 @@ def _run(model_a: str, model_b: str, out: Path, config: CompareConfig) -> Compar
     _write_table(records, out / TABLE)
     result = _summarise(records, out, model_a, model_b, config, judge_teacher)
     result.settings["verdict_format"] = mode
-    (out / SUMMARY).write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    write_text_atomic(out / SUMMARY, json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     write_chart(result)
     return result
 
@@ -340,9 +336,8 @@ def _write_table(records: list[dict[str, Any]], path: Path) -> None:
 
     floats = {k for k in (records[0] if records else {}) if k.endswith(("_score_a", "_score_b"))}
     columns = {k: pa.array([r[k] for r in records], type=pa.float64() if k in floats else pa.string()) for k in (records[0] if records else {})}
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(pa.table(columns), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(columns), tmp)
 
 
 def _summarise(records, out: Path, model_a: str, model_b: str, config: CompareConfig, judge_teacher) -> ComparisonResult:

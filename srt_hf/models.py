@@ -126,13 +126,21 @@ def resolve(name: str | os.PathLike | None) -> tuple[str, dict]:
     return name, {}
 
 
+#: Files of a model folder that do not change what the model computes: its card, charts and training records
+#: (``srt-hf compare --card`` rewrites the card, which must not make the comparison's cached answers stale).
+_NOT_MODEL_SUFFIXES = (".md", ".png", ".jpg", ".html")
+_NOT_MODEL_FILES = {"loss_history.json", "srt_hf_card.json", "training_args.bin", ".srt-hf.lock"}
+
+
 def local_model_stamp(name: str | os.PathLike | None) -> list | None:
     """Names, sizes and mtimes of a local model's files (None for Hub ids and the default), so a
-    fingerprint changes when a checkpoint at the same path changes."""
+    fingerprint changes when a checkpoint at the same path changes; the card and training records are left out."""
     if is_default(name) or not Path(str(name)).exists():
         return None
     path = Path(str(name))
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and p.name not in _NOT_MODEL_FILES and p.suffix.lower() not in _NOT_MODEL_SUFFIXES
+    )
     return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
 
 

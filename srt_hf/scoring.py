@@ -180,26 +180,26 @@ class IFDScorer(models.LazyModel):
             prompt = enc.chat_prompt(ex.context)
             empty = enc.chat_prompt([{"role": "user", "content": ""}])
             plan.prompt_len = min(len(enc(prompt)), L)
-            plan.A_cond = enc.span(prompt + ex.response, ex.response, L, "A_cond")
-            plan.A_direct = enc.span(empty + ex.response, ex.response, L, "A_direct")
+            plan.add(enc, "A_cond", prompt + ex.response, ex.response, L)
+            plan.add(enc, "A_direct", empty + ex.response, ex.response, L)
             if self.config.rifd_enabled():
                 question = user_content(ex.instruction, ex.input)
                 reverse = enc.chat_prompt([{"role": "user", "content": _reverse_request(ex.response)}])
-                plan.Q_cond = enc.span(reverse + question, question, L, "Q_cond")
-                plan.Q_direct = enc.span(empty + question, question, L, "Q_direct")
+                plan.add(enc, "Q_cond", reverse + question, question, L)
+                plan.add(enc, "Q_direct", empty + question, question, L)
             return plan
         template = self.preset.template
         prompt = format_prompt(template, ex.instruction, ex.input)
         plan.prompt_len = min(len(enc(prompt)), L)
-        plan.A_cond = enc.span(prompt + ex.response, ex.response, L, "A_cond")
+        plan.add(enc, "A_cond", prompt + ex.response, ex.response, L)
         direct_budget = L - plan.prompt_len + self.preset.direct_budget_offset
-        plan.A_direct = enc.span(self.preset.direct_prefix + ex.response, ex.response, direct_budget, "A_direct")
+        plan.add(enc, "A_direct", self.preset.direct_prefix + ex.response, ex.response, direct_budget)
         if self.config.rifd_enabled():
             reverse = format_reverse_prompt(template, ex.response)
             reverse_len = min(len(enc(reverse)), L)
-            plan.Q_cond = enc.span(reverse + ex.instruction + ex.input, ex.instruction, L, "Q_cond")
+            plan.add(enc, "Q_cond", reverse + ex.instruction + ex.input, ex.instruction, L)
             question = ex.instruction + ex.input
-            plan.Q_direct = enc.span(question, question, L - reverse_len + 1, "Q_direct")
+            plan.add(enc, "Q_direct", question, question, L - reverse_len + 1)
         return plan
 
     def _finish(self, plan: _RowPlan, values: dict[str, float], out: dict[str, np.ndarray], i: int) -> str:
@@ -223,7 +223,9 @@ class IFDScorer(models.LazyModel):
                 return make(SKIPPED, reason)
         missing = [name for name, v in values.items() if math.isnan(v)]
         if missing:
-            return make(SKIPPED, f"no token to score for {', '.join('loss_' + m for m in missing)} (truncated to max_length {self.max_length()})")
+            why = (f"truncated to max_length {self.max_length()}" if set(missing) & plan.cut else
+                   "the text is a single token, and a text's first token is never scored: nothing comes before it")
+            return make(SKIPPED, f"no token to score for {', '.join('loss_' + m for m in missing)} ({why})")
         if not math.isfinite(out["ifd"][i]) or ("Q_cond" in values and not math.isfinite(out["rifd"][i])):
             return make(SKIPPED, "a direct loss is zero, the ratio is undefined")
         return OK
@@ -263,6 +265,13 @@ class _RowPlan:
     A_direct: Span | None = None
     Q_cond: Span | None = None
     Q_direct: Span | None = None
+    cut: set[str] = field(default_factory=set)  # the spans whose text was cut at its token budget
+
+    def add(self, enc: _Encoder, name: str, text: str, target: str, max_length: int) -> None:
+        """Set span ``name`` (``enc.span``), noting whether its text was cut."""
+        setattr(self, name, enc.span(text, target, max_length, name))
+        if len(enc(text)) > max_length:
+            self.cut.add(name)
 
     def names(self) -> list[str]:
         return [n for n in ("A_cond", "A_direct", "Q_cond", "Q_direct") if getattr(self, n) is not None]

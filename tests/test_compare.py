@@ -194,3 +194,18 @@ def test_cli_prints_the_table_and_fails_in_one_line(tmp_path, capsys):
     assert "winning score" in printed
     assert cli.main(["compare", "x", "y", "--structured", "maybe", "--out", str(tmp_path / "bad")]) == 2
     assert "use auto, json or off" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_second_compare_into_the_same_folder_stops_at_once(tmp_path, capsys):
+    from test_locks import Holder
+
+    out = tmp_path / "cmp"
+    holder = Holder(out, folder=True)
+    try:
+        assert cli.main(["compare", "x", "y", "--judge", "http://127.0.0.1:9", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"PID {holder.pid}" in err and "is in use by another run" in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == [".srt-hf.lock"]  # nothing asked, nothing written
+    finally:
+        holder.kill()

@@ -218,6 +218,21 @@ def test_breaker_defaults_are_stated_in_the_help():
     assert "in a row" in help_text and GenerationConfig().breaker_failures == 10 and GenerationConfig().breaker_seconds == 120
 
 
+@pytest.mark.parametrize("command", ["recycle", "compare"])
+def test_cli_help_states_the_teacher_defaults(command):
+    import re
+
+    from srt_hf.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    text = " ".join(sub.format_help().split())
+    for flag, default in (("--timeout", "120.0"), ("--max-retries", "5"), ("--backoff-base", "0.5")):
+        assert re.search(rf"{flag} \S+ [^-]*\(default: {re.escape(default)}\)", text), (flag, text)
+    if command == "recycle":
+        assert "resume). (default: 10)" in text and "(default: 120.0)" in text.split("--breaker-seconds")[-1]
+        assert "--retry-failed, --no-retry-failed" in text and "(default: --retry-failed)" in text.split("--no-retry-failed")[-1]
+
+
 def test_time_to_fail_a_dead_url_is_bounded():
     config = GenerationConfig(timeout=0.2, max_retries=3, backoff_base=0.01, backoff_max=0.05, breaker_failures=4)
     with FaultServer(faults=["slow:1"] * 20) as server:

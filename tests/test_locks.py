@@ -114,3 +114,32 @@ def test_two_concurrent_recycle_runs_one_refused_the_other_as_a_lone_run(tmp_pat
         assert main(recycle_argv(server.url, tiny_model_dir, lone)) == 0
     assert pq.read_table(out / "rows.parquet").to_pylist() == pq.read_table(lone / "rows.parquet").to_pylist()
     assert not (out / ".srt-hf.lock").exists()
+
+
+def load_recipe(name: str):
+    import importlib.util
+
+    key = f"srt_hf_recipe_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # dataclasses resolve their annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["sft", "diverse_evol", "self_improve"])
+def test_a_recipe_into_a_locked_output_dir_stops_at_once(tmp_path, capsys, recipe):
+    out = tmp_path / "model"
+    holder = Holder(out, folder=True)
+    data = [] if recipe == "self_improve" else ["--dataset", "demo"]  # self_improve reads its bundled questions
+    argv = [*data, "--model_name_or_path", "default", "--output_dir", str(out), "--use_cpu", "true", "--bf16", "false",
+            "--report_to", "none"]
+    try:
+        assert load_recipe(recipe).main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"PID {holder.pid}" in err and "is in use by another run" in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == [".srt-hf.lock"]  # nothing written
+    finally:
+        holder.kill()

@@ -35,3 +35,17 @@ def test_missing_package_says_what_to_install(monkeypatch, tmp_path):
 def test_unreachable_hub_model_names_the_settings():
     with pytest.raises(ModelUnavailableError, match=r"HF_HUB_OFFLINE.*'default'"):
         models.load_tokenizer("no-such-org/no-such-model-xyz")
+
+
+def test_a_model_folder_stamp_follows_the_weights_not_the_card(tmp_path):
+    import os
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
+    (tmp_path / "adapter_config.json").write_text("{}")
+    stamp = models.local_model_stamp(tmp_path)
+    for name in ("README.md", "loss_curve.png", "loss_history.json", "srt_hf_card.json"):  # what `compare --card` rewrites
+        (tmp_path / name).write_text("new")
+    assert models.local_model_stamp(tmp_path) == stamp
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"retrained")
+    os.utime(tmp_path / "adapter_model.safetensors", (1, 1))
+    assert models.local_model_stamp(tmp_path) != stamp

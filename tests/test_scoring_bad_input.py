@@ -64,6 +64,14 @@ def test_over_length_rows(tiny_model_dir):
     assert out["score_status"][0].startswith("skipped: no token to score for loss_A_cond")
 
 
+def test_a_one_token_answer_says_why_it_has_no_direct_loss(scorer):
+    """'4' is one token: the direct pass (the response alone) has nothing before it to predict it from."""
+    out = score(scorer, [{"instruction": "What is 2+2?", "input": "", "output": "4"}, GOOD])
+    assert out["score_status"] == ["skipped: no token to score for loss_A_direct (the text is a single token, and a text's "
+                                   "first token is never scored: nothing comes before it)", "ok"]
+    assert not math.isnan(out["loss_A_cond"][0])  # the conditioned loss is there
+
+
 def test_response_inside_the_prompt_is_labelled_at_its_last_occurrence(scorer):
     row = {"instruction": "Repeat after me: Please repeat this.", "input": "", "output": "Please repeat this."}
     out = score(scorer, [row])
