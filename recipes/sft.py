@@ -288,9 +288,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"srt-hf sft: error: {err}", file=sys.stderr)
         return 2
     # No barrier here: the other processes may finish while the main one compares and uploads.
+    end_training(trainer)
+    return 0
+
+
+def end_training(trainer) -> None:
+    """Drop the process-wrapped model, then finish the trackers and destroy the process group.
+
+    A DDP wrapper's reducer holds the gloo group. Freed after the group is destroyed, it is the group's last
+    reference, and its destructor joins gloo's worker threads while holding the GIL: a worker that needs the GIL
+    to free a finished all-gather's tensors then waits for ever (1 in ~20 CPU launches hung so at exit).
+    """
+    import gc
+
+    if trainer.model_wrapped is not trainer.model:
+        trainer.model_wrapped = trainer.model
+        trainer.accelerator.free_memory()  # accelerate's references to the prepared (wrapped) model
+        gc.collect()
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
         trainer.end()
-    return 0
 
 
 if __name__ == "__main__":
