@@ -297,7 +297,7 @@ def end_training(trainer) -> None:
 
     A DDP wrapper's reducer holds the gloo group. Freed after the group is destroyed, it is the group's last
     reference, and its destructor joins gloo's worker threads while holding the GIL: a worker that needs the GIL
-    to free a finished all-gather's tensors then waits for ever (1 in ~20 CPU launches hung so at exit).
+    to free a finished all-gather's tensors then waits for ever (4 of 45 CPU launches hung so at exit).
     """
     import gc
 
