@@ -268,8 +268,13 @@ def _hub_kernels_problem(path: str, device: str, training: bool, config_kwargs: 
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
         register_kernel_mapping_transformers()
-        for mode in (Mode.INFERENCE, Mode.TRAINING) if training else (Mode.INFERENCE,):
-            kernelize(skeleton, mode=mode, device=torch.device(device).type, use_fallback=KernelizeFallback.ALL)
+        quiet = logging.getLogger("kernels")  # its offline warnings would add lines to the one notice
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            for mode in (Mode.INFERENCE, Mode.TRAINING) if training else (Mode.INFERENCE,):
+                kernelize(skeleton, mode=mode, device=torch.device(device).type, use_fallback=KernelizeFallback.ALL)
+        finally:
+            quiet.level = level
     except Exception as err:  # noqa: BLE001 - a probe: whatever fails means "plain layers", said once
         text = str(err).strip().splitlines()
         return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
