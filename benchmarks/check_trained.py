@@ -17,10 +17,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], usage="%(prog)s FOLDER --steps N [-- COMMAND ...]")
     ap.add_argument("folder", type=Path)
     ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- the training command to run first")
     argv = sys.argv[1:] if argv is None else argv
     command = argv[argv.index("--") + 1:] if "--" in argv else []
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)

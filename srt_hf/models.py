@@ -195,7 +195,7 @@ def load_causal_lm(name: str | os.PathLike | None, *, device: str | None = None,
     device = prepare_device(device)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     if "use_kernels" not in kwargs:
-        kwargs["use_kernels"] = use_hub_kernels(path, training=False, device=device, **extra, **kwargs)
+        kwargs["use_kernels"] = use_hub_kernels(path, training=False, device=device, config_kwargs={**extra, **kwargs})
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra, **kwargs)
     except (OSError, ValueError) as err:
@@ -220,7 +220,7 @@ def hub_kernels_setting() -> str:
     return value if transformers_allows else "off"
 
 
-def use_hub_kernels(path: str, *, training: bool, device: str, **config_kwargs) -> bool:
+def use_hub_kernels(path: str, *, training: bool, device: str, config_kwargs: dict | None = None) -> bool:
     """Whether to load ``path`` with transformers' hub kernels (``from_pretrained(use_kernels=...)``): the one
     decision every model load of srt_hf takes, so that hub kernels are a choice and never a failure.
 
@@ -233,7 +233,7 @@ def use_hub_kernels(path: str, *, training: bool, device: str, **config_kwargs) 
     setting = hub_kernels_setting()
     if setting == "off" or (setting == "auto" and not training):
         return False
-    problem = _hub_kernels_problem(path, device, training, config_kwargs)
+    problem = _hub_kernels_problem(path, device, training, config_kwargs or {})
     if problem is None:
         return True
     if problem not in _hub_kernel_notices:

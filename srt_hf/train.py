@@ -177,7 +177,7 @@ def train_sft(
         init["dtype"] = torch.float32
     if "use_kernels" not in init:
         device = "cuda" if torch.cuda.is_available() and not config.use_cpu else "cpu"
-        init["use_kernels"] = models.use_hub_kernels(path, training=True, device=device, **init)
+        init["use_kernels"] = models.use_hub_kernels(path, training=True, device=device, config_kwargs=init)
     config.model_init_kwargs = init
     card = {
         "base_model": models.hub_id(model_name_or_path), "base_model_source": models.display_name(model_name_or_path),
