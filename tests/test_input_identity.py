@@ -95,3 +95,51 @@ def test_a_resume_redoes_the_chunks_an_edit_changed(tmp_path, tiny_model_dir, mo
     assert calls == [["Spell ALPHA.", "Spell bravo."], ["Spell echoes.", "Spell foxtrot."]]  # chunk 1 was kept
     assert "redoing 1 finished chunk(s)" in caplog.text and "part-000000.parquet (its input changed)" in caplog.text
     assert pq.read_table(out).column("instruction").to_pylist()[0] == "Spell ALPHA."
+
+
+def test_a_touched_input_keeps_its_batch_folder(tmp_path, monkeypatch, capsys):
+    from test_batch import write_results
+    from test_probe_cases import stub_student
+
+    from srt_hf.dataio import demo_path
+
+    stub_student(monkeypatch)
+    data, folder = tmp_path / "demo.jsonl", tmp_path / "batches"
+    shutil.copy(demo_path(), data)
+
+    def run() -> int:
+        return main(["recycle", str(data), "--limit", "4", "--out", str(tmp_path / "run"), "--teacher", "http://127.0.0.1:9/v1",
+                     "--teacher-model", "fake", "--student", "stub", "--teacher-batch", str(folder)])
+
+    assert run() == 3
+    write_results(folder / "2-reflect-instruction-round1.jsonl")
+    os.utime(data, (1, 1))  # same bytes, another mtime (a copy without -p, a git checkout)
+    assert run() == 3  # imported; the next stage's requests are exported
+    assert (folder / "4-reflect-response-round1.jsonl").exists() and "another run" not in capsys.readouterr().err
+    edit_keeping_size_and_mtime(data, "Give", "GIVE")  # other bytes: other data, so another run
+    assert run() == 2 and "holds requests of another run" in capsys.readouterr().err
+
+
+def test_a_recycle_rerun_redoes_only_the_edited_rows_chunks(tmp_path, monkeypatch, caplog):
+    from fault_server import FaultServer
+    from test_probe_cases import stub_student
+
+    stub_student(monkeypatch)
+    data, out = tmp_path / "rows.jsonl", tmp_path / "run"
+    write_rows(data, TEXTS)
+    with FaultServer() as server:
+        def run() -> int:
+            return main(["recycle", str(data), "--out", str(out), "--teacher", server.url + "/v1", "--teacher-model", "fake",
+                         "--student", "stub", "--chunk-rows", "2"])
+
+        assert run() == 0
+        server.reset_counts()
+        edit_keeping_size_and_mtime(data, "echoes", "ECHOES")
+        with caplog.at_level(logging.WARNING, logger="srt_hf"):
+            assert run() == 0
+        asked = [json.dumps(entry["body"]["messages"]) for entry in server.log]
+    assert "1/5 student scores the originals: redoing 1 finished chunk(s)" in caplog.text
+    assert "part-000002.parquet (its input changed)" in caplog.text and "part-000000" not in caplog.text
+    assert len(asked) == 2 and all("ECHOES" in a or "foxtrot" in a for a in asked)  # row 4's two reflections only
+    rows = pq.read_table(out / "rows.parquet").column("original_instruction").to_pylist()
+    assert rows[4] == "Spell ECHOES."

@@ -111,3 +111,46 @@ def test_huge_replies_are_invalid_counted_and_not_stored(tmp_path):
     assert meta["teacher_requests"]["oversized"] == 4
     assert (tmp_path / "run" / "cache.sqlite").stat().st_size < 1_000_000  # nothing of the 5 MB bodies was stored
     assert "teacher replies too large (invalid)" in done.stdout
+
+
+def test_a_fatal_error_cancels_and_awaits_every_other_request_before_it_is_raised():
+    import asyncio
+
+    from srt_hf.errors import TeacherError
+    from srt_hf.teachers.base import gather_or_cancel
+
+    events: list[str] = []
+
+    async def fatal():
+        await asyncio.sleep(0.01)
+        raise TeacherError("the breaker opened")
+
+    async def slow(i: int):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)  # a request that takes a moment to wind down (closing its connection)
+            events.append(f"wound down {i}")
+            if i == 0:
+                raise RuntimeError("failed while being cancelled") from None  # retrieved, never reported at shutdown
+            raise
+
+    async def run():
+        with pytest.raises(TeacherError, match="the breaker opened"):
+            await gather_or_cancel([fatal(), *(slow(i) for i in range(3))])
+        events.append("raised")
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    left = asyncio.run(run())
+    assert left == [] and events[-1] == "raised" and sorted(events[:-1]) == ["wound down 0", "wound down 1", "wound down 2"]
+    assert asyncio.run(_in_order(gather_or_cancel)) == [3, 2, 1]
+
+
+async def _in_order(gather_or_cancel):
+    import asyncio
+
+    async def after(n: int):
+        await asyncio.sleep(n / 100)
+        return n
+
+    return await gather_or_cancel(after(n) for n in (3, 2, 1))
