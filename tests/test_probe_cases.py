@@ -34,7 +34,7 @@ def test_a_damaged_cache_while_the_teacher_is_still_needed(tmp_path, damage):
     run = tmp_path / "run"
     # the first run gets 4 replies, then a refusal (fatal): stage 2's first chunk is done, the rest still needs the teacher
     with SpawnedServer(faults=["ok"] * 4, failure_rate=1.0, failure_kind="401") as server:
-        first = recycle(server.url, run, "--max-concurrency", "1", "--chunk-rows", "4", rows=8)
+        first = recycle(server.url, run, "--max-concurrency", "1", "--chunk-rows", "4", "--structured", "off", rows=8)
     assert first.returncode == 2 and "answered HTTP 401" in assert_clean(first)
     cache = run / "cache.sqlite"
     assert cache.stat().st_size > 0
@@ -48,7 +48,7 @@ def test_a_damaged_cache_while_the_teacher_is_still_needed(tmp_path, damage):
         data[start:start + 4096] = b"\xa5" * len(data[start:start + 4096])
     cache.write_bytes(bytes(data))
     with SpawnedServer() as server:
-        second = recycle(server.url, run, "--max-concurrency", "1", "--chunk-rows", "4", rows=8)
+        second = recycle(server.url, run, "--max-concurrency", "1", "--chunk-rows", "4", "--structured", "off", rows=8)
         asked = server.stats()["requests"]
     err = assert_clean(second)
     assert second.returncode == 0, err[-2000:]
