@@ -317,7 +317,10 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             try:
                 body = json.loads(raw)
             except ValueError:
-                self._send(400, b'{"error":"request body is not JSON"}')
+                try:
+                    self._send(400, b'{"error":"request body is not JSON"}')
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a client that gave up before sending its body (a cancelled request)
                 return
             headers = {k.lower(): v for k, v in self.headers.items()}
             refusal = _refusal(server, body)
