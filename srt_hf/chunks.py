@@ -176,6 +176,20 @@ def part_digest(part: Path) -> str:
     return digest.hexdigest()
 
 
+def row_digests(ds, chunk_rows: int) -> list[str]:
+    """One SHA-256 per chunk of ``ds``'s rows (every column, values as read): the ``inputs`` of a first stage, so an
+    input edited in place redoes exactly the chunks whose rows changed.
+
+    The values are hashed, not Arrow buffers (whose bytes depend on how a table happens to be chunked): about 3-5 s
+    per 100,000 rows of 1 KB on the development machine, once per command."""
+    table = ds.with_format("arrow")[:] if len(ds) else None
+    digests = []
+    for lo in range(0, max(len(ds), 1), chunk_rows):
+        columns = table.slice(lo, chunk_rows).to_pydict() if table is not None else {}
+        digests.append(hashlib.sha256(json.dumps(columns, sort_keys=True, default=str).encode()).hexdigest())
+    return digests
+
+
 def column_kinds(part: Path, column: str) -> list[str]:
     """The status kinds of ``column`` in a part (for ``redo`` decisions)."""
     from .status import kind_of
