@@ -233,6 +233,7 @@ def _train_locked(script_args: ScriptArguments, training_args, model_args, *, pu
             url = hub.upload(
                 training_args.output_dir, repo_id, repo_type="model", private=training_args.hub_private_repo,
                 revision=training_args.hub_revision, ignore_patterns=[*NOT_UPLOADED, LOCK_NAME],
+                delete_patterns=hub.REPLACE_ALL,  # a re-push leaves exactly this folder's files
                 commit_message="srt-hf sft: model, tokenizer and card",
             )
             trainer.accelerator.print(f"srt-hf sft: pushed to {url}")
