@@ -20,6 +20,10 @@ COMMANDS = {
     "push": "srt_hf.commands.push",
     "report": "srt_hf.commands.report",
     "compare": "srt_hf.commands.compare",
+    # the training recipes: their own parser (TRL's) takes every argument after the name
+    "sft": "srt_hf.commands.recipes",
+    "diverse-evol": "srt_hf.commands.recipes",
+    "self-improve": "srt_hf.commands.recipes",
 }
 
 
@@ -66,13 +70,19 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srt-hf", description="Selective Reflection-Tuning for the Hugging Face ecosystem.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS.values():
+    for module in dict.fromkeys(COMMANDS.values()):
         importlib.import_module(module).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and COMMANDS.get(argv[0]) == "srt_hf.commands.recipes":
+        from .commands.recipes import run_recipe
+
+        args = argparse.Namespace(command=argv[0], run=lambda _: run_recipe(argv[0], argv[1:]))
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except BatchPending as stop:  # not a failure: the run waits for teacher batch results
