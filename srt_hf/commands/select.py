@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..formats import ColumnMapping, mapped_text_columns
     from ..locks import output_lock
+    from ..progress import quiet_foreign_bars
     from ..selection.methods import chosen_method
 
     out: Path = args.out
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix and not file_out:
         raise InputError(f"cannot write {out}: a run folder has no suffix, a file ends with .parquet or .jsonl", fix="change --out")
     mapping = dataclass_from_args(ColumnMapping, args)
-    with output_lock(out, folder=not file_out, command="srt-hf select"):
+    # datasets' map / filter / "Generating train split" bars say nothing the summary does not: srt_hf's bars only
+    with output_lock(out, folder=not file_out, command="srt-hf select"), quiet_foreign_bars():
         ds = load_input(args.input, args.split, text_columns=mapped_text_columns(mapping))
         table, meta, drop, mapping = chosen_method(args).run(ds, args, mapping)
         meta.setdefault("source", {"name": str(args.input), "split": args.split})
