@@ -275,7 +275,7 @@ def _on_card(comparison: dict[str, Any] | None, output_dir: Path) -> dict[str, A
 def _card_inputs(output_dir: Path) -> dict[str, Any]:
     path = output_dir / CARD_INPUTS
     if not path.is_file():
-        raise ConfigError(f"{output_dir} has no {CARD_INPUTS}: it was not trained by recipes/sft.py (srt_hf.train), so "
+        raise ConfigError(f"{output_dir} has no {CARD_INPUTS}: it was not trained by `srt-hf sft` (srt_hf.train), so "
                           "srt-hf cannot render its card; compare without --card")
     return json.loads(path.read_text())
 

@@ -9,7 +9,7 @@ Rules:
   is ranked by the IFD of its final rows (``final_ifd``), and its final texts become the SFT data.
 * ``--kcenter K`` — one DiverseEvol step: K rows added by k-center greedy on the student's embeddings
   (the ``--embedding-column`` of IN if present, else computed with ``--student``), around the rows
-  marked by ``--pool-column`` (e.g. ``selected`` of an earlier run) if given. ``recipes/diverse_evol.py``
+  marked by ``--pool-column`` (e.g. ``selected`` of an earlier run) if given. ``srt-hf diverse-evol``
   iterates this with training.
 * ``--ds-weight`` — DS weight with self-consistency over sampled answers (``--valid``: the labelled set).
 
