@@ -101,3 +101,22 @@ def test_the_teachers_replies_move_the_bar(tmp_path, bars):
         map_in_chunks(datasets.Dataset.from_list(rows), transform, tmp_path / "w", key="k", chunk_rows=6)
     (bar,) = bars
     assert bar.positions == [1, 2, 3, 4, 5, 6]  # one step per reply as it arrives, not one jump per chunk
+
+
+def test_select_prints_no_datasets_bars(tmp_path, monkeypatch):
+    from srt_hf import cli
+    from srt_hf.selection import methods
+
+    states, real = [], methods.chosen_method
+
+    def recording(args):
+        states.append(datasets.is_progress_bar_enabled())
+        return real(args)
+
+    monkeypatch.setattr(methods, "chosen_method", recording)
+    path = tmp_path / "scored.parquet"
+    datasets.Dataset.from_dict({"instruction": ["q1", "q2"], "output": ["a1", "a2"], "ifd": [0.5, 0.7],
+                                "score_status": ["ok", "ok"]}).to_parquet(str(path))
+    datasets.enable_progress_bars()
+    assert cli.main(["select", str(path), "--top-n", "1", "--out", str(tmp_path / "kept.parquet")]) == 0
+    assert states == [False] and datasets.is_progress_bar_enabled()
