@@ -104,3 +104,16 @@ def test_a_tiny_sft_through_srt_hf_sft(tmp_path, tiny_model_dir):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "srt-hf sft: model and card saved to" in result.stdout
     check_model_folder(tmp_path / "model", steps=2, processes=1)
+
+
+
+def test_training_on_the_packaged_demo_set(tmp_path, tiny_model_dir):
+    """`--dataset demo` trains on the demo set in the package; the card does not take `demo` for a Hub dataset."""
+    from huggingface_hub import ModelCard
+    from test_sft_recipe import load_recipe, tiny_args
+
+    trainer = load_recipe().train(*tiny_args(tmp_path, "demo", tiny_model_dir))
+    assert trainer.state.global_step == 2 and len(trainer.train_dataset) == 20
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    assert "datasets" not in card.data.to_dict() and "huggingface.co/datasets/demo" not in card.text
+    assert "srt_hf/data/demo_alpaca.jsonl" in card.text

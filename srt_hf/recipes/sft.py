@@ -46,6 +46,7 @@ from typing import Any
 
 _FILE_LOADERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 COMPARE_DIR = "compare"
+DEMO_LABEL = "srt_hf/data/demo_alpaca.jsonl"  # how the card names `--dataset demo`
 # Never uploaded: checkpoints, and the comparison's response cache and lock.
 NOT_UPLOADED = ["checkpoint-*", "checkpoint-*/**", f"{COMPARE_DIR}/cache.sqlite*", f"{COMPARE_DIR}/.srt-hf.lock"]
 
@@ -218,7 +219,8 @@ def _train_locked(script_args: ScriptArguments, training_args, model_args, *, pu
     loading = model_loading(model_args, training_args.model_init_kwargs)
     card = {
         "base_model": script_args.base_model_id or models.hub_id(model_args.model_name_or_path),
-        "dataset": script_args.dataset,
+        # `demo` is the file shipped with srt_hf, not a Hub dataset of that name
+        "dataset": DEMO_LABEL if script_args.dataset == "demo" else script_args.dataset,
         "dataset_repo_id": script_args.dataset_repo_id,
         "run_meta": run_meta,
         "repo_id": repo_id if push or training_args.hub_model_id else None,
