@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import PROJECT_URL
 from .errors import ConfigError, InputError, SrtHfError
+from .locks import output_lock
 from .runs import CARD, IMAGES, META, NOT_UPLOADED, REPORT, ROWS, SFT, UPLOADED, read_meta, write_meta
 
 _LOGIN_HINT = "log in with `hf auth login` (or set HF_TOKEN)"
@@ -182,12 +183,13 @@ def push_dataset(
     check_online()
     license = require_license(run_dir, license)
     _check_run_folder(run_dir)
-    _remember(run_dir, source_license=license)
-    write_publish_files(run_dir, repo_id=repo_id, license=license)
-    url = upload(run_dir, repo_id, repo_type="dataset", private=private, revision=revision,
-                 allow_patterns=RUN_ALLOW, ignore_patterns=RUN_IGNORE, delete_patterns=REPLACE_ALL,
-                 commit_message=f"srt-hf push {run_dir.resolve().name}")
-    _remember(run_dir, hub={"repo_id": repo_id, "revision": revision or "main", "url": url})
+    with output_lock(run_dir, folder=True, command="srt-hf push"):  # no run writes the folder while it goes up
+        _remember(run_dir, source_license=license)
+        write_publish_files(run_dir, repo_id=repo_id, license=license)
+        url = upload(run_dir, repo_id, repo_type="dataset", private=private, revision=revision,
+                     allow_patterns=RUN_ALLOW, ignore_patterns=RUN_IGNORE, delete_patterns=REPLACE_ALL,
+                     commit_message=f"srt-hf push {run_dir.resolve().name}")
+        _remember(run_dir, hub={"repo_id": repo_id, "revision": revision or "main", "url": url})
     return url
 
 

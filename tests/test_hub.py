@@ -237,3 +237,16 @@ def test_dry_run_changes_no_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "README.md" in out and "report.html" in out and "index.html" in out
     assert digest(run) == before
+
+
+def test_a_push_never_uploads_a_folder_a_run_is_writing(tmp_path, uploads):
+    from srt_hf.errors import LockedError
+    from srt_hf.locks import output_lock
+
+    run = make_run(tmp_path / "run")
+    with output_lock(run, folder=True, command="srt-hf recycle"):
+        with pytest.raises(LockedError, match="is in use by another run"):
+            hub.push_dataset(run, "me/run")
+    assert uploads == []
+    hub.push_dataset(run, "me/run")  # the run finished: the push goes through, without the lock file
+    assert len(uploads) == 1 and not any(".srt-hf.lock" in f for f in uploads[0]["files"])
