@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="IN", help="JSON/JSONL/CSV/Parquet file, save_to_disk folder, Hub dataset id, or 'demo'.")
     p.add_argument("--out", type=Path, required=True, help="Output file: .parquet or .jsonl.")
     p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
-    p.add_argument("--chunk-rows", type=int, default=64, help="Rows per resumable chunk (progress and memory unit).")
+    p.add_argument("--chunk-rows", type=int, default=64, help="Rows per resumable chunk (the unit of resumption and of memory; the bar moves per batch inside it).")
     p.add_argument("--limit", type=int, default=None, help="Score only the first N rows.")
     add_dataclass_arguments(p, ScoringConfig, skip=("output_prefix",))
     p.set_defaults(run=run)
