@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from .durable import atomic_path, write_text_atomic
 from .errors import ConfigError
+from .progress import chunk_progress, quiet_foreign_bars
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,20 @@ def map_in_chunks(
         logger.warning("srt_hf: %s: redoing %d finished chunk(s) of %s: %s", desc, len(redone), work_dir, shown)
     done_rows = sum(rows_of(i) for i in mine if i not in todo)
     bar = tqdm(total=sum(rows_of(i) for i in mine), initial=done_rows, desc=desc, unit="row", disable=rank != 0)
-    for i in todo:
-        lo, hi = i * chunk_rows, min((i + 1) * chunk_rows, len(ds))
+    with quiet_foreign_bars():  # a model loading inside the first chunk prints no bar inside ours
+        for i in todo:
+            _write_chunk(ds, fn, i, chunk_rows, parts[i], bar, schema=schema, input_digest=inputs[i] if inputs is not None else None)
+    bar.close()
+    if state:
+        state.wait_for_everyone()
+    return parts
+
+
+def _write_chunk(ds, fn: Callable[[dict[str, list]], dict[str, Any]], i: int, chunk_rows: int, part: Path, bar, *,
+                 schema: pa.Schema | None, input_digest: str | None) -> None:
+    """Compute chunk ``i`` into ``part`` (atomically); the work inside moves ``bar`` as it goes."""
+    lo, hi = i * chunk_rows, min((i + 1) * chunk_rows, len(ds))
+    with chunk_progress(bar, hi - lo):
         table = ds.with_format("arrow")[lo:hi] if hi > lo else ds.with_format("arrow")[0:0]
         new = fn(ds[lo:hi]) if hi > lo else {}
         for name, values in new.items():
@@ -113,15 +126,10 @@ def map_in_chunks(
                 table = table.set_column(table.column_names.index(name), name, array)
             else:
                 table = table.append_column(name, array)
-        record = {"input": inputs[i] if inputs is not None else None}
+        record = {"input": input_digest}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), CHUNK_KEY: json.dumps(record).encode()})
-        with atomic_path(parts[i]) as tmp:
+        with atomic_path(part) as tmp:
             pq.write_table(table, tmp)
-        bar.update(hi - lo)
-    bar.close()
-    if state:
-        state.wait_for_everyone()
-    return parts
 
 
 def _check_part(part: Path, rows: int, input_digest: str | None) -> str | None:
@@ -174,6 +182,20 @@ def part_digest(part: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def row_digests(ds, chunk_rows: int) -> list[str]:
+    """One SHA-256 per chunk of ``ds``'s rows (every column, values as read): the ``inputs`` of a first stage, so an
+    input edited in place redoes exactly the chunks whose rows changed.
+
+    The values are hashed, not Arrow buffers (whose bytes depend on how a table happens to be chunked): about 3-5 s
+    per 100,000 rows of 1 KB on the development machine, once per command."""
+    table = ds.with_format("arrow")[:] if len(ds) else None
+    digests = []
+    for lo in range(0, max(len(ds), 1), chunk_rows):
+        columns = table.slice(lo, chunk_rows).to_pydict() if table is not None else {}
+        digests.append(hashlib.sha256(json.dumps(columns, sort_keys=True, default=str).encode()).hexdigest())
+    return digests
 
 
 def column_kinds(part: Path, column: str) -> list[str]:

@@ -20,14 +20,22 @@ COMMANDS = {
     "push": "srt_hf.commands.push",
     "report": "srt_hf.commands.report",
     "compare": "srt_hf.commands.compare",
+    # the training recipes: their own parser (TRL's) takes every argument after the name
+    "sft": "srt_hf.commands.recipes",
+    "diverse-evol": "srt_hf.commands.recipes",
+    "self-improve": "srt_hf.commands.recipes",
 }
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
-    """``--field-name`` options from a config dataclass, with its help text; bools get ``--x/--no-x``."""
+def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+                            skip: Sequence[str] = (), only: Sequence[str] | None = None) -> None:
+    """``--field-name`` options from a config dataclass, with its help text; bools get ``--x/--no-x``.
+
+    ``parser`` may be an argument group (a heading in ``--help``); ``only`` limits the options to those fields.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         kind = hints[f.name]
         args = typing.get_args(kind)
@@ -64,15 +72,36 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_options import add_config_option
+
     parser = argparse.ArgumentParser(prog="srt-hf", description="Selective Reflection-Tuning for the Hugging Face ecosystem.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS.values():
+    for module in dict.fromkeys(COMMANDS.values()):
         importlib.import_module(module).add_parser(sub)
+    for name, command in sub.choices.items():
+        if COMMANDS.get(name) != "srt_hf.commands.recipes":  # the recipes' TRL parser reads its own --config
+            add_config_option(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .cli_options import parse_command
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    try:
+        if command and COMMANDS[command] == "srt_hf.commands.recipes":
+            from .commands.recipes import run_recipe
+
+            args = argparse.Namespace(command=command, run=lambda _: run_recipe(command, argv[1:]))
+        elif command:
+            parser = build_parser()
+            args = parse_command(_subparser(parser, command), argv[1:], command)
+        else:
+            args = build_parser().parse_args(argv)  # help, or argparse's error naming the commands
+    except SrtHfError as err:  # a bad --config file
+        print(f"srt-hf {command}: error: {err}", file=sys.stderr)
+        return 2
     try:
         return int(args.run(args) or 0)
     except BatchPending as stop:  # not a failure: the run waits for teacher batch results
@@ -91,6 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"srt-hf {args.command}: interrupted; finished work is kept, rerun the same command to resume.", file=sys.stderr)
         return 130
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of command ``name`` (argparse keeps it in the subparsers action's ``choices``)."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ what is missing (``request_failed`` rows are asked again; other statuses are fin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Sequence
@@ -271,6 +270,7 @@ def _ask(teacher, conversations: Sequence[list[dict]], desc: str, *, schema: dic
     from tqdm.auto import tqdm
 
     from .teachers import run_sync
+    from .teachers.base import gather_or_cancel
 
     async def run() -> list:
         bar = tqdm(total=len(conversations), desc=desc, unit="reply")
@@ -282,7 +282,7 @@ def _ask(teacher, conversations: Sequence[list[dict]], desc: str, *, schema: dic
 
         try:
             async with teacher.session() as session:
-                return list(await asyncio.gather(*(one(m) for m in conversations)))
+                return await gather_or_cancel(one(m) for m in conversations)
         finally:
             bar.close()
 

@@ -2,6 +2,10 @@
 
 Keeping the one call to ``HfApi.create_repo`` + ``HfApi.upload_folder`` here lets tests replace it
 and check what would be uploaded, and gives every caller the same offline check and error messages.
+A run folder is uploaded in place: ``allow_patterns`` name the documented outputs, ``ignore_patterns`` the
+leftovers of a killed run, and ``delete_patterns`` remove from the repo every file the push does not
+upload, so a re-push leaves exactly the run's files. Whether the Hub may be reached is huggingface_hub's
+own answer (``HF_HUB_OFFLINE``, read by ``huggingface_hub.constants.is_offline_mode``).
 Tokens come from ``hf auth login`` / ``HF_TOKEN`` through huggingface_hub and are never printed.
 """
 
@@ -15,10 +19,14 @@ from pathlib import Path
 
 from . import PROJECT_URL
 from .errors import ConfigError, InputError, SrtHfError
-from .runs import META, NOT_UPLOADED, ROWS, SFT, UPLOADED, read_meta, write_meta
+from .locks import output_lock
+from .runs import CARD, IMAGES, META, NOT_UPLOADED, REPORT, ROWS, SFT, UPLOADED, read_meta, write_meta
 
-_TRUE = {"1", "ON", "YES", "TRUE"}
 _LOGIN_HINT = "log in with `hf auth login` (or set HF_TOKEN)"
+# Every file of the repo that a push does not upload is deleted in the same commit (.gitattributes is always kept).
+REPLACE_ALL = ["*"]
+# Never uploaded from any folder: hidden files (locks), temporary files, `.parts` folders of a killed run.
+LEFTOVERS = [".*", "*/.*", "*.tmp", "*.lock", "*.parts", "*.parts/*"]
 
 
 class HubError(SrtHfError):
@@ -26,8 +34,10 @@ class HubError(SrtHfError):
 
 
 def check_online() -> None:
-    """Raise :class:`HubError` when ``HF_HUB_OFFLINE`` is set, before anything talks to the Hub."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE:
+    """Raise :class:`HubError` when huggingface_hub is in offline mode, before anything talks to the Hub."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
         raise HubError(
             "HF_HUB_OFFLINE is set, so nothing can be uploaded to the Hub. Unset it (`unset HF_HUB_OFFLINE`) "
             f"and {_LOGIN_HINT}"
@@ -41,7 +51,9 @@ def upload(
     repo_type: str,
     private: bool | None = None,
     revision: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
     ignore_patterns: Sequence[str] | None = None,
+    delete_patterns: Sequence[str] | None = None,
     commit_message: str | None = None,
     space_sdk: str | None = None,
 ) -> str:
@@ -49,7 +61,9 @@ def upload(
 
     ``repo_type`` is ``"dataset"``, ``"model"`` or ``"space"`` (then ``space_sdk``, e.g. ``"static"``, is
     required to create it); ``private=None`` keeps the Hub's default visibility; a ``revision`` other than
-    main is created as a branch first.
+    main is created as a branch first. The patterns are ``HfApi.upload_folder``'s: which files of ``folder`` go
+    up (``allow_patterns`` minus ``ignore_patterns``) and which files of the repo are deleted in the same
+    commit (``delete_patterns``; a file uploaded again is replaced, not deleted).
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -67,7 +81,9 @@ def upload(
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
+            allow_patterns=list(allow_patterns) if allow_patterns else None,
             ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
+            delete_patterns=list(delete_patterns) if delete_patterns else None,
             commit_message=commit_message or "Upload with srt-hf",
         )
     except OfflineModeIsEnabled:
@@ -81,53 +97,72 @@ def upload(
     return f"{url}/tree/{revision}" if revision and revision != "main" else str(url)
 
 
+def selected_files(folder: str | os.PathLike, *, allow_patterns: Sequence[str] | None = None,
+                   ignore_patterns: Sequence[str] | None = None) -> list[str]:
+    """The files of ``folder`` (relative, ``/``-separated, sorted) that ``upload`` with these patterns sends.
+
+    The filter is huggingface_hub's own (``filter_repo_objects``), the one ``HfApi.upload_folder`` applies.
+    """
+    from huggingface_hub.utils import filter_repo_objects
+
+    folder = Path(folder)
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    return sorted(filter_repo_objects(files, allow_patterns=list(allow_patterns) if allow_patterns else None,
+                                      ignore_patterns=list(ignore_patterns) if ignore_patterns else None))
+
+
 # ----------------------------------------------------------------------------------------------
 # Datasets: run folders
 
 
-def stage_folder(src: Path, dest: Path, *, exclude: Sequence[str] = NOT_UPLOADED, include: Sequence[str] | None = UPLOADED) -> Path:
-    """Mirror ``src`` into ``dest`` (hard links where possible): only the ``include`` top-level entries (None: all),
-    never an ``exclude`` entry (nor its ``-wal`` / ``-shm`` companions), hidden, temporary, lock or ``.parts`` files."""
-    src, dest = Path(src), Path(dest)
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if include is not None and rel.parts[0] not in include:
-            continue
-        if any(rel.parts[0] == name or rel.parts[0].startswith(f"{name}-") for name in exclude):
-            continue
-        if any(p.startswith(".") or p.endswith((".tmp", ".lock", ".parts")) for p in rel.parts):
-            continue
-        target = dest / rel
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
-    return dest
+# What `srt-hf push` uploads from a run folder: the documented outputs only (runs.UPLOADED), never the
+# cache, the work folder or what a killed run left.
+RUN_ALLOW = [name if "." in name else f"{name}/*" for name in UPLOADED]
+RUN_IGNORE = [*(f"{name}*" if "." in name else f"{name}/*" for name in NOT_UPLOADED), *LEFTOVERS]
+# What a push writes into the run folder before uploading it: the card (with its charts) and the report.
+WRITTEN_BY_PUSH = (CARD, REPORT, IMAGES)
 
 
-def prepare_dataset_folder(run_dir: Path, dest: Path, *, repo_id: str | None = None, license: str | None = None) -> Path:
-    """Write the run's dataset card and stage what is uploaded (no cache.sqlite, no work/) into ``dest``.
-
-    The staged folder loads with ``datasets.load_dataset(dest)`` (configs: sft, selected, rows).
-    """
-    from .cards import write_dataset_card
-
-    run_dir = Path(run_dir)
+def _check_run_folder(run_dir: Path) -> None:
     if not any((run_dir / name).exists() for name in (META, SFT, ROWS)):
         raise InputError(
             f"{run_dir} is not a srt-hf run folder (no {META}, {SFT} or {ROWS})",
             fix="pass the --out folder of `srt-hf recycle` or `srt-hf select`",
         )
+
+
+def write_publish_files(run_dir: Path, *, repo_id: str | None = None, license: str | None = None) -> None:
+    """Write the run's dataset card (``README.md``, ``images/``) and ``report.html`` into ``run_dir``."""
+    from .cards import write_dataset_card
+
+    run_dir = Path(run_dir)
+    _check_run_folder(run_dir)
     write_dataset_card(run_dir, repo_id=repo_id, license=license)
     if (run_dir / ROWS).is_file():
         from .report import write_report
 
         write_report(run_dir)  # uploaded with the data, linked from the card
-    return stage_folder(run_dir, Path(dest))
+
+
+def prepare_dataset_folder(run_dir: Path, dest: Path, *, repo_id: str | None = None, license: str | None = None) -> Path:
+    """A preview of a dataset push in ``dest``, leaving ``run_dir`` untouched (``srt-hf push --dry-run``).
+
+    ``dest`` receives the files the push would upload (data files linked, the card and report written anew), so
+    it loads with ``datasets.load_dataset(dest)`` (configs: sft, selected, rows) like the pushed repo.
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    _check_run_folder(run_dir)
+    for rel in selected_files(run_dir, allow_patterns=RUN_ALLOW, ignore_patterns=RUN_IGNORE):
+        if rel.split("/")[0] in WRITTEN_BY_PUSH:
+            continue  # written below, never through a link that would reach the run's own file
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(run_dir / rel, target)
+        except OSError:
+            shutil.copy2(run_dir / rel, target)
+    write_publish_files(dest, repo_id=repo_id, license=license)
+    return dest
 
 
 def run_license(run_dir: Path) -> str | None:
@@ -147,12 +182,14 @@ def push_dataset(
     run_dir = Path(run_dir)
     check_online()
     license = require_license(run_dir, license)
-    _remember(run_dir, source_license=license)
-    with tempfile.TemporaryDirectory(prefix="srt-hf-push-") as tmp:
-        staged = prepare_dataset_folder(run_dir, Path(tmp) / run_dir.resolve().name, repo_id=repo_id, license=license)
-        url = upload(staged, repo_id, repo_type="dataset", private=private, revision=revision,
+    _check_run_folder(run_dir)
+    with output_lock(run_dir, folder=True, command="srt-hf push"):  # no run writes the folder while it goes up
+        _remember(run_dir, source_license=license)
+        write_publish_files(run_dir, repo_id=repo_id, license=license)
+        url = upload(run_dir, repo_id, repo_type="dataset", private=private, revision=revision,
+                     allow_patterns=RUN_ALLOW, ignore_patterns=RUN_IGNORE, delete_patterns=REPLACE_ALL,
                      commit_message=f"srt-hf push {run_dir.resolve().name}")
-    _remember(run_dir, hub={"repo_id": repo_id, "revision": revision or "main", "url": url})
+        _remember(run_dir, hub={"repo_id": repo_id, "revision": revision or "main", "url": url})
     return url
 
 
@@ -210,7 +247,7 @@ def push_space(run_dir: Path, space_id: str, *, private: bool | None = None, rev
         staged = prepare_space_folder(run_dir, Path(tmp) / "space", space_id=space_id, license=license,
                                       dataset_repo_id=dataset_repo_id)
         url = upload(staged, space_id, repo_type="space", space_sdk="static", private=private, revision=revision,
-                     commit_message=f"srt-hf push {run_dir.resolve().name} --space")
+                     delete_patterns=REPLACE_ALL, commit_message=f"srt-hf push {run_dir.resolve().name} --space")
     _remember(run_dir, source_license=license, space={"repo_id": space_id, "revision": revision or "main", "url": url})
     return url
 

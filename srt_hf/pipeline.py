@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__, models
-from .chunks import column_kinds, map_in_chunks, part_digest
+from .chunks import column_kinds, map_in_chunks, part_digest, row_digests
 from .errors import ConfigError
 from .formats import ColumnMapping, RowProblem, detect_format, read_batch
 from .locks import output_lock
@@ -164,8 +164,11 @@ def recycle(
     paths = RunPaths(run_dir)
     with output_lock(run_dir, folder=True, command="srt-hf recycle"):
         teacher = _with_cache(teacher, paths.cache)
-        key = f"{__version__}:{ds._fingerprint}:{_digest(config, teacher, '')}"
-        run_id = hashlib.sha256(key.encode()).hexdigest()
+        settings = _digest(config, teacher, "")
+        # The run (batch folder, cache tags) is this input's content under these settings; the chunk keys leave the
+        # input out: each chunk records the digest of its own rows, so an edited input redoes the chunks it changed.
+        run_id = hashlib.sha256(f"{__version__}:{ds._fingerprint}:{settings}".encode()).hexdigest()
+        key = f"{__version__}:{settings}"
         mode = None
         if batch is not None and batch.enabled:
             mode = BatchMode(batch, teacher, run_dir=run_dir, run_id=run_id)
@@ -174,7 +177,7 @@ def recycle(
         stages = _Stages(config, teacher)
         with _quiet_datasets():  # the stage bars say what happens; datasets' own bars would repeat it
             current = ds.map(stages.canonical, batched=True, with_indices=True)
-            inputs = None
+            inputs = row_digests(current, config.chunk_rows)
             try:
                 for name, fn, label, status_column in stages.plan():
                     key = hashlib.sha256(f"{key}:{name}".encode()).hexdigest()

@@ -30,14 +30,13 @@ the teacher model or its generation settings.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, progress
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch
 from .parsing import (
@@ -55,7 +54,7 @@ from .parsing import (
 )
 from .status import EMPTY_INPUT, INVALID, OK, is_pending, kind_of, make
 from .teachers import Teacher, TeacherSession, run_sync
-from .teachers.base import StructuredOutputUnsupported
+from .teachers.base import StructuredOutputUnsupported, gather_or_cancel
 from .teachers.structured import UNSUPPORTED
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -204,8 +203,15 @@ class _Reflection:
 
     async def areflect_examples(self, examples: Sequence[Example | RowProblem]) -> dict[str, list[str]]:
         """Every row's request in flight together (within the teacher's bound); rows finish independently."""
+        step = progress.steps(len(examples))  # a chunk's bar moves as each row's reply arrives
+
+        async def reflect(session: TeacherSession, ex: Example | RowProblem) -> _RowOutcome:
+            outcome = await self._reflect_row(session, ex)
+            step(1)
+            return outcome
+
         async with self.teacher.session() as session:
-            outcomes = await asyncio.gather(*(self._reflect_row(session, ex) for ex in examples))
+            outcomes = await gather_or_cancel(reflect(session, ex) for ex in examples)
         self.counts.update(kind_of(o.status) for o in outcomes)
         self.counts.update(f"layout_{o.layout}" for o in outcomes if o.layout)
         self.counts["parse_retries"] += sum(o.retried for o in outcomes)

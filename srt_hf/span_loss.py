@@ -29,12 +29,14 @@ import logging
 import math
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+
+from . import progress
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,8 @@ def span_losses(
             raise ValueError(f"{type(model).__name__} cannot run packed here (attention {model.config._attn_implementation!r})")
     else:
         path = ScoringPath("padded", share_prefix=share_prefix)
-    return _run(model, spans, path, max_batch_tokens, max_batch_size, max_padding)
+    step = progress.steps(sum(len(span.ids) for span in spans if span.n_scored > 0))  # a chunk's bar moves per batch
+    return _run(model, spans, path, max_batch_tokens, max_batch_size, max_padding, step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +199,8 @@ def _vocab_size(model) -> int:
 # Running a path
 
 
-def _run(model, spans: Sequence[Span], path: ScoringPath, max_batch_tokens: int, max_batch_size: int, max_padding: float) -> np.ndarray:
+def _run(model, spans: Sequence[Span], path: ScoringPath, max_batch_tokens: int, max_batch_size: int, max_padding: float,
+         step: Callable[[float], None] = lambda tokens: None) -> np.ndarray:
     from .output_head import OutputHead
     from .packed_attention import packed
 
@@ -209,6 +213,7 @@ def _run(model, spans: Sequence[Span], path: ScoringPath, max_batch_tokens: int,
         with torch.inference_mode():
             for span, where in unique.items():
                 result[where] = _plain_loss(model, span)
+                step(len(span.ids))
         return result
     groups: dict[str, list[Span]] = defaultdict(list)
     for span in unique:
@@ -225,10 +230,12 @@ def _run(model, spans: Sequence[Span], path: ScoringPath, max_batch_tokens: int,
                     losses = _packed_losses(model, head, pack, prefix_len, prefix_kv, path, inner)
                     for span, loss in zip(pack, losses):
                         result[unique[span]] = loss
+                    step(sum(len(span.ids) for span in pack))
             else:
                 for batch in _padded_batches(order, prefix_len, max_batch_tokens, max_batch_size, max_padding):
                     for span, loss in zip(batch, _padded_losses(model, head, batch, prefix_len, prefix_kv)):
                         result[unique[span]] = loss
+                    step(sum(len(span.ids) for span in batch))
     return result
 
 

@@ -80,6 +80,7 @@ def recycle_summary(meta: dict) -> str:
         ["teacher requests sent", requests.get("requests_sent", 0)],
         ["teacher requests retried", requests.get("retried", 0)],
         ["teacher replies from cache", requests.get("cache_hits", 0)],
+        *([["teacher replies too large (invalid)", requests["oversized"]]] if requests.get("oversized") else []),
         ["rows kept", counts["selected"]],
     ]
     stats = meta["stats"]

@@ -282,7 +282,7 @@ def _on_card(comparison: dict[str, Any] | None, output_dir: Path) -> dict[str, A
 def _card_inputs(output_dir: Path) -> dict[str, Any]:
     path = output_dir / CARD_INPUTS
     if not path.is_file():
-        raise ConfigError(f"{output_dir} has no {CARD_INPUTS}: it was not trained by recipes/sft.py (srt_hf.train), so "
+        raise ConfigError(f"{output_dir} has no {CARD_INPUTS}: it was not trained by `srt-hf sft` (srt_hf.train), so "
                           "srt-hf cannot render its card; compare without --card")
     return json.loads(path.read_text())
 
@@ -342,12 +342,13 @@ def loss_history(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
 
 
 def recipe_main(name: str, run: Callable[[Any, Any], Any], parser, argv: list[str] | None = None) -> int:
-    """The ``main`` of a looping recipe: parse (recipe arguments, TRL ``SFTConfig``), run, and print an
-    srt_hf error as one line (exit 2) instead of a traceback."""
+    """The ``main`` of a looping recipe: parse (recipe arguments, TRL ``SFTConfig``; ``--config`` a file or a
+    packaged config's name), run, and print an srt_hf error as one line (exit 2) instead of a traceback."""
     from .errors import SrtHfError
+    from .recipes import resolve_config_argument
 
-    args, training_args = parser.parse_args_and_config(argv)
     try:
+        args, training_args = parser.parse_args_and_config(resolve_config_argument(sys.argv[1:] if argv is None else argv))
         run(args, training_args)
     except SrtHfError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
@@ -358,13 +359,13 @@ def recipe_main(name: str, run: Callable[[Any, Any], Any], parser, argv: list[st
 def recipe_entry_points(name: str, run: Callable[[Any, Any], Any], arguments: type) -> tuple[Callable[[], Any], Callable[..., int]]:
     """``make_parser`` and ``main`` of a looping recipe whose options are ``arguments`` and TRL's ``SFTConfig``."""
 
-    def make_parser():
+    def make_parser(prog: str | None = None):
         from trl import SFTConfig, TrlParser
 
-        return TrlParser((arguments, SFTConfig))
+        return TrlParser((arguments, SFTConfig), prog=prog)
 
-    def main(argv: list[str] | None = None) -> int:
-        return recipe_main(name, run, make_parser(), argv)
+    def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+        return recipe_main(name, run, make_parser(prog), argv)
 
     return make_parser, main
 

@@ -50,3 +50,24 @@ def demo_path() -> Path:
     from srt_hf.dataio import demo_path as path
 
     return path()
+
+
+def _hub_offline_mode(monkeypatch, offline: bool) -> None:
+    """huggingface_hub's offline flag (read once at its import) and the variable, as a user would set them."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """huggingface_hub not in offline mode for srt_hf's check; nothing can reach the Hub anyway (uploads are
+    replaced, sockets blocked)."""
+    _hub_offline_mode(monkeypatch, False)
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """huggingface_hub in offline mode (HF_HUB_OFFLINE=1)."""
+    _hub_offline_mode(monkeypatch, True)

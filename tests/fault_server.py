@@ -16,7 +16,10 @@ Each request gets a *fault*: the next one of ``faults`` (a queue consumed in arr
 * ``slow:<seconds>`` — answer normally, but only after that many seconds;
 * ``malformed`` — status 200 with a body that is not JSON;
 * ``drop`` — close the connection without answering;
-* ``length`` — answer normally but with finish reason ``length`` (cut off at the token limit).
+* ``length`` — answer normally but with finish reason ``length`` (cut off at the token limit);
+* ``reset`` — reset the connection (TCP RST) without answering;
+* ``huge:<bytes>`` — status 200 with a reply whose text is that many bytes (with a Content-Length header);
+  ``stream:<bytes>`` — the same sent chunked, without a Content-Length.
 
 ``model_id`` is what ``GET /v1/models`` lists. ``structured`` says how the server treats a JSON-schema
 ``response_format``: ``"json_schema"`` (default; also ``"tgi"``, ``"json_object"``, ``"guided_json"``) answers
@@ -43,6 +46,7 @@ import json
 import random
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -275,6 +279,23 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
+        def _send_huge(self, size: int, *, chunked: bool) -> None:
+            head = b'{"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "'
+            tail = b'"}}]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(len(head) + size + len(tail)))
+            self.end_headers()
+            pieces = [head, *([b"x" * 65536] * (size // 65536)), b"x" * (size % 65536), tail]
+            for piece in pieces:
+                if piece:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+
         def do_GET(self) -> None:
             with server._lock:
                 server.get_log.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
@@ -296,7 +317,10 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             try:
                 body = json.loads(raw)
             except ValueError:
-                self._send(400, b'{"error":"request body is not JSON"}')
+                try:
+                    self._send(400, b'{"error":"request body is not JSON"}')
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a client that gave up before sending its body (a cancelled request)
                 return
             headers = {k.lower(): v for k, v in self.headers.items()}
             refusal = _refusal(server, body)
@@ -319,6 +343,14 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             if fault == "drop":
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault == "reset":
+                self.close_connection = True
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                return
+            if fault.startswith(("huge:", "stream:")):
+                self._send_huge(int(fault.split(":", 1)[1]), chunked=fault.startswith("stream:"))
                 return
             if fault == "malformed":
                 self._send(200, b'{"choices": [ {"message": oops')

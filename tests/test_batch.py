@@ -355,3 +355,60 @@ def test_pending_rows_are_redone_even_without_retry_failed(tmp_path):
     assert _redo_teacher_rows("s", retry_failed=True)(part) == "1 row request_failed, asked again; 1 row pending, read from the batch results"
     pq.write_table(pa.table({"s": ["ok", "request_failed: HTTP 500"]}), part)
     assert _redo_teacher_rows("s", retry_failed=False)(part) is None
+
+
+# -- write-once results ---------------------------------------------------------------------------
+def with_reply(text: str, line: int, reply: str) -> str:
+    """The results file ``text`` with another reply on ``line``."""
+    lines = text.splitlines()
+    obj = json.loads(lines[line - 1])
+    obj["response"]["body"]["choices"][0]["message"]["content"] = reply
+    lines[line - 1] = json.dumps(obj)
+    return "\n".join(lines) + "\n"
+
+
+def test_a_second_different_reply_for_an_imported_request_stops_the_import(tmp_path):
+    mode = batch_mode(tmp_path)
+    mode.teacher.generate(CONVERSATIONS)
+    results = write_results(export(mode))
+    batch_mode(tmp_path)  # imported
+    key = json.loads(results.read_text().splitlines()[0])["custom_id"]
+    first = ResponseCache(tmp_path / "cache.sqlite").get(key)
+
+    same = results.with_name("teacher-round1.results (1).jsonl")  # the same download twice: fine
+    same.write_bytes(results.read_bytes())
+    assert batch_mode(tmp_path).report.files["teacher-round1.results (1).jsonl"]["replies"] == 3
+
+    other = results.with_name("teacher-round1.results (2).jsonl")  # a second download with another reply
+    other.write_text(with_reply(results.read_text(), 1, "A different reply."))
+    with pytest.raises(BatchFileError) as stop:
+        batch_mode(tmp_path)
+    said = str(stop.value)
+    assert "teacher-round1.results (2).jsonl, line 1" in said and "(teacher-round1.results.jsonl, line 1)" in said
+    assert "keep one of the two files and delete the other" in said
+    assert ResponseCache(tmp_path / "cache.sqlite").get(key) == first  # nothing of the second file was stored
+    other.unlink()
+    batch_mode(tmp_path)
+
+
+def test_an_imported_results_file_edited_afterwards_stops_the_import(tmp_path):
+    mode = batch_mode(tmp_path)
+    mode.teacher.generate(CONVERSATIONS)
+    results = write_results(export(mode))
+    batch_mode(tmp_path)
+    original = results.read_text()
+    results.write_text(with_reply(original, 2, "Edited after the import."))
+    with pytest.raises(BatchFileError, match=r"results\.jsonl, line 2: .*as imported before.*edited after it was imported"):
+        batch_mode(tmp_path)
+    results.write_text(original)
+    assert batch_mode(tmp_path).report.replies == 0  # as it was: nothing new to import
+
+
+def test_a_request_file_without_its_manifest_is_named_as_such(tmp_path):
+    mode = batch_mode(tmp_path)
+    mode.teacher.generate(CONVERSATIONS)
+    path = export(mode)
+    path.with_name("teacher-round1.manifest.json").unlink()
+    with pytest.raises(BatchFileError, match=r"teacher-round1\.jsonl, line 1: a request line written by srt_hf, not a result: "
+                       r"the manifest teacher-round1\.manifest\.json of this request file is missing"):
+        batch_mode(tmp_path)

@@ -42,7 +42,9 @@ def test_recycle_lora_compare_card_push(tmp_path, tiny_model_dir, demo_path, mon
     recycle(ds, teacher=str(tiny_model_dir), student=str(tiny_model_dir), out=recycled,
             generation=GenerationConfig(max_new_tokens=16, batch_size=6))
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # srt_hf's check only: the upload is replaced, sockets are blocked
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # srt_hf's check only: the upload is replaced, sockets are blocked
     pushed = {}
 
     def fake_upload(folder, repo_id, *, repo_type, ignore_patterns=None, **kw):

@@ -16,16 +16,17 @@ from srt_hf.errors import ConfigError
 
 
 @pytest.fixture
-def uploads(monkeypatch):
-    """Replace the one upload function; each call records its files while the staged folder still exists."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+def uploads(monkeypatch, hub_online):
+    """Replace the one upload function; each call records the files its patterns select while they exist."""
     calls = []
 
-    def fake_upload(folder, repo_id, *, repo_type, private=None, revision=None, ignore_patterns=None,
-                    commit_message=None, space_sdk=None):
+    def fake_upload(folder, repo_id, *, repo_type, private=None, revision=None, allow_patterns=None,
+                    ignore_patterns=None, delete_patterns=None, commit_message=None, space_sdk=None):
         folder = Path(folder)
-        files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-        calls.append({"repo_id": repo_id, "repo_type": repo_type, "space_sdk": space_sdk, "files": files})
+        names = hub.selected_files(folder, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+        files = {name: (folder / name).read_bytes() for name in names}
+        calls.append({"repo_id": repo_id, "repo_type": repo_type, "space_sdk": space_sdk, "files": files,
+                      "delete_patterns": delete_patterns})
         return f"https://huggingface.co/{'spaces/' if repo_type == 'space' else 'datasets/'}{repo_id}"
 
     monkeypatch.setattr(hub, "upload", fake_upload)
@@ -40,7 +41,7 @@ def test_space_then_dataset_link_each_other(tmp_path, uploads):
     assert url == "https://huggingface.co/spaces/me/run-report"
     (space,) = uploads
     assert (space["repo_type"], space["space_sdk"]) == ("space", "static")
-    assert sorted(space["files"]) == ["README.md", "index.html"]
+    assert sorted(space["files"]) == ["README.md", "index.html"] and space["delete_patterns"] == ["*"]
     readme = tmp_path / "space-README.md"
     readme.write_bytes(space["files"]["README.md"])
     card = SpaceCard.load(readme)
@@ -60,10 +61,9 @@ def test_space_then_dataset_link_each_other(tmp_path, uploads):
     assert f"[`report.html`](report.html) (also published as the Space {space_link})" in text
 
 
-def test_space_upload_creates_a_static_space(tmp_path, monkeypatch):
+def test_space_upload_creates_a_static_space(tmp_path, monkeypatch, hub_online):
     import huggingface_hub
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     FakeApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     run = make_recycle_run(tmp_path / "run", n=8)
@@ -87,13 +87,15 @@ def test_space_errors_and_dry_run(tmp_path, uploads, monkeypatch, capsys):
     assert "files to dataset repo me/d" in out and "report.html" in out and "pass --license" in out
     assert uploads == []
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert cli.main(["push", str(run), "--space", "me/r", "--license", "mit"]) == 2
     assert "unset HF_HUB_OFFLINE" in capsys.readouterr().err
     assert uploads == [] and "space" not in runs.read_meta(run)
 
 
-def test_space_auth_failure_names_the_space(tmp_path, monkeypatch):
+def test_space_auth_failure_names_the_space(tmp_path, monkeypatch, hub_online):
     from types import SimpleNamespace
 
     import huggingface_hub
@@ -103,7 +105,6 @@ def test_space_auth_failure_names_the_space(tmp_path, monkeypatch):
         def create_repo(self, repo_id, **kwargs):
             raise HfHubHTTPError("403 Forbidden", response=SimpleNamespace(status_code=403, headers={}, request=None))
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub, "HfApi", Refusing)
     run = make_recycle_run(tmp_path / "run", n=8)
     with pytest.raises(hub.HubError, match="space repo 'me/r'.*hf auth login"):

@@ -307,13 +307,13 @@ def test_a_new_method_is_one_list_entry(scored_file, tmp_path, monkeypatch):
 
 
 def test_kcenter_reasons_are_written_in_one_place():
-    # the CLI (srt_hf/selection/kcenter.py) and recipes/diverse_evol.py both take their reasons from kcenter_decisions:
+    # the CLI (srt_hf/selection/kcenter.py) and the DiverseEvol recipe (srt_hf/recipes/diverse_evol.py) both take their reasons from kcenter_decisions:
     # neither the recipe nor the command writes a "kept: …" / "dropped: …" text of its own
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    recipe = (root / "recipes" / "diverse_evol.py").read_text()
+    recipe = (root / "srt_hf" / "recipes" / "diverse_evol.py").read_text()
     assert "kcenter_decisions(" in recipe and not re.search(r"f?[\"'](kept|dropped): ", recipe)
     kcenter = (root / "srt_hf" / "selection" / "kcenter.py").read_text()
     command = kcenter[kcenter.index("class KCenter"):]  # the `srt-hf select --kcenter` glue

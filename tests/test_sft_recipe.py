@@ -73,7 +73,9 @@ def test_demo_config_runs_on_cpu():
     script, training, model = parse("--config", str(CONFIGS / "smollm2_srt_demo.yaml"))
     assert model.model_name_or_path == "default"
     assert training.use_cpu is True and training.bf16 is False
-    assert (ROOT / script.dataset).is_file()
+    assert script.dataset == "demo"  # the demo set in the package: the config runs from any folder
+    train, _, _ = load_recipe().load_training_data(script)
+    assert len(train) == 20 and train.column_names == ["prompt", "completion"]
 
 
 def test_accelerate_configs_load():
@@ -160,19 +162,20 @@ def check_model_folder(folder: Path, *, steps: int, processes: int) -> None:
     assert (folder / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sft_then_both_folders_ready_to_push(tmp_path, tiny_model_dir, monkeypatch):
+def test_sft_then_both_folders_ready_to_push(tmp_path, tiny_model_dir, monkeypatch, hub_online):
     """Hand-made run folder → sft (2 steps, tiny, in process) → model card → both uploads (replaced)."""
     import datasets
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # srt_hf's check only: upload is replaced, sockets are blocked
     calls = []
 
-    def fake_upload(folder, repo_id, *, repo_type, private=None, revision=None, ignore_patterns=None, commit_message=None):
+    def fake_upload(folder, repo_id, *, repo_type, private=None, revision=None, allow_patterns=None,
+                    ignore_patterns=None, delete_patterns=None, commit_message=None):
         folder = Path(folder)
         if repo_type == "model":
             check_model_folder(folder, steps=2, processes=1)
         else:
-            assert len(datasets.load_dataset(str(folder), split="train")) == 16
+            assert len(datasets.load_dataset("parquet", data_files=str(folder / runs.SFT), split="train")) == 16
+        assert delete_patterns == ["*"]  # a re-push leaves exactly this folder's files
         calls.append((repo_type, repo_id, folder, private, revision, ignore_patterns))
         return f"https://huggingface.co/{repo_id}"
 
@@ -195,8 +198,7 @@ def test_sft_then_both_folders_ready_to_push(tmp_path, tiny_model_dir, monkeypat
     assert 'model="me/tiny-srt"' in card
 
 
-def test_push_to_hub_offline_fails_before_training(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_push_to_hub_offline_fails_before_training(tmp_path, tiny_model_dir, hub_offline):
     recipe = load_recipe()
     args = tiny_args(tmp_path, make_run(tmp_path / "run"), tiny_model_dir, "--push_to_hub", "true")
     with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE"):
@@ -222,8 +224,10 @@ def test_two_cpu_processes_under_accelerate(tmp_path, tiny_model_dir):
         "save_strategy": "no", "report_to": "none", "ddp_find_unused_parameters": False,
     }))
     # GLOO_SOCKET_IFNAME: gloo binds to the address the host name resolves to unless told; loopback always connects.
+    # PYTHONPATH: the script imports srt_hf; this checkout's, whatever else is installed.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+           "HF_HUB_DISABLE_TELEMETRY": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / "ddp.yaml"),
         "--num_processes", "2", "--mixed_precision", "no", "--main_process_ip", "127.0.0.1",

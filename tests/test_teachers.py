@@ -40,7 +40,7 @@ def test_each_fault_kind_is_retried(server, fault):
     [completion] = teacher.generate(convs(1))
     assert completion.status == "ok" and completion.text
     assert completion.attempts == 3 and server.requests == 3
-    assert teacher.stats.as_dict() == {"requests_sent": 3, "retried": 2, "failed": 0, "cache_hits": 0, "completed": 1, "truncated": 0, "prompt_tokens": 1, "completion_tokens": 1}
+    assert teacher.stats.as_dict() == {"requests_sent": 3, "retried": 2, "failed": 0, "cache_hits": 0, "completed": 1, "truncated": 0, "prompt_tokens": 1, "completion_tokens": 1, "oversized": 0}
 
 
 def test_retries_run_out_into_a_status(server):

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
                    help="Output folder (resumable: rerun the same command to finish it). Default: MODEL_A/compare with --card, "
                         "else runs/compare/A-vs-B.")
     p.add_argument("--card", action="store_true",
-                   help="MODEL_A is a folder trained by recipes/sft.py: put the result (table, chart, Hub evaluation metadata) "
+                   help="MODEL_A is a folder trained by `srt-hf sft` (recipes/sft.py): put the result (table, chart, Hub evaluation metadata) "
                         "on its model card.")
     add_dataclass_arguments(p, CompareConfig)
     p.set_defaults(run=run)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = dataclass_from_args(CompareConfig, args)
     if args.card and not Path(args.model_a).is_dir():
-        raise ConfigError(f"--card needs MODEL_A to be the output folder of recipes/sft.py; {args.model_a!r} is not a folder")
+        raise ConfigError(f"--card needs MODEL_A to be the output folder of `srt-hf sft` (recipes/sft.py); {args.model_a!r} is not a folder")
     out = args.out or (Path(args.model_a) / "compare" if args.card else Path("runs/compare") / f"{_slug(args.model_a)}-vs-{_slug(args.model_b)}")
     result = compare(args.model_a, args.model_b, out, config)
     print_summary(result)

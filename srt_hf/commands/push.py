@@ -6,6 +6,9 @@ and/or its report as a static Hugging Face Space.
     srt-hf push runs/demo-srt --repo-id me/demo-srt --space me/demo-srt-report --dry-run
 
 With both, the Space is published first so the dataset card links it, and the Space links the dataset.
+A push writes the card (README.md, images/) and report.html into the run folder, then uploads the folder's
+documented outputs; every other file in the repo is deleted in the same commit, so a re-push leaves exactly
+the run's files. --dry-run renders them in a temporary folder instead and changes no file.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--revision", default=None, help="Branch to upload to (created if missing; default: main).")
     p.add_argument("--license", default=None, help="License id of the data, when run.json does not record the source's (e.g. cc-by-nc-4.0).")
     p.add_argument("--dry-run", action="store_true",
-                   help="Write the card and report and list what would be uploaded; upload nothing.")
+                   help="List what would be uploaded, with the card and report rendered in a temporary folder; "
+                   "upload nothing and change no file.")
     p.set_defaults(run=run)
 
 
@@ -64,12 +68,14 @@ def _dry_run(args: argparse.Namespace) -> int:
                                               dataset_repo_id=args.repo_id)
             targets.append((f"static Space {args.space}", staged))
         if args.repo_id:
-            staged = hub.prepare_dataset_folder(args.run_dir, Path(tmp) / "upload", repo_id=args.repo_id, license=args.license)
+            staged = hub.prepare_dataset_folder(args.run_dir, Path(tmp) / "data" / args.run_dir.resolve().name,
+                                                repo_id=args.repo_id, license=args.license)
             targets.append((f"dataset repo {args.repo_id}", staged))
         for what, staged in targets:
             files = sorted(p for p in staged.rglob("*") if p.is_file())
             print(f"\nsrt-hf push --dry-run: would upload {len(files)} files to {what}{branch}\n")
             print(_table([(str(p.relative_to(staged)), _size(p.stat().st_size)) for p in files]))
+            print("(any other file in the repo would be deleted, .gitattributes excepted)")
     if not (args.license or hub.run_license(args.run_dir)):
         print("\nnote: the data's license is unknown; pass --license ID to push.")
     return 0

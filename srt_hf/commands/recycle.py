@@ -17,6 +17,23 @@ import argparse
 import math
 from pathlib import Path
 
+# The options of `srt-hf recycle --help`, under a heading each: heading -> the config fields it holds. A field of
+# RecycleConfig, GenerationConfig or BatchConfig missing here is listed under "other options".
+GROUPS = {
+    "data": ["instruction_column", "input_column", "response_column", "messages_column"],
+    "teacher prompts and replies": [
+        "instruction_template", "instruction_template_with_input", "response_template", "response_template_with_input",
+        "structured", "instruction_json_template", "instruction_json_template_with_input", "response_json_template",
+        "response_json_template_with_input", "retry_parse_failures"],
+    "teacher generation": ["temperature", "max_new_tokens", "top_p", "seed", "batch_size"],
+    "teacher transport (servers)": ["timeout", "max_retries", "max_concurrency", "backoff_base", "backoff_max",
+                                    "max_retry_after", "breaker_failures", "breaker_seconds"],
+    "teacher batch files": ["teacher_batch", "submit", "completion_window"],
+    "student (scoring)": ["student", "preset", "template", "max_length", "dtype", "device"],
+    "selection": ["top_share"],
+    "output and resume": ["chunk_rows", "retry_failed"],
+}
+
 
 def add_parser(sub) -> None:
     from ..cli import add_dataclass_arguments
@@ -24,21 +41,29 @@ def add_parser(sub) -> None:
     from ..teachers import GenerationConfig
     from ..teachers.batch_teacher import BatchConfig
 
-    p = sub.add_parser("recycle", help="Reflect with a teacher, select with the student, write a run folder.", description=__doc__)
+    p = sub.add_parser("recycle", help="Reflect with a teacher, select with the student, write a run folder.", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="IN", help="JSON/JSONL/CSV/Parquet file, save_to_disk folder, Hub dataset id, or 'demo'.")
-    p.add_argument("--out", type=Path, required=True, help="Run folder (created; an existing one is resumed).")
-    p.add_argument("--teacher", action="append", default=None, help="Teacher: a server base URL (repeat for several), 'default' (embedded SmolLM2), a Hub id or a local model directory.")
-    p.add_argument("--teacher-model", default=None, help="Model name sent to the teacher server. Default: the one the server says it serves (/v1/models).")
-    p.add_argument("--teacher-api-key-env", default=None, metavar="NAME", help="Environment variable holding the teacher server's API key, sent to its host only. Default: OPENAI_API_KEY for api.openai.com, the HF token for Hugging Face hosts, nothing elsewhere.")
-    p.add_argument("--teacher-header", action="append", default=None, metavar="'NAME: VALUE'", help="A header for the teacher's host (repeatable), e.g. 'api-key: …' for Azure.")
-    p.add_argument("--teacher-extra-body", default=None, metavar="JSON", help="JSON object merged into every teacher request (server-specific sampling settings), e.g. '{\"top_k\": 20}'.")
-    p.add_argument("--teacher-dtype", default=None, help="Local teacher dtype: float32 (default), bfloat16 or float16 (GPUs).")
-    p.add_argument("--teacher-device", default=None, help="Local teacher device, e.g. cuda or cuda:1. Default: cuda when available, else cpu.")
-    p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
-    p.add_argument("--limit", type=int, default=None, help="Recycle only the first N rows.")
-    add_dataclass_arguments(p, RecycleConfig)
-    add_dataclass_arguments(p, GenerationConfig)
-    add_dataclass_arguments(p, BatchConfig)
+    groups = {title: p.add_argument_group(title) for title in GROUPS}
+    data, teacher = groups["data"], groups["teacher prompts and replies"]
+    transport, output = groups["teacher transport (servers)"], groups["output and resume"]
+    output.add_argument("--out", type=Path, required=True, help="Run folder (created; an existing one is resumed).")
+    teacher.add_argument("--teacher", action="append", default=None, help="Teacher: a server base URL (repeat for several), 'default' (embedded SmolLM2), a Hub id or a local model directory.")
+    teacher.add_argument("--teacher-model", default=None, help="Model name sent to the teacher server. Default: the one the server says it serves (/v1/models).")
+    transport.add_argument("--teacher-api-key-env", default=None, metavar="NAME", help="Environment variable holding the teacher server's API key, sent to its host only. Default: OPENAI_API_KEY for api.openai.com, the HF token for Hugging Face hosts, nothing elsewhere.")
+    transport.add_argument("--teacher-header", action="append", default=None, metavar="'NAME: VALUE'", help="A header for the teacher's host (repeatable), e.g. 'api-key: …' for Azure.")
+    transport.add_argument("--teacher-extra-body", default=None, metavar="JSON", help="JSON object merged into every teacher request (server-specific sampling settings), e.g. '{\"top_k\": 20}'.")
+    local_teacher = groups["teacher generation"]
+    local_teacher.add_argument("--teacher-dtype", default=None, help="Local teacher dtype: float32 (default), bfloat16 or float16 (GPUs).")
+    local_teacher.add_argument("--teacher-device", default=None, help="Local teacher device, e.g. cuda or cuda:1. Default: cuda when available, else cpu.")
+    data.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
+    data.add_argument("--limit", type=int, default=None, help="Recycle only the first N rows.")
+    listed = {name for names in GROUPS.values() for name in names}
+    other = p.add_argument_group("other options")
+    for cls in (RecycleConfig, GenerationConfig, BatchConfig):
+        for title, names in GROUPS.items():
+            add_dataclass_arguments(groups[title], cls, only=names)
+        add_dataclass_arguments(other, cls, skip=listed)
     p.set_defaults(run=run)
 
 

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="IN", help="JSON/JSONL/CSV/Parquet file, save_to_disk folder, Hub dataset id, or 'demo'.")
     p.add_argument("--out", type=Path, required=True, help="Output file: .parquet or .jsonl.")
     p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
-    p.add_argument("--chunk-rows", type=int, default=64, help="Rows per resumable chunk (progress and memory unit).")
+    p.add_argument("--chunk-rows", type=int, default=64, help="Rows per resumable chunk (the unit of resumption and of memory; the bar moves per batch inside it).")
     p.add_argument("--limit", type=int, default=None, help="Score only the first N rows.")
     add_dataclass_arguments(p, ScoringConfig, skip=("output_prefix",))
     p.set_defaults(run=run)
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from .. import __version__
-    from ..chunks import map_in_chunks, process_state, read_parts
+    from ..chunks import map_in_chunks, process_state, read_parts, row_digests
     from ..cli import dataclass_from_args
     from ..dataio import apply_limit, check_output_path, load_input, write_tables
     from ..errors import ConfigError, InputError
@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if main:
         print(f"srt-hf score: {args.input}: {describe(fmt)}; rows read: {read_report(ds, fmt)}")
     work = args.out.with_name(args.out.name + ".parts")
-    key = f"{__version__}:{config.digest()}:{ds._fingerprint}"
+    key = f"{__version__}:{config.digest()}"  # the input is each chunk's own rows: an edit redoes the chunks it changed
     with output_lock(args.out, folder=False, command="srt-hf score"):  # covers OUT and OUT.parts
-        parts = map_in_chunks(ds, scorer, work, key=key, chunk_rows=args.chunk_rows, desc=f"scoring ({config.preset})")
+        parts = map_in_chunks(ds, scorer, work, key=key, chunk_rows=args.chunk_rows, desc=f"scoring ({config.preset})",
+                              inputs=row_digests(ds, args.chunk_rows))
         state = process_state()
         if not main:
             return 0

@@ -9,7 +9,7 @@ Rules:
   is ranked by the IFD of its final rows (``final_ifd``), and its final texts become the SFT data.
 * ``--kcenter K`` — one DiverseEvol step: K rows added by k-center greedy on the student's embeddings
   (the ``--embedding-column`` of IN if present, else computed with ``--student``), around the rows
-  marked by ``--pool-column`` (e.g. ``selected`` of an earlier run) if given. ``recipes/diverse_evol.py``
+  marked by ``--pool-column`` (e.g. ``selected`` of an earlier run) if given. ``srt-hf diverse-evol``
   iterates this with training.
 * ``--ds-weight`` — DS weight with self-consistency over sampled answers (``--valid``: the labelled set).
 
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..formats import ColumnMapping, mapped_text_columns
     from ..locks import output_lock
+    from ..progress import quiet_foreign_bars
     from ..selection.methods import chosen_method
 
     out: Path = args.out
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix and not file_out:
         raise InputError(f"cannot write {out}: a run folder has no suffix, a file ends with .parquet or .jsonl", fix="change --out")
     mapping = dataclass_from_args(ColumnMapping, args)
-    with output_lock(out, folder=not file_out, command="srt-hf select"):
+    # datasets' map / filter / "Generating train split" bars say nothing the summary does not: srt_hf's bars only
+    with output_lock(out, folder=not file_out, command="srt-hf select"), quiet_foreign_bars():
         ds = load_input(args.input, args.split, text_columns=mapped_text_columns(mapping))
         table, meta, drop, mapping = chosen_method(args).run(ds, args, mapping)
         meta.setdefault("source", {"name": str(args.input), "split": args.split})

@@ -18,7 +18,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from ..errors import ConfigError, SrtHfError
 from ..status import OK, REQUEST_FAILED, TRUNCATED, is_ok, kind_of, make
@@ -123,8 +123,10 @@ class TeacherStats:
     #: requests_sent: HTTP requests (or prompts generated locally), retries included; retried: retries after
     #: a transport failure; failed: completions that ended as request_failed; cache_hits: completions served
     #: from the response cache; completed: successful replies received from the teacher itself; truncated:
-    #: replies that stopped at max_new_tokens; prompt_tokens / completion_tokens: the servers' usage counts.
-    FIELDS = ("requests_sent", "retried", "failed", "cache_hits", "completed", "truncated", "prompt_tokens", "completion_tokens")
+    #: replies that stopped at max_new_tokens; prompt_tokens / completion_tokens: the servers' usage counts;
+    #: oversized: replies far beyond max_new_tokens (``invalid``, not stored; see ``http.reply_cap``).
+    FIELDS = ("requests_sent", "retried", "failed", "cache_hits", "completed", "truncated", "prompt_tokens", "completion_tokens",
+              "oversized")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -147,6 +149,33 @@ class TeacherStats:
     def reset(self) -> None:
         with self._lock:
             self._counts = dict.fromkeys(self.FIELDS, 0)
+
+
+async def gather_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather`` with one clean stop: the first error cancels every other task and awaits it before it is
+    raised (so no request outlives the session that sent it, and none fails later during the loop's shutdown).
+
+    Results come in input order. A cancellation of the caller (Ctrl-C) cancels and awaits them all the same.
+    """
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        await _cancel_all(tasks)
+        raise
+    failed = next((t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None), None)
+    if failed is not None:
+        await _cancel_all(tasks)
+        raise failed.exception()
+    return [t.result() for t in tasks]
+
+
+async def _cancel_all(tasks: list[asyncio.Future]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)  # waits for each; their own errors are retrieved, not raised
 
 
 def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
@@ -216,7 +245,7 @@ class Teacher:
         :class:`StructuredOutputUnsupported` when the teacher cannot enforce one.
         """
         async with self.session() as session:
-            return list(await asyncio.gather(*(session.complete(m, overrides, schema=schema) for m in conversations)))
+            return await gather_or_cancel(session.complete(m, overrides, schema=schema) for m in conversations)
 
     def generate(
         self, conversations: Sequence[Messages], overrides: dict[str, Any] | None = None, *, schema: dict | None = None

@@ -17,6 +17,11 @@ request is written again in the next round); a line that only says the batch exp
 the request ran is not an answer, so the request is simply asked again. ``imported.json`` lists the results
 files already imported (by content digest): a killed import leaves it unwritten, and the rerun imports again
 (filling the cache twice with the same reply is harmless).
+
+Results are write-once per request: a reply for a ``custom_id`` that already has another imported reply (a second
+download such as ``results (1).jsonl``, or a results file edited after its import) stops the import before anything
+of that file is stored, naming both files and lines; the same reply twice is fine. A request file whose manifest
+is missing is named as such, not read as a results file.
 """
 
 from __future__ import annotations
@@ -77,6 +82,12 @@ def read_results(path: Path) -> Iterator[Result]:
             except ValueError as err:
                 raise BatchFileError(f"{path}, line {n}: not JSON ({err}); a results file holds one JSON object per "
                                      "line: remove the broken line or download the file again") from None
+            if isinstance(obj, dict) and {"custom_id", "body"} <= obj.keys() and ("url" in obj or "method" in obj):
+                manifest = path.with_name(f"{path.stem}.manifest.json")
+                raise BatchFileError(
+                    f"{path}, line {n}: a request line written by srt_hf, not a result: the manifest {manifest.name} of "
+                    "this request file is missing. Put the manifest back, or delete the request file (and its results) "
+                    "and rerun to export the requests again")
             if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str) or not ("response" in obj or "error" in obj):
                 raise BatchFileError(f"{path}, line {n}: not a batch result (needs custom_id and response or error); only "
                                      "request files written by srt_hf and results files may be in the batch folder")
@@ -215,7 +226,9 @@ class BatchFolder:
                 continue
             counts = {"replies": 0, "failed": 0, "not_run": 0, "prompt_tokens": 0, "completion_tokens": 0}
             answered: set[str] = set()
-            for result in read_results(path):
+            results = list(read_results(path))
+            stored = _check_write_once(path, results, cache, edited=path.name in ledger)
+            for result in results:
                 manifest = owner.get(result.custom_id)
                 if manifest is None:
                     raise BatchFileError(
@@ -240,12 +253,49 @@ class BatchFolder:
                             "usage": result.usage, "stage": manifest.stage, "batch_file": manifest.name,
                             "results": f"{path.name}:{result.line}", "body": manifest.requests[result.custom_id],
                             **(tags or {})}
-                    cache.put(result.custom_id, result.text or "", meta)
+                    if result.custom_id not in stored:  # the same reply imported before keeps its origin
+                        cache.put(result.custom_id, result.text or "", meta)
                     report.failures.pop(result.custom_id, None)
             ledger[path.name] = {"sha256": digest, "for": sorted(answered), **counts}
             report.files[path.name] = counts
             write_text_atomic(self.root / LEDGER, json.dumps(ledger, indent=1, sort_keys=True))
         return report
+
+
+def _reply_digest(text: str | None, finish: str | None) -> str:
+    return hashlib.sha256(json.dumps([text or "", "length" if finish == "length" else "stop"]).encode()).hexdigest()
+
+
+def _check_write_once(path: Path, results: list[Result], cache, *, edited: bool) -> set[str]:
+    """Stop before storing anything of ``path`` if it answers a request that already has another imported reply
+    (in the cache, from a batch, or earlier in this file); returns the requests whose same reply is already stored."""
+    seen: dict[str, tuple[str, str]] = {}  # custom_id -> (reply digest, "file, line N") of this file
+    stored: set[str] = set()
+    for result in results:
+        if result.error is not None:
+            continue  # a failure replaces nothing: the request is asked again
+        digest = _reply_digest(result.text, result.finish_reason)
+        where = f"{path.name}, line {result.line}"
+        earlier = seen.get(result.custom_id)
+        if earlier is None:
+            entry = cache.get_entry(result.custom_id)
+            if entry is not None and entry[1].get("source") == "batch":
+                origin = str(entry[1].get("results", "?")).rsplit(":", 1)
+                earlier = (_reply_digest(entry[0], entry[1].get("finish")),
+                           f"{origin[0]}, line {origin[1]}" if len(origin) == 2 else origin[0])
+                if earlier[0] == digest:
+                    stored.add(result.custom_id)
+        if earlier is not None and earlier[0] != digest:
+            same_file = earlier[1].split(",")[0] == path.name
+            fix = (f"{path.name} was edited after it was imported: put it back as it was, or move it out of the folder"
+                   if same_file and edited else f"keep one of the two files and delete the other ({path.name} or "
+                   f"{earlier[1].split(',')[0]}), then rerun")
+            raise BatchFileError(
+                f"{path.parent / where}: custom_id {result.custom_id[:16]}… answers a request that already has another "
+                f"reply ({earlier[1]}{', as imported before' if same_file else ''}); a request's reply is written once. "
+                f"Fix: {fix}")
+        seen.setdefault(result.custom_id, (digest, where))
+    return stored
 
 
 __all__ = ["BatchFileError", "BatchFolder", "ImportReport", "Manifest", "Result", "body_digest", "read_results", "request_line"]

@@ -23,10 +23,12 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from ..errors import ConfigError, TeacherError
+from ..status import INVALID, make
 from .base import Completion, GenerationConfig, Messages, StructuredOutputUnsupported, Teacher, TeacherSession
 from .credentials import Credentials, host_of, is_hf_host
 from .http import (
     HTTPStatusError,
+    ReplyTooLarge,
     _Fault,
     _http_module,
     _PrioritySlots,
@@ -35,6 +37,7 @@ from .http import (
     chat_url,
     classify,
     parse_reply,
+    reply_cap,
 )
 from .structured import DIALECTS, UNSUPPORTED, looks_like_json_object
 
@@ -264,11 +267,14 @@ class _EndpointSession(TeacherSession):
             raise TeacherError(f"The teacher at {url} answered {fault.reason}: {fault.fatal}. Finished work is kept; rerun to resume.")
         now = time.monotonic()
         if all(teacher._health[u].broken(teacher.config, now) for u in teacher.base_urls):
-            last = teacher._health[url].last_fault
+            health = teacher._health[url]
+            last, limit = health.last_fault, health.limit_reached(teacher.config, now) or "--breaker-failures"
+            what = (f"failed {health.in_row} requests in a row" if limit.startswith("--breaker-failures") else
+                    f"answered nothing but failures for {now - (health.failing_since or now):.0f}s ({health.in_row} requests)")
             raise TeacherError(
-                f"The teacher at {', '.join(teacher.base_urls)} failed {teacher._health[url].in_row} requests in a row "
-                f"(last: {last.reason if last else fault.reason}); check that the server is up and the URL is right "
-                "(--teacher), or raise --breaker-failures. Finished work is kept; rerun to resume."
+                f"The teacher at {', '.join(teacher.base_urls)} {what} (last: {last.reason if last else fault.reason}); "
+                f"check that the server is up and the URL is right (--teacher), or raise {limit.split()[0]} "
+                f"(now {limit.split()[1]}). Finished work is kept; rerun to resume."
             )
 
     def _log_retry(self, url: str, attempt: int, fault: _Fault) -> None:
@@ -325,6 +331,10 @@ class _EndpointSession(TeacherSession):
             if fault is not None and self._tokens_field_rejected(fault):
                 teacher.tokens_field, attempt = "max_completion_tokens", attempt - 1  # not the server's fault: ask again
                 continue
+            if fault is not None and fault.oversized:  # the server answered, beyond any reply to these settings
+                self._record(url, None)
+                teacher.stats.add(oversized=1)
+                return Completion(None, make(INVALID, fault.reason), attempts=attempt), fault
             refused = probing and fault is not None and fault.reason.startswith("HTTP 4") and not fault.fatal
             self._record(url, None if refused else fault)
             if fault is None:
@@ -363,10 +373,41 @@ class _EndpointSession(TeacherSession):
             self._in_flight[url] -= 1
 
     async def _post(self, url: str, body: dict[str, Any]) -> Any:
-        response = await self._http.post(url, content=json.dumps(body, ensure_ascii=False), headers={"content-type": "application/json"})
+        """POST the request; the body is read as far as :func:`~.http.reply_cap` allows (an error body too)."""
+        max_new_tokens = int(body.get(self.teacher.tokens_field) or self.teacher.config.max_new_tokens)
+        cap = reply_cap(max_new_tokens)
+        content = json.dumps(body, ensure_ascii=False)
+        async with self._http.stream("POST", url, content=content, headers={"content-type": "application/json"}) as response:
+            data = await _read_bounded(response, cap, max_new_tokens, error=response.status_code >= 400)
         if response.status_code >= 400:
-            raise HTTPStatusError(response.status_code, response.headers, response.text)
-        return response.json()
+            raise HTTPStatusError(response.status_code, response.headers, data.decode("utf-8", "replace"))
+        return json.loads(data)
+
+
+#: Bytes of a too-large reply counted (and dropped) to name its size; beyond them it is "more than N bytes".
+_COUNT_BEYOND_CAP = 64 << 20
+
+
+async def _read_bounded(response, cap: int, max_new_tokens: int, *, error: bool = False) -> bytes:
+    """The body of ``response`` if it is at most ``cap`` bytes, else :class:`ReplyTooLarge` (nothing beyond the cap is
+    kept in memory; a declared Content-Length over the cap is refused before reading). An error body is cut at the
+    cap instead: only its message matters."""
+    declared = response.headers.get("content-length")
+    if not error and declared and declared.isdigit() and int(declared) > cap:
+        raise ReplyTooLarge(int(declared), cap, max_new_tokens)
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size <= cap:
+            chunks.append(chunk)
+        elif error:
+            chunks.append(chunk[: max(0, cap - (size - len(chunk)))])
+            break
+        elif size > cap + _COUNT_BEYOND_CAP:
+            raise ReplyTooLarge(size, cap, max_new_tokens, at_least=True)
+    if size > cap and not error:
+        raise ReplyTooLarge(size, cap, max_new_tokens)
+    return b"".join(chunks)
 
 
 __all__ = ["EndpointTeacher"]

@@ -21,6 +21,31 @@ _FATAL_STATUS = {
 }
 
 
+#: Bytes of reply body allowed per requested new token, and for the envelope around the text (ids, usage, finish
+#: reason, the JSON of an error). A token is 3-5 bytes of text on average and at most a few dozen; JSON escaping
+#: (``\uXXXX``) can make one character six bytes. 64 bytes per token is therefore several times what any reply
+#: within ``max_new_tokens`` can need, and a body beyond it is not a reply to these settings (a server that
+#: ignores the limit, or a proxy's error page): it is counted and given up, never stored.
+REPLY_BYTES_PER_TOKEN = 64
+REPLY_ENVELOPE_BYTES = 64 * 1024
+
+
+def reply_cap(max_new_tokens: int) -> int:
+    """The largest reply body (bytes) srt_hf reads for ``max_new_tokens``: ``64 × max_new_tokens + 64 KiB``."""
+    return REPLY_BYTES_PER_TOKEN * max(int(max_new_tokens), 1) + REPLY_ENVELOPE_BYTES
+
+
+class ReplyTooLarge(Exception):
+    """A reply body beyond :func:`reply_cap`; read only as far as needed to say so."""
+
+    def __init__(self, size: int, cap: int, max_new_tokens: int, *, at_least: bool = False):
+        self.size, self.cap = size, cap
+        self.reason = (f"reply of {'more than ' if at_least else ''}{size} bytes exceeds {cap} bytes "
+                       f"({REPLY_BYTES_PER_TOKEN} x max_new_tokens {max_new_tokens} + {REPLY_ENVELOPE_BYTES // 1024} KiB); "
+                       "the server does not honour --max-new-tokens")
+        super().__init__(self.reason)
+
+
 @dataclass
 class _Fault:
     reason: str
@@ -29,6 +54,7 @@ class _Fault:
     retry_after: float | None = None
     fatal: str | None = None  # no retry can fix it: what to change (the run stops)
     body: str = ""  # the server's error message, for the top-level error
+    oversized: bool = False  # a reply beyond reply_cap: the row is invalid (not retried, not stored)
 
 
 class HTTPStatusError(Exception):
@@ -101,6 +127,8 @@ def classify(err: BaseException, config: GenerationConfig) -> _Fault:
     """
     http = _http_module()
 
+    if isinstance(err, ReplyTooLarge):
+        return _Fault(err.reason, False, oversized=True)
     if isinstance(err, HTTPStatusError):
         code, message = err.status, error_message(err.body)
         if code in _FATAL_STATUS:
@@ -211,7 +239,13 @@ class _UrlHealth:
 
     def broken(self, config: GenerationConfig, now: float) -> bool:
         """Whether the breaker is open: too many failures in a row, or failing for too long."""
+        return self.limit_reached(config, now) is not None
+
+    def limit_reached(self, config: GenerationConfig, now: float) -> str | None:
+        """Which breaker limit is reached, as the setting that raises it ("--breaker-failures 10"), or None."""
         if self.in_row >= config.breaker_failures:
-            return True
-        return self.in_row >= 3 and self.failing_since is not None and now - self.failing_since > config.breaker_seconds
+            return f"--breaker-failures {config.breaker_failures}"
+        if self.in_row >= 3 and self.failing_since is not None and now - self.failing_since > config.breaker_seconds:
+            return f"--breaker-seconds {config.breaker_seconds:g}"
+        return None
 

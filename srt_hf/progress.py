@@ -1,0 +1,84 @@
+"""Progress bars that move inside a chunk, and no other library's bars inside them.
+
+    with chunk_progress(bar, rows=64):       # chunks.map_in_chunks, around one chunk
+        step = steps(total_tokens)           # deep in the work: the student's batches, the teacher's replies
+        ...; step(tokens_of_this_batch)      # the bar moves by the matching share of the chunk's 64 rows
+
+A chunk is the unit of resumption (64 rows by default); a bar that moved only per chunk sat at 0 for minutes
+on a slow teacher or a CPU student. The work inside a chunk reports through :func:`steps` (the student per
+scored batch, weighted by its tokens; the teacher per finished row), which turns done/total into rows of the
+chunk's bar, so tqdm's rows/s and ETA follow the work as it happens. With no chunk running, :func:`steps` is a
+no-op. :func:`quiet_foreign_bars` switches off transformers' and datasets' own bars (their official switches)
+while srt_hf's bars run, and restores them after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_lock = threading.Lock()
+_sink: Callable[[float], None] | None = None  # takes the share (0-1) of the running chunk's work done
+
+
+@contextlib.contextmanager
+def chunk_progress(bar: Any, rows: int) -> Iterator[None]:
+    """While one chunk of ``rows`` rows runs, work reported by :func:`steps` moves ``bar`` (a tqdm bar) by rows;
+    when the chunk finishes the bar has moved by exactly ``rows``."""
+    global _sink
+    shown = 0
+
+    def sink(share: float) -> None:
+        nonlocal shown
+        target = min(rows, int(rows * max(0.0, share)))
+        with _lock:
+            if target > shown:  # a second pass over the same chunk never moves the bar back
+                bar.update(target - shown)
+                shown = target
+
+    _sink = sink
+    try:
+        yield
+    finally:
+        _sink = None
+    with _lock:
+        if rows > shown:
+            bar.update(rows - shown)
+
+
+def steps(total: float) -> Callable[[float], None]:
+    """A counter of ``total`` units of work (tokens, replies) in the running chunk: call it with the units just
+    finished. A no-op when no chunk is running (a transform used on its own)."""
+    sink = _sink
+    if sink is None or total <= 0:
+        return lambda units: None
+    done = 0.0
+
+    def step(units: float) -> None:
+        nonlocal done
+        done += units
+        sink(done / total)
+
+    return step
+
+
+@contextlib.contextmanager
+def quiet_foreign_bars() -> Iterator[None]:
+    """transformers' ("Loading weights") and datasets' (map, filter, "Generating train split") progress bars off;
+    each is restored to what it was."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    transformers_on = transformers_logging.is_progress_bar_enabled()
+    datasets_on = datasets.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
+        if datasets_on:
+            datasets.enable_progress_bars()
