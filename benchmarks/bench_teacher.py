@@ -123,9 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-grammar", action="store_true", help="guards only (where llguidance is missing)")
+    ap.add_argument("--serial-grammar", action="store_true", help="fill the rows' grammar masks one after another, "
+                    "not on llguidance's thread pool (which LocalTeacher uses with >= 8 cores)")
     ap.add_argument("--profile", action="store_true", help="cProfile one LocalTeacher batch and print the top entries")
     args = ap.parse_args(argv)
 
+    if args.serial_grammar:
+        from srt_hf.teachers import structured
+
+        structured.POOL_MIN_CORES = 1 << 30
     path = build_random_student(args.model) if args.model in SHAPES else Path(args.model)
     data = args.data or (SHARED_DATA if SHARED_DATA.is_file() else Path(os.environ.get("SRT_HF_GPU_DATA", "-"), SHARED_DATA.name))
     data = data if data.is_file() else DEMO_DATA
@@ -142,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     stops = _stop_ids(model.generation_config, tokenizer)
     print(f"model: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters), {args.dtype} on "
           f"{args.device}; {len(convs)} prompts from {data.name}, batch {args.batch}, max_new_tokens {args.max_new_tokens}; "
-          f"LocalTeacher: {'JSON grammar + ' if grammar else 'NO grammar (llguidance missing) + '}guards")
+          f"LocalTeacher: {'JSON grammar + ' if grammar else 'NO grammar (llguidance missing) + '}guards; grammar masks "
+          f"{'serial' if args.serial_grammar or (os.cpu_count() or 1) < 8 or args.batch < 8 else 'on a thread pool'}")
 
     run_teacher(teacher, convs[:args.batch], args.batch, settings, schema, Tally(stops))  # warm-up both sides
     run_plain(teacher, convs[:args.batch], args.batch, settings, Tally(stops))

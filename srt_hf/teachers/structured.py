@@ -61,7 +61,7 @@ class JSONGrammar:
         self._torch = lltorch
         # Rows' masks on llguidance's thread pool where there are cores for it: measured on 2 busy cores it is
         # 5x slower than one row after another (1.5 ms a step for 32 rows); benchmarks/bench_teacher.py on a GPU host.
-        self._executor = _executor(llguidance) if batch_size >= 8 and (os.cpu_count() or 1) >= 8 else None
+        self._executor = _executor(llguidance) if batch_size >= 8 and (os.cpu_count() or 1) >= POOL_MIN_CORES else None
 
     def __call__(self, input_ids, scores):
         if input_ids.shape[1] > self.prompt_length:
@@ -81,6 +81,7 @@ class JSONGrammar:
         return scores
 
 
+POOL_MIN_CORES = 8  # fewer cores: the rows' masks one after another
 _EXECUTOR: list = []
 
 
