@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ModelUnavailableError
+from .errors import ConfigError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
     logger.warning("srt_hf: converting the embedded model once to %s (about a minute)", target)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, use_kernels=False)
     # The weights are dequantised to float32 on load; drop the GGUF marker so it saves as plain safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -183,17 +183,102 @@ def load_tokenizer(name: str | os.PathLike | None, **kwargs):
 
 
 def load_causal_lm(name: str | os.PathLike | None, *, device: str | None = None, dtype: str = "float32", **kwargs):
-    """A causal LM in eval mode on ``device`` (default: cuda if available, else cpu)."""
+    """A causal LM in eval mode on ``device`` (default: cuda if available, else cpu).
+
+    Hub kernels follow :func:`use_hub_kernels` for inference (plain layers unless ``SRT_HF_HUB_KERNELS=on``);
+    an explicit ``use_kernels`` keyword wins.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     path, extra = resolve(name)
+    device = prepare_device(device)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    if "use_kernels" not in kwargs:
+        kwargs["use_kernels"] = use_hub_kernels(path, training=False, device=device, config_kwargs={**extra, **kwargs})
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra, **kwargs)
     except (OSError, ValueError) as err:
         raise _unavailable(str(name), err) from err
-    return model.to(prepare_device(device)).eval()
+    return model.to(device).eval()
+
+
+HUB_KERNELS_ENV = "SRT_HF_HUB_KERNELS"
+HUB_KERNELS_CHOICES = ("auto", "on", "off")
+_hub_kernel_notices: set[str] = set()
+
+
+def hub_kernels_setting() -> str:
+    """``SRT_HF_HUB_KERNELS``: ``auto`` (default: training uses them, scoring and generation keep plain layers),
+    ``on`` (every model uses them) or ``off`` (none does). transformers' own ``USE_HUB_KERNELS=0`` also means off."""
+    value = os.environ.get(HUB_KERNELS_ENV, "auto").strip().lower() or "auto"
+    if value not in HUB_KERNELS_CHOICES:
+        raise ConfigError(
+            f"{HUB_KERNELS_ENV}={value!r} is not a hub-kernels setting: set it to one of {', '.join(HUB_KERNELS_CHOICES)}"
+        )
+    transformers_allows = os.environ.get("USE_HUB_KERNELS", "YES").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return value if transformers_allows else "off"
+
+
+def use_hub_kernels(path: str, *, training: bool, device: str, config_kwargs: dict | None = None) -> bool:
+    """Whether to load ``path`` with transformers' hub kernels (``from_pretrained(use_kernels=...)``): the one
+    decision every model load of srt_hf takes, so that hub kernels are a choice and never a failure.
+
+    transformers 5 turns them on by default and, offline, fails in ``from_pretrained`` when a kernel (e.g.
+    ``kernels-community/rotary`` on CUDA) is not in the local cache. Here the setting decides
+    (:func:`hub_kernels_setting`); when it asks for them, the kernels this model needs on ``device`` are fetched
+    first on an empty (meta) copy of the model; if any cannot be had (offline and not cached, no ``kernels``
+    package, no network) the model loads with its plain layers and one line says why and names the setting.
+    """
+    setting = hub_kernels_setting()
+    if setting == "off" or (setting == "auto" and not training):
+        return False
+    problem = _hub_kernels_problem(path, device, training, config_kwargs or {})
+    if problem is None:
+        return True
+    if problem not in _hub_kernel_notices:
+        _hub_kernel_notices.add(problem)
+        logger.warning(
+            "srt-hf: hub kernels unavailable (%s); loading %s with its plain layers. %s=off skips them, "
+            "or fetch them once while online", problem, display_name(path), HUB_KERNELS_ENV,
+        )
+    return False
+
+
+def _hub_kernels_problem(path: str, device: str, training: bool, config_kwargs: dict) -> str | None:
+    """None when every hub kernel the model would use on ``device`` can be loaded, else why not (one line).
+
+    Kernelizes an empty copy of the model on the meta device with transformers' kernel mapping, in inference
+    mode and (for training, where ``model.train()`` kernelizes again) training mode: kernels fetches exactly
+    what ``from_pretrained(use_kernels=True)`` would, and keeps it for that load. Any error is a reason not to
+    use hub kernels, never a reason to stop: the probe catches them all.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("kernels") is None:
+        return "the `kernels` package is not installed"
+    try:
+        import torch
+        from kernels import KernelizeFallback, Mode, kernelize
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.integrations.hub_kernels import register_kernel_mapping_transformers
+
+        keys = ("revision", "gguf_file", "token", "trust_remote_code", "cache_dir")
+        config = AutoConfig.from_pretrained(path, **{k: v for k, v in config_kwargs.items() if k in keys})
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        register_kernel_mapping_transformers()
+        quiet = logging.getLogger("kernels")  # its offline warnings would add lines to the one notice
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            for mode in (Mode.INFERENCE, Mode.TRAINING) if training else (Mode.INFERENCE,):
+                kernelize(skeleton, mode=mode, device=torch.device(device).type, use_fallback=KernelizeFallback.ALL)
+        finally:
+            quiet.level = level
+    except Exception as err:  # noqa: BLE001 - a probe: whatever fails means "plain layers", said once
+        text = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return None
 
 
 class LazyModel:

@@ -17,6 +17,10 @@ for the trainer, the k-bit device map (each process's own GPU) in the loading ar
     trainer = train_sft(model_args.model_name_or_path, train_ds, args=sft_args, **loading.trainer_kwargs())
 
 A LoRA run saves the adapter only (``adapter_model.safetensors`` + ``adapter_config.json``).
+
+Hub kernels: training uses them when they can be had and otherwise loads plain layers with one line
+(:func:`srt_hf.models.use_hub_kernels`, ``SRT_HF_HUB_KERNELS``); an explicit ``use_kernels`` in
+``model_init_kwargs`` wins.
 """
 
 from __future__ import annotations
@@ -171,6 +175,9 @@ def train_sft(
     init = {**extra, **({"revision": revision} if revision else {}), **(config.model_init_kwargs or {}), **(model_init_kwargs or {})}
     if init.get("dtype") is None and not torch.cuda.is_available():
         init["dtype"] = torch.float32
+    if "use_kernels" not in init:
+        device = "cuda" if torch.cuda.is_available() and not config.use_cpu else "cpu"
+        init["use_kernels"] = models.use_hub_kernels(path, training=True, device=device, config_kwargs=init)
     config.model_init_kwargs = init
     card = {
         "base_model": models.hub_id(model_name_or_path), "base_model_source": models.display_name(model_name_or_path),

@@ -23,12 +23,14 @@ def embedded_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
-    """A 2-layer Llama with random weights and the embedded model's tokenizer and chat template."""
+def tiny_model_dir(tmp_path_factory, request) -> Path:
+    """A 2-layer Llama with random weights and the embedded model's tokenizer and chat template (on the GPU machine,
+    where the embedded model cannot travel, the GPU kit's copy of them: ``SRT_HF_GPU_TOKENIZER``)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    kit = os.environ.get("SRT_HF_GPU_TOKENIZER")
+    tokenizer = AutoTokenizer.from_pretrained(kit or request.getfixturevalue("embedded_dir"))
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,

@@ -23,7 +23,8 @@ def test_a_reply_cannot_repeat_its_own_ngram_but_may_quote_the_prompt():
     assert not step(guard, [[1, 2, 3, 1]]).any()  # nothing generated yet
     scores = step(guard, [[1, 2, 3, 1, 2]])
     assert not scores.any()  # "1 2 -> 3" is the prompt's, not the reply's
-    for reply in ([5], [5, 6], [5, 6, 7], [5, 6, 7, 5]):
+    guard = ReplyRepeatGuard(3, prompt_length=4)  # a new reply: generate only ever appends to the one it guards
+    for reply in ([], [5], [5, 6], [5, 6, 7], [5, 6, 7, 5]):
         step(guard, [[1, 2, 3, 1, *reply]])
     scores = step(guard, [[1, 2, 3, 1, 5, 6, 7, 5, 6]])
     assert scores[0, 7] == -PENALTY and (scores[0, :7] == 0).all() and (scores[0, 8:] == 0).all()

@@ -94,3 +94,25 @@ def test_without_llguidance_the_error_names_the_extra(monkeypatch):
     texts = [p.read_text() for p in [*root.glob("srt_hf/**/*.py"), *root.glob("recipes/**/*"), root / "README.md"] if p.is_file()]
     named = {e for t in texts for group in re.findall(r"srt-hf\[([\w,]+)\]", t) for e in group.split(",")}
     assert {"structured", "peft", "liger"} <= named and named <= extras
+
+
+def test_the_grammar_on_a_thread_pool_masks_as_row_by_row(tiny_model_dir, monkeypatch):
+    """Many cores: the rows' masks come from llguidance's pool; they equal the one-row-at-a-time masks."""
+    import torch
+
+    from srt_hf.models import load_tokenizer
+    from srt_hf.teachers.structured import JSONGrammar
+
+    tokenizer, schema = load_tokenizer(tiny_model_dir), json_schema("instruction", review_max_length=50)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    serial = JSONGrammar(tokenizer, schema, batch_size=8, prompt_length=2)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    pooled = JSONGrammar(tokenizer, schema, batch_size=8, prompt_length=2)
+    assert serial._executor is None and pooled._executor is not None
+    ids = torch.zeros(8, 2, dtype=torch.long)
+    for step in range(12):
+        a = serial(ids, torch.zeros(8, len(tokenizer)))
+        b = pooled(ids, torch.zeros(8, len(tokenizer)))
+        assert torch.equal(a, b), step
+        ids = torch.cat([ids, (a + torch.arange(len(tokenizer)) * 1e-6).argmax(-1, keepdim=True)], 1)  # allowed tokens
+    assert (a[0] > float("-inf")).sum() < len(tokenizer)  # the grammar is masking something

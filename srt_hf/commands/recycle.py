@@ -53,6 +53,9 @@ def add_parser(sub) -> None:
     transport.add_argument("--teacher-api-key-env", default=None, metavar="NAME", help="Environment variable holding the teacher server's API key, sent to its host only. Default: OPENAI_API_KEY for api.openai.com, the HF token for Hugging Face hosts, nothing elsewhere.")
     transport.add_argument("--teacher-header", action="append", default=None, metavar="'NAME: VALUE'", help="A header for the teacher's host (repeatable), e.g. 'api-key: …' for Azure.")
     transport.add_argument("--teacher-extra-body", default=None, metavar="JSON", help="JSON object merged into every teacher request (server-specific sampling settings), e.g. '{\"top_k\": 20}'.")
+    local_teacher = groups["teacher generation"]
+    local_teacher.add_argument("--teacher-dtype", default=None, help="Local teacher dtype: float32 (default), bfloat16 or float16 (GPUs).")
+    local_teacher.add_argument("--teacher-device", default=None, help="Local teacher device, e.g. cuda or cuda:1. Default: cuda when available, else cpu.")
     data.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
     data.add_argument("--limit", type=int, default=None, help="Recycle only the first N rows.")
     listed = {name for names in GROUPS.values() for name in names}
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     generation = dataclass_from_args(GenerationConfig, args)
     batch = dataclass_from_args(BatchConfig, args)
     options = endpoint_options(args.teacher_api_key_env, args.teacher_header, args.teacher_extra_body)
-    teacher = load_teacher(args.teacher or ["default"], model=args.teacher_model, config=generation, **options)
+    local = {k: v for k, v in (("dtype", args.teacher_dtype), ("device", args.teacher_device)) if v}
+    teacher = load_teacher(args.teacher or ["default"], model=args.teacher_model, config=generation, **options, **local)
     ds = apply_limit(load_input(args.input, args.split, text_columns=mapped_text_columns(config)), args.limit)
     fmt = detect_format(ds.column_names, config)  # fail before loading any model
     print(f"srt-hf recycle: {args.input}: {describe(fmt)}; rows read: {read_report(ds, fmt)}")

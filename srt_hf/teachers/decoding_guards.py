@@ -26,10 +26,11 @@ class ReplyRepeatGuard:
     def __init__(self, n: int, prompt_length: int):
         self.n, self.prompt_length = n, prompt_length
         self.seen: list[dict[tuple[int, ...], set[int]]] = []
+        self.rows = _ReplyTokens(prompt_length)
         self.recorded = 0  # reply tokens already turned into n-grams
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        rows = input_ids[:, self.prompt_length:].tolist()  # (B, T) reply tokens so far
+        rows = self.rows.update(input_ids)  # (B, T) reply tokens so far
         if not self.seen:
             self.seen = [{} for _ in rows]
         n = self.n
@@ -41,6 +42,28 @@ class ReplyRepeatGuard:
                 scores[b, list(banned)] -= PENALTY
         self.recorded = len(rows[0]) if rows else 0
         return scores
+
+
+class _ReplyTokens:
+    """Each row's reply tokens as Python lists, grown by the new columns only.
+
+    Reading the whole reply back every step costs O(T) per step (and a device-to-host copy of it on a GPU);
+    reading only the tokens added since the last call keeps a guard's cost per step flat.
+    """
+
+    def __init__(self, prompt_length: int):
+        self.prompt_length = prompt_length
+        self.rows: list[list[int]] = []
+
+    def update(self, input_ids: torch.Tensor) -> list[list[int]]:
+        done = len(self.rows[0]) if self.rows else 0
+        new = input_ids[:, self.prompt_length + done:].tolist()  # (B, new columns): one column per step
+        if not self.rows:
+            self.rows = new
+        else:
+            for row, tokens in zip(self.rows, new):
+                row.extend(tokens)
+        return self.rows
 
 
 class StringLengthNudge:
@@ -56,9 +79,11 @@ class StringLengthNudge:
         self.pieces, self.closers = _pieces(tokenizer)
         self.soft_chars, self.prompt_length, self.per_char = soft_chars, prompt_length, per_char
         self.state: list[list] = []  # per row: [in string, after a backslash, string length, tokens read]
+        self.rows = _ReplyTokens(prompt_length)
+        self._closers_on: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        rows = input_ids[:, self.prompt_length:].tolist()
+        rows = self.rows.update(input_ids)
         if not self.state:
             self.state = [[False, False, 0, 0] for _ in rows]
         for b, (row, state) in enumerate(zip(rows, self.state)):
@@ -67,8 +92,14 @@ class StringLengthNudge:
             state[3] = len(row)
             over = state[2] - self.soft_chars
             if state[0] and over > 0:
-                scores[b, self.closers.to(scores.device)] += self.per_char * over
+                scores[b, self._closers(scores.device)] += self.per_char * over
         return scores
+
+    def _closers(self, device: torch.device) -> torch.Tensor:
+        """The closing token ids on ``device``, copied there once (not once per row and step)."""
+        if device not in self._closers_on:
+            self._closers_on[device] = self.closers.to(device)
+        return self._closers_on[device]
 
 
 def _advance(state: list, text: str) -> None:

@@ -34,6 +34,11 @@ def load_teacher(
     if urls:
         if len(urls) != len(values):
             raise ConfigError("Repeat --teacher only with server URLs; a local teacher is one model.")
+        local_only = sorted(k for k in ("device", "dtype") if kwargs.get(k))
+        if local_only:
+            raise ConfigError(f"{', '.join(local_only)} only apply to a local teacher (a model), not to the server {urls[0]!r}: "
+                              "drop --teacher-device / --teacher-dtype, or set them on the server.")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "dtype")}
         return EndpointTeacher(",".join(urls), model=model, config=config, cache_path=cache_path, **kwargs)
     if len(values) > 1:
         raise ConfigError("Repeat --teacher only with server URLs; a local teacher is one model.")

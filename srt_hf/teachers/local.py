@@ -60,6 +60,8 @@ class LocalTeacher(Teacher):
             no_repeat_ngram_size = EMBEDDED_GUARDS["no_repeat_ngram_size"] if embedded else 0
         if soft_string_chars is None:
             soft_string_chars = EMBEDDED_GUARDS["soft_string_chars"] if embedded else 0
+        if dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ConfigError(f"Unknown local teacher dtype {dtype!r}: set --teacher-dtype (dtype) to float32, bfloat16, float16 or auto.")
         if no_repeat_ngram_size < 0 or no_repeat_ngram_size == 1:
             raise ConfigError(f"no_repeat_ngram_size must be 0 (off) or at least 2, got {no_repeat_ngram_size}.")
         if soft_string_chars < 0:
