@@ -41,6 +41,7 @@ from typing import Any
 from . import __version__
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch
+from .meta_replies import first_meta_reason
 from .parsing import (
     BETTER_ANSWER,
     NEW_ANSWER,
@@ -54,7 +55,6 @@ from .parsing import (
     parse_reflection,
     parse_response_reflection,
 )
-from .meta_replies import first_meta_reason
 from .status import EMPTY_INPUT, INVALID, OK, REJECTED, is_pending, kind_of, make
 from .teachers import Teacher, TeacherSession, run_sync
 from .teachers.base import StructuredOutputUnsupported

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from fault_server import FaultServer
 
 from srt_hf.meta_replies import meta_reason
 from srt_hf.reflection import ResponseReflection
 from srt_hf.status import REJECTED, kind_of
 from srt_hf.teachers import EndpointTeacher, GenerationConfig
-from tests.fault_server import FaultServer
 
 
 @pytest.mark.parametrize("text", [

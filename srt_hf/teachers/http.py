@@ -35,7 +35,7 @@ class _Fault:
     def quoted(self) -> str:
         """The reason with the server's own words (shortened), for a message that stops the run."""
         words = shorten(self.body)
-        return f"{self.reason}: \"{words}\"" if words and words not in self.reason else self.reason
+        return f"{self.reason}: \"{words}\"" if words and words[:40] not in self.reason else self.reason
 
 
 class HTTPStatusError(Exception):
@@ -118,7 +118,7 @@ def refuses_fields(fault: _Fault, fields: dict[str, Any]) -> bool:
         return True
     if fault.status < 500:
         return False
-    names = {k for k in fields} | {v for value in fields.values() if isinstance(value, dict)
+    names = set(fields) | {v for value in fields.values() if isinstance(value, dict)
                                    for v in value.values() if isinstance(v, str) and len(v) > 3}
     text = fault.body.lower()
     return any(name.lower() in text for name in names) or bool(_VALIDATION_WORDS.search(fault.body))
