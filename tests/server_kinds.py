@@ -6,8 +6,9 @@ and where it was read:
 
 * ``llama-cpp-python`` (``python -m llama_cpp.server``): its request model allows ``response_format.type`` "text"
   or "json_object" (with an optional ``schema``), and its route error handler turns the validation error into
-  **HTTP 500** with ``{"error": {"message": "...Input should be 'text' or 'json_object'...", "type":
-  "internal_server_error"}}``. Seen against the real server (issue 21); the ``json_object`` + ``schema`` dialect is
+  **HTTP 500** with ``{"error": {"message": "1 validation error: {'type': 'literal_error', 'loc': ('body',
+  'response_format', 'type'), 'msg': "Input should be 'text' or 'json_object'" …", "type": "internal_server_error",
+  "param": null, "code": null}}``. Seen against the real server (llama-cpp-python 0.3.36, issue 21); the ``json_object`` + ``schema`` dialect is
   abetlen/llama-cpp-python PR #1122 ("Add json schema mode"). Extra body fields such as ``guided_json`` are ignored.
 * ``llama.cpp`` (``llama-server``, C++, builds of 2024): **HTTP 500** ``{"error": {"code": 500, "message":
   "response_format type must be one of \\"text\\" or \\"json_object\\", but got: json_schema", "type":
@@ -65,8 +66,10 @@ def _json(status: int, payload: dict) -> tuple[int, str, str]:
 
 def _llama_cpp_python(dialect: str, body: dict) -> tuple[int, str, str]:
     got = (body.get("response_format") or {}).get("type")
-    message = ("1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be 'text' or "
-               f"'json_object' [type=literal_error, input_value='{got}', input_type=str]")
+    # the shape llama-cpp-python 0.3.36 sent here (pydantic's error list, then a traceback line)
+    message = (f"1 validation error:\n  {{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': "
+               f"\"Input should be 'text' or 'json_object'\", 'input': '{got}'}}\n\n  File \"llama_cpp/server/app.py\", "
+               "in create_chat_completion\n    POST /v1/chat/completions")
     return _json(500, {"error": {"message": message, "type": "internal_server_error", "param": None, "code": None}})
 
 
