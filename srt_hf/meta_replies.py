@@ -16,7 +16,8 @@ The rule, on the text's first sentence (the whole text when it is short):
 * "This is a/an … answer|response|instruction|example";
 * the task's own wording: "the provided/given/original/above instruction", "the improved instruction",
   "your review", "step 3", "the requested layout", "high-quality answer";
-* a text that opens by announcing itself ("Here is the improved instruction", "Below is a better answer").
+* a text that opens by announcing itself ("Here is the improved instruction", "Below is a better answer");
+* a text that ends by praising itself ("This is a very accurate answer.", "This is a great example …").
 
 A plain answer that mentions "the answer" without judging it ("The answer is 42.") passes.
 """
@@ -52,12 +53,22 @@ _ANNOUNCES = re.compile(
     r"\b(?:improved|new|better|revised|rewritten|updated)\s+(?:instruction|answer|response|version)\b",
     re.IGNORECASE,
 )
+_PRAISE = (r"(?:great|good|excellent|perfect|high[- ]quality|accurate|detailed|interesting|clear|comprehensive|"
+           r"thorough|helpful|informative|well[- ]written)")
+_SELF_PRAISE = re.compile(rf"^\W*(?:this|that|it)\s+is\s+(?:a|an)\s+(?:very\s+|really\s+|truly\s+)?{_PRAISE}\b"
+                          rf"(?:[\s,-]+\w+){{0,2}}?\s+(?:answer|response|explanation|instruction|example|question)\b",
+                          re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 _SHORT_WORDS = 40
 
 
 def _first_sentence(text: str) -> str:
     return _SENTENCE_END.split(text.strip(), maxsplit=1)[0][:300]
+
+
+def _last_sentence(text: str) -> str:
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    return sentences[-1][:300] if sentences else ""
 
 
 def _what(sentence: str) -> str:
@@ -82,6 +93,9 @@ def meta_reason(section: str, text: str) -> str | None:
         return f'the [{section}] announces a text instead of being one ("{quote}")'
     if _TASK_WORDS.search(scope):
         return f'the [{section}] restates the task ("{quote}")'
+    last = _last_sentence(text)
+    if _SELF_PRAISE.search(last):
+        return f'the [{section}] ends by praising itself ("{last[:80]}")'
     return None
 
 

@@ -19,6 +19,7 @@ from srt_hf.teachers import EndpointTeacher, GenerationConfig
     "The instruction is clear and asks for a detailed explanation of photosynthesis.",
     "Write a high-quality answer to the improved instruction.",
     "Here is the improved instruction: describe the water cycle.",
+    "Water boils at 100 degrees Celsius at sea level. This is a very accurate answer, based on the right facts.",
 ])
 def test_commentary_praise_and_the_task_restated_are_meta(text):
     assert meta_reason("New Answer", text)
@@ -32,6 +33,7 @@ def test_commentary_praise_and_the_task_restated_are_meta(text):
     "Step 3: fold the egg whites into the batter.",
     "Rewrite the following response so that it sounds more polite.",
     "Explain why the answer to 0.1 + 0.2 is not exactly 0.3 in floating point.",
+    "Ice melting in your hand takes heat from the skin. This is an example of an endothermic process.",
 ])
 def test_real_texts_pass(text):
     assert meta_reason("New Answer", text) is None
