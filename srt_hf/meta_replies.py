@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import re
 
-_TEXT = r"(?:answer|response|instruction|question|prompt|reply|example|text|version|task)s?"
+_TEXT = r"(?:answer|response|instruction|question|prompt|reply|example|text|version|task|improvement|revision)s?"
 _QUALIFIER = (r"(?:new|improved|revised|better|original|provided|given|above|following|updated|rewritten|previous|"
               r"initial|same|recorded|model'?s?|assistant'?s?)")
 # "the answer", "this new answer", "your improved instruction", "the provided response"
 _SUBJECT = rf"\b(?:the|this|that|your|my|our)\s+(?:{_QUALIFIER}\s+){{0,3}}{_TEXT}\b"
 # what a sentence about a text goes on with: "is", "provides", "effectively covers" …
 _VERB = (r"(?:is|was|are|were|does|do|has|have|provides|gives|offers|seems|looks|reads|remains|now|also|already|"
-         r"effectively|clearly|successfully|accurately|nicely|well)")
+         r"effectively|clearly|successfully|accurately|nicely|well|meets|enhances|improves|makes|adds|requires)")
 _JUDGEMENT = (
     r"\b(?:great|good|excellent|perfect|high[- ]quality|well[- ](?:written|structured|organi[sz]ed|crafted)|clear(?:ly)?|"
     r"concise|comprehensive|accurate|correct|helpful|relevant|detailed|informative|thorough|appropriate|effective(?:ly)?|"
     r"improv(?:es|ed|ement)|covers?|address(?:es|ed)?|follows?|meets?|captures?|demonstrates?|provides? (?:a|an|the)|"
+    r"quality|clarity|requirements?|"
     r"is (?:a|an) (?:\w+ ){0,2}(?:example|answer|response|instruction))\b"
 )
 _ABOUT_TEXT = re.compile(rf"^\W*(?:[\w']+,?\s+){{0,3}}?{_SUBJECT}\s+{_VERB}\b(?:\W+\S+){{0,6}}?\W+{_JUDGEMENT}",
