@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 
-_TEXT = r"(?:answer|response|instruction|question|prompt|reply|example|text|version|task|improvement|revision)s?"
+_TEXT = r"(?:answer|response|instruction|question|prompt|reply|example|text|version|task|improvement|revision|edit|json object)s?"
 _QUALIFIER = (r"(?:new|improved|revised|better|original|provided|given|above|following|updated|rewritten|previous|"
               r"initial|same|recorded|model'?s?|assistant'?s?)")
 # "the answer", "this new answer", "your improved instruction", "the provided response"
@@ -51,7 +51,7 @@ _TASK_WORDS = re.compile(
 )
 _ANNOUNCES = re.compile(
     r"^\W*(?:here\s+is|here's|below\s+is|i\s+have|i've|i\s+will|i'll)\b.{0,40}?"
-    r"\b(?:improved|new|better|revised|rewritten|updated)\s+(?:instruction|answer|response|version)\b",
+    r"\b(?:(?:improved|new|better|revised|rewritten|updated)\s+(?:instruction|answer|response|version)|json object)\b",
     re.IGNORECASE,
 )
 _PRAISE = (r"(?:great|good|excellent|perfect|high[- ]quality|accurate|detailed|interesting|clear|comprehensive|"

@@ -19,6 +19,8 @@ from srt_hf.teachers import EndpointTeacher, GenerationConfig
     "The instruction is clear and asks for a detailed explanation of photosynthesis.",
     "Write a high-quality answer to the improved instruction.",
     "Here is the improved instruction: describe the water cycle.",
+    "Here's a JSON object that provides more details: {",
+    "This is the most accurate and helpful edit.",
     "This improvement enhances the quality of the response by adding context.",
     "Your revised question meets all requirements for an effective edit request.",
     "Water boils at 100 degrees Celsius at sea level. This is a very accurate answer, based on the right facts.",
