@@ -16,6 +16,10 @@ The marker layout asks for ``[New Instruction] ... [End]`` and so on. It is read
   line (``... [End] [New Answer] ...``). Case and spacing inside the brackets do not matter;
 * nothing inside a fenced code block (``` or ~~~) is a marker; a fence that never closes is taken as
   the model's slip, not as code to the end of the reply;
+* a reply whose whole layout sits in one fence (```, ```text, ```markdown), perhaps after a line of preface
+  ("Here is step 3 in the requested layout:") and with or without the last ``[End]`` inside the fence, is read
+  without that fence (only when no marker stands outside it); code fences inside an answer stay as they are;
+* a closing tag ``[/New Instruction]``, ``[/New Answer]`` or ``[/Better Answer]`` ends a section as ``[End]`` does;
 * a reasoning model's ``<think>`` block is not where the answer is: only what follows ``</think>`` is read;
 * once a section is open, only ``[End]`` or another bracketed marker closes it: heading-like lines inside
   an answer ("New instruction: ...", "**Better answer:**") are content. When no section is open, an
@@ -213,9 +217,14 @@ _LOOSE = re.compile(
     r"(?::[ \t]*(?P=deco)|(?P=deco)[ \t]*:|(?P=deco)[ \t]*$)",
     re.IGNORECASE,
 )
-_END_ALONE = re.compile(r"[ \t>#*_`]*\[[ \t]*end[ \t]*\][ \t*_`.]*$", re.IGNORECASE)
+# "[End]", or a closing tag "[/New Answer]"
+_END_TAG = rf"\[[ \t]*(?:end|/[ \t]*(?:{_NAMES}))[ \t]*\]"
+_END_ALONE = re.compile(rf"[ \t>#*_`]*{_END_TAG}[ \t*_`.]*$", re.IGNORECASE)
 # "[End]" after a space or a sentence mark, never glued to code such as s[end] or f(x)[end].
-_END_INLINE = re.compile(r"(?:^|(?<=[\s.!?:;,]))[*_]{0,3}[ \t]*\[[ \t]*end[ \t]*\][ \t]*[*_]{0,3}", re.IGNORECASE)
+_END_INLINE = re.compile(rf"(?:^|(?<=[\s.!?:;,]))[*_]{{0,3}}[ \t]*{_END_TAG}[ \t]*[*_]{{0,3}}", re.IGNORECASE)
+# A fence that may wrap the whole layout: no language, or a plain-text one.
+_LAYOUT_FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[ \t]*(?:text|markdown|md|plaintext|plain|txt)?[ \t]*$",
+                           re.IGNORECASE)
 
 
 @dataclass
@@ -258,6 +267,30 @@ def _line_events(line: str, offset: int) -> list[_Event]:
             start = offset + end.end()
             events.append(_Event("open", _section_name(nxt.group("name")), start, start + nxt.end()))
     return events
+
+
+def _unwrap_layout_fence(text: str) -> str:
+    """The reply without the fence around its whole layout, when no marker stands outside fenced code.
+
+    The opening fence is the first plain fence (```, ```text, ```markdown) before the first marker; its closing
+    one is the last bare fence after it, so code fences inside an answer keep their pairs. A fence that never
+    closes loses only its opening line.
+    """
+    lines = _lines(text)
+    code = _code_lines(lines)
+    if any(i not in code and _BRACKETED.match(line) for i, (_, line) in enumerate(lines)):
+        return text  # the layout is readable as it is
+    first = next((i for i, (_, line) in enumerate(lines) if _BRACKETED.match(line)), None)
+    if first is None:
+        return text
+    opening = next((i for i in range(first - 1, -1, -1) if _LAYOUT_FENCE.match(lines[i][1])), None)
+    if opening is None:
+        return text
+    fence = _LAYOUT_FENCE.match(lines[opening][1]).group("fence")
+    closing_line = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
+    closing = next((j for j in range(len(lines) - 1, first, -1) if closing_line.match(lines[j][1])), None)
+    drop = {opening, closing}
+    return "\n".join(line for i, (_, line) in enumerate(lines) if i not in drop)
 
 
 def _events(text: str) -> list[_Event]:
@@ -309,6 +342,7 @@ def parse_reflection(reply: str | None, sections: Sequence[str], *, skeleton: st
     answer, failed = _answer_part(reply)
     if failed:
         return failed
+    answer = _unwrap_layout_fence(answer)
     versions = _versions(answer, sections)
     found: dict[str, str] = {}
     parsed = None

@@ -33,6 +33,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,12 +46,22 @@ from .chunks import column_kinds, map_in_chunks, part_digest, row_digests
 from .errors import ConfigError
 from .formats import ColumnMapping, RowProblem, detect_format, read_batch
 from .locks import output_lock
-from .reflection import InstructionReflection, ReflectionConfig, ResponseReflection
+from .reflection import (
+    LAYOUT_JSON,
+    LAYOUT_MARKERS,
+    LAYOUT_PROBE,
+    InstructionReflection,
+    ReflectionConfig,
+    ResponseReflection,
+)
 from .runs import RunPaths
 from .scoring import IFDScorer, ScoringConfig
-from .status import INVALID, OK, PENDING, RETRYABLE, SKIPPED, is_ok, kind_of, make
+from .status import INVALID, OK, PENDING, REJECTED, RETRYABLE, SKIPPED, is_ok, kind_of, make
 from .teachers import GenerationConfig, Teacher, load_teacher
 from .teachers.batch_teacher import BatchConfig, BatchMode
+from .teachers.probe_store import restore_probe, save_probe
+
+logger = logging.getLogger(__name__)
 
 ORIGINAL = ("original_instruction", "original_input", "original_response")
 REFLECTED_PAIR = ("instruction_reflected", "input_reflected", "response_reflected")
@@ -68,7 +79,8 @@ COLUMN_DOCS = {
     "instruction_reflected": "the teacher's new instruction (the original when the reflection failed)",
     "input_reflected": "input of the new instruction (empty: the new instruction is self-contained)",
     "response_reflected": "the teacher's answer to its new instruction",
-    "instruction_reflection_status": "ok | parse_failed: … | placeholder: … | request_failed: … | empty_input: … | invalid: …",
+    "instruction_reflection_status": "ok | parse_failed: … | placeholder: … | rejected: meta reply … | request_failed: … | empty_input: … | invalid: …",
+    "instruction_reflection_layout": "how the teacher was asked: json (<dialect>) | markers | markers, reply to the JSON probe (empty: not asked)",
     "reflected_pair_ifd": "student IFD of the teacher's new pair",
     "reflected_pair_rifd": "student reverse IFD of the teacher's new pair",
     "instruction_choice": "original | reflected: which pair stage 2 kept",
@@ -78,6 +90,7 @@ COLUMN_DOCS = {
     "chosen_response": "response that came with the kept instruction",
     "better_response": "the teacher's better answer to the kept instruction (the kept one when the reflection failed)",
     "response_reflection_status": "status of the response reflection (as for instruction_reflection_status)",
+    "response_reflection_layout": "how the teacher was asked for the better answer (as for instruction_reflection_layout)",
     "better_response_ifd": "student IFD of (kept instruction, better answer)",
     "better_response_rifd": "student reverse IFD of (kept instruction, better answer)",
     "response_choice": "original | reflected: which response stage 4 kept",
@@ -164,6 +177,9 @@ def recycle(
     paths = RunPaths(run_dir)
     with output_lock(run_dir, folder=True, command="srt-hf recycle"):
         teacher = _with_cache(teacher, paths.cache)
+        probed = teacher  # the endpoint teacher whose structured-output probe is kept in the run folder
+        if restore_probe(probed, run_dir):
+            logger.info("teacher: structured output as probed before (%s)", paths.root / "teacher_probe.json")
         settings = _digest(config, teacher, "")
         # The run (batch folder, cache tags) is this input's content under these settings; the chunk keys leave the
         # input out: each chunk records the digest of its own rows, so an edited input redoes the chunks it changed.
@@ -191,6 +207,7 @@ def recycle(
                     current = _from_parts(parts, paths.work / "datasets")
             finally:
                 teacher.cache_tags = {}  # a teacher passed in with its own cache leaves this run untagged
+                save_probe(probed, run_dir)
             usage = _stage_usage(teacher, run_id, [name for name, _, _, column in stages.plan() if column])
             return _finish(current, run_dir, config, teacher, stages, source, usage)
 
@@ -242,7 +259,7 @@ class _Stages:
             prefix: IFDScorer(ScoringConfig(**score, output_prefix=prefix, **_mapping(cols)))
             for prefix, cols in (("original_", ORIGINAL), ("reflected_pair_", REFLECTED_PAIR), ("better_", (*CHOSEN[:2], "better_response")))
         }
-        common = dict(retry_parse_failures=config.retry_parse_failures, structured=config.structured)
+        common = dict(retry_parse_failures=config.retry_parse_failures, structured=config.structured, record_layout=True)
         self.instruction = InstructionReflection(teacher, ReflectionConfig(
             **_mapping(ORIGINAL), template=config.instruction_template, template_with_input=config.instruction_template_with_input,
             json_template=config.instruction_json_template, json_template_with_input=config.instruction_json_template_with_input, **common))
@@ -300,7 +317,8 @@ class _Stages:
 
     def reflect_response(self, batch: dict[str, list]) -> dict[str, Any]:
         out = self.response(batch)
-        return {"better_response": out["response_reflected"], "response_reflection_status": out["response_reflection_status"]}
+        return {"better_response": out["response_reflected"], "response_reflection_status": out["response_reflection_status"],
+                "response_reflection_layout": out["response_reflection_layout"]}
 
     def choose_response(self, batch: dict[str, list]) -> dict[str, Any]:
         ok = [is_ok(s) for s in batch["response_reflection_status"]]
@@ -417,20 +435,19 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
         "instructions replaced": sum(c == "reflected" for c in rows["instruction_choice"]),
         "response reflections ok": resp.count(OK),
         "responses replaced": sum(c == "reflected" for c in rows["response_choice"]),
+        "meta replies rejected": inst.count(REJECTED) + resp.count(REJECTED),
     }
+    layouts = _layouts(config, teacher, rows)
     meta = {
         "kind": "recycle",
         "source": {"name": source},
         "teacher": {"model": teacher.scope().get("model"), **teacher.identity().get("generation", {})},
-        "reflection_layout": _layouts(config, teacher, stages),
+        **({"smoke_test": SMOKE_TEST} if _embedded_teacher(teacher) else {}),
+        "reflection_layout": layouts,
+        "layouts_sent": _layouts_line(layouts),
         "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student)},
         "scoring": {"preset": config.preset, "template": stages.scorers["original_"].preset.template},
-        "prompts": {
-            "instruction reflection": stages.instruction.templates[0],
-            "instruction reflection (with input)": stages.instruction.templates[1],
-            "response reflection": stages.response.templates[0],
-            "response reflection (with input)": stages.response.templates[1],
-        },
+        "prompts": _prompts_sent(stages, layouts),
         "selection": rule,
         "methods": ["selective-reflection-tuning", "reflection-tuning"],
         "counts": counts,
@@ -463,13 +480,57 @@ def _read(path: Path, paths: RunPaths):
     return Dataset.from_parquet(str(path), cache_dir=str(paths.work / "datasets"))
 
 
-def _layouts(config: RecycleConfig, teacher: Teacher, stages: _Stages) -> dict[str, Any]:
-    """How the teacher was asked in this process: the mode, the structured-output mechanism, rows per layout."""
-    rows = {
-        name: {k.removeprefix("layout_"): n for k, n in transform.counts.items() if k.startswith("layout_")}
-        for name, transform in (("instruction_reflection", stages.instruction), ("response_reflection", stages.response))
-    }
-    return {"mode": config.structured, "structured_output": teacher.transport().get("structured"), "rows": rows}
+SMOKE_TEST = ("The teacher is the embedded SmolLM2-135M model: this run is a smoke test of the pipeline, not a data "
+              "improvement. Its reflections are not expected to be better than the originals; use a strong teacher "
+              "(--teacher URL or a large model) to improve data.")
+
+
+def _embedded_teacher(teacher: Teacher) -> bool:
+    return teacher.scope().get("model") == models.display_name(None)
+
+
+def _layouts(config: RecycleConfig, teacher: Teacher, rows) -> dict[str, Any]:
+    """How the teacher was asked, counted from rows.parquet (so a resumed run counts every row): the mode, the
+    structured-output mechanism, and per stage the rows per layout sent ("json (json_object)", "markers", …)."""
+    counts = {}
+    for stage in ("instruction_reflection", "response_reflection"):
+        column = f"{stage}_layout"
+        values = [v for v in (rows[column] if column in rows.column_names else []) if v]
+        counts[stage] = {v: values.count(v) for v in sorted(set(values))}
+    return {"mode": config.structured, "structured_output": teacher.transport().get("structured"), "rows": counts}
+
+
+def _layouts_line(layouts: dict[str, Any]) -> str:
+    """One line for the card and the report: per stage, the layouts sent and their rows."""
+    parts = []
+    for stage, sent in layouts["rows"].items():
+        if sent:
+            shown = ", ".join(f"{value.replace(LAYOUT_JSON, 'JSON layout', 1) if value.startswith(LAYOUT_JSON) else value} "
+                              f"{n}" for value, n in sent.items())
+            parts.append(f"{stage.replace('_', ' ')}: {shown}")
+    return "; ".join(parts) or f"not asked (--structured {layouts['mode']})"
+
+
+def _prompts_sent(stages: _Stages, layouts: dict[str, Any]) -> dict[str, str]:
+    """The prompt templates the teacher actually received, per stage and layout, named with the layout and the
+    number of rows it was sent for (a stage that mixed layouts lists each one)."""
+    prompts: dict[str, str] = {}
+    for stage, transform in (("instruction reflection", stages.instruction), ("response reflection", stages.response)):
+        sent = layouts["rows"].get(stage.replace(" ", "_"), {})
+        by_layout: dict[str, int] = {}
+        for value, n in sent.items():
+            key = LAYOUT_MARKERS if value == LAYOUT_MARKERS else value if value.startswith(LAYOUT_JSON) else LAYOUT_PROBE
+            by_layout[key] = by_layout.get(key, 0) + n
+        if not by_layout:  # the teacher was asked nothing in this stage: the prompts it would have received
+            by_layout = {LAYOUT_JSON if transform.json_templates is not None else LAYOUT_MARKERS: 0}
+        for layout, n in by_layout.items():
+            json_prompt = layout != LAYOUT_MARKERS
+            templates = transform.json_templates if json_prompt else transform.templates
+            label = f"{layout.replace(LAYOUT_JSON, 'JSON layout', 1) if layout.startswith(LAYOUT_JSON) else layout}"
+            label += f", {n} row{'s' if n != 1 else ''}" if n else ", not sent"
+            prompts[f"{stage} [{label}]"] = templates[0]
+            prompts[f"{stage} (with input) [{label}]"] = templates[1]
+    return prompts
 
 
 def _tally(kinds: list[str]) -> dict[str, int]:

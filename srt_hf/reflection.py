@@ -11,6 +11,7 @@ columns (so they never hold None) and says why in its status:
 * ``ok`` — the teacher's reflection was parsed;
 * ``parse_failed: <why>`` — no usable section (missing marker, empty reply, reply echoes the prompt);
 * ``placeholder: <section>`` — a section holds template filler ("your instruction", "N/A", "...");
+* ``rejected: meta reply …`` — a new text talks about the text instead of being one (see :mod:`srt_hf.meta_replies`);
 * ``request_failed: <reason>`` — the teacher could not be reached after its retries (see teachers.py);
 * ``empty_input: <what>`` — nothing to reflect on (empty instruction);
 * ``invalid: <reason>`` — the row could not be read (the reflected columns are "");
@@ -39,6 +40,7 @@ from typing import Any
 from . import __version__, progress
 from .errors import ConfigError
 from .formats import ColumnMapping, Example, RowProblem, detect_format, read_batch
+from .meta_replies import first_meta_reason
 from .parsing import (
     BETTER_ANSWER,
     NEW_ANSWER,
@@ -52,7 +54,7 @@ from .parsing import (
     parse_reflection,
     parse_response_reflection,
 )
-from .status import EMPTY_INPUT, INVALID, OK, is_pending, kind_of, make
+from .status import EMPTY_INPUT, INVALID, OK, REJECTED, is_pending, kind_of, make
 from .teachers import Teacher, TeacherSession, run_sync
 from .teachers.base import StructuredOutputUnsupported, gather_or_cancel
 from .teachers.structured import UNSUPPORTED
@@ -115,6 +117,11 @@ class ReflectionConfig(ColumnMapping):
     retry_parse_failures: bool = field(default=True, metadata={"help": "Ask once more when a reply cannot be parsed or holds a placeholder."})
     retry_temperature: float = field(default=0.7, metadata={"help": "Temperature of that retry when the teacher is greedy (a greedy retry would repeat the same reply)."})
     keep_raw_reply: bool = field(default=False, metadata={"help": "Also output the teacher's last raw reply (column <kind>_reflection_raw)."})
+    record_layout: bool = field(default=False, metadata={"help": "Also output how each row was asked (column <kind>_reflection_layout: 'json (<dialect>)', 'markers', or 'markers, reply to the JSON probe'; empty when the teacher was not asked)."})
+
+
+#: How a row's teacher was asked (the values of ``<kind>_reflection_layout``).
+LAYOUT_JSON, LAYOUT_MARKERS, LAYOUT_PROBE = "json", "markers", "markers, reply to the JSON probe"
 
 
 @dataclass
@@ -123,7 +130,7 @@ class _RowOutcome:
     status: str
     raw: str = ""
     retried: bool = False
-    layout: str = ""  # "json" or "markers": how the teacher was asked (empty: not asked)
+    layout: str = ""  # LAYOUT_JSON (with the dialect), LAYOUT_MARKERS or LAYOUT_PROBE (empty: not asked)
 
 
 class _Reflection:
@@ -182,7 +189,13 @@ class _Reflection:
         columns = [self.config.output_prefix + c for c in self.value_columns] + [self.status_column]
         if self.config.keep_raw_reply:
             columns.append(f"{self.config.output_prefix}{self.kind}_reflection_raw")
+        if self.config.record_layout:
+            columns.append(self.layout_column)
         return columns
+
+    @property
+    def layout_column(self) -> str:
+        return f"{self.config.output_prefix}{self.kind}_reflection_layout"
 
     @property
     def features(self):
@@ -213,13 +226,15 @@ class _Reflection:
         async with self.teacher.session() as session:
             outcomes = await gather_or_cancel(reflect(session, ex) for ex in examples)
         self.counts.update(kind_of(o.status) for o in outcomes)
-        self.counts.update(f"layout_{o.layout}" for o in outcomes if o.layout)
+        self.counts.update(f"layout_{o.layout.split(' (')[0]}" for o in outcomes if o.layout)
         self.counts["parse_retries"] += sum(o.retried for o in outcomes)
         prefix = self.config.output_prefix
         columns = {prefix + c: [o.values[c] for o in outcomes] for c in self.value_columns}
         columns[self.status_column] = [o.status for o in outcomes]
         if self.config.keep_raw_reply:
             columns[f"{prefix}{self.kind}_reflection_raw"] = [o.raw for o in outcomes]
+        if self.config.record_layout:
+            columns[self.layout_column] = [o.layout for o in outcomes]
         return columns
 
     def render(self, ex: Example, *, json: bool = False) -> list[dict[str, str]]:
@@ -266,15 +281,37 @@ class _Reflection:
             except StructuredOutputUnsupported as err:
                 if self.config.structured == "json":
                     raise ConfigError(f"--structured json: {err}; use --structured auto (falls back to the marker layout) or off.") from None
+                reused = self._from_probe(err.replies, ex, original)
+                if reused is not None:
+                    return reused
         return await self._ask(session, ex, original, json=False)
+
+    def _from_probe(self, replies: list[str], ex: Example, original: dict[str, str]) -> _RowOutcome | None:
+        """A reply the server gave to a JSON probe while ignoring its format, when it reads in the marker layout
+        (or as the JSON object asked for): used as this row's reflection instead of asking again."""
+        skeleton = self._templates(json=True)[3 if ex.input.strip() else 2]
+        for reply in replies:
+            for json in (False, True):
+                parsed = self._parse(reply, skeleton, json)
+                if parsed.ok:
+                    return self._outcome(parsed, original, reply, False, LAYOUT_PROBE)
+        return None
+
+    def _outcome(self, parsed: ParsedReflection, original: dict[str, str], raw: str, retried: bool, layout: str) -> _RowOutcome:
+        """A parsed reflection's row: its new texts, or the original when a new text is a meta reply."""
+        why = first_meta_reason(parsed.sections, self.sections)
+        if why:
+            return _RowOutcome(original, make(REJECTED, f"meta reply: {why}"), raw, retried, layout)
+        return _RowOutcome(self._reflected(parsed.sections), OK, raw, retried, layout)
 
     async def _ask(self, session: TeacherSession, ex: Example, original: dict[str, str], *, json: bool) -> _RowOutcome:
         """One request in one layout, parsed; a failed parse is asked once more (``retry_parse_failures``)."""
-        layout = "json" if json else "markers"
         messages = self.render(ex, json=json)
         skeleton = self._templates(json=json)[3 if ex.input.strip() else 2]
         schema = json_schema(self.kind, review_max_length=self.teacher.review_max_length) if json else None
         completion = await session.complete(messages, schema=schema)
+        dialect = self.teacher.transport().get("structured") if json else None  # known once the first reply is in
+        layout = (f"{LAYOUT_JSON} ({dialect})" if dialect else LAYOUT_JSON) if json else LAYOUT_MARKERS
         if not completion.ok:
             return _RowOutcome(original, completion.status, completion.text or "", layout=layout)
         parsed = self._parse(completion.text, skeleton, json)
@@ -293,7 +330,7 @@ class _Reflection:
                 return _RowOutcome(original, f"{parsed.status} (after retry)", raw, retried, layout)
         if not parsed.ok:
             return _RowOutcome(original, parsed.status, raw, retried, layout)
-        return _RowOutcome(self._reflected(parsed.sections), OK, raw, retried, layout)
+        return self._outcome(parsed, original, raw, retried, layout)
 
     def _original(self, ex: Example) -> dict[str, str]:
         raise NotImplementedError

@@ -281,7 +281,7 @@ def _title(run_dir: Path, meta: Mapping[str, Any]) -> str:
 def _meta_for_page(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of run.json the page shows, with the settings split into what they describe."""
     keep = ("kind", "source", "teacher", "student", "scoring", "selection", "counts", "reasons", "teacher_requests",
-            "prompts", "srt_hf_version", "created", "derived_from", "hub", "space")
+            "prompts", "srt_hf_version", "created", "derived_from", "hub", "space", "smoke_test", "layouts_sent")
     page = {k: meta[k] for k in keep if k in meta}
     page["settings"] = settings_rows(meta)
     return page

@@ -14,6 +14,8 @@ Kinds (docs/ARCHITECTURE.md):
 * ``parse_failed`` — the teacher's reply held no usable section;
 * ``placeholder`` — a section held template filler ("your instruction", "N/A");
 * ``truncated`` — the teacher stopped at its token limit, so its reply is incomplete;
+* ``rejected`` — the reply was read, but its new text is not usable as one (``rejected: meta reply …``: it talks
+  about the text, praises it or restates the task, instead of being a new instruction or answer);
 * ``pending`` — the request went into a batch file (``--teacher-batch``) and its reply has not come back yet.
 
 Only ``request_failed`` is retryable: a resumed run asks the teacher again for those rows. ``pending`` rows are
@@ -34,11 +36,12 @@ REQUEST_FAILED = "request_failed"
 PARSE_FAILED = "parse_failed"
 PLACEHOLDER = "placeholder"
 TRUNCATED = "truncated"
+REJECTED = "rejected"
 PENDING = "pending"
 
-KINDS = (OK, SKIPPED, INVALID, EMPTY_INPUT, REQUEST_FAILED, PARSE_FAILED, PLACEHOLDER, TRUNCATED, PENDING)
+KINDS = (OK, SKIPPED, INVALID, EMPTY_INPUT, REQUEST_FAILED, PARSE_FAILED, PLACEHOLDER, TRUNCATED, REJECTED, PENDING)
 #: Kinds after which the teacher gave no usable text (what the summary counts as a failed reflection).
-TEACHER_FAILURES = (REQUEST_FAILED, PARSE_FAILED, PLACEHOLDER, TRUNCATED)
+TEACHER_FAILURES = (REQUEST_FAILED, PARSE_FAILED, PLACEHOLDER, TRUNCATED, REJECTED)
 RETRYABLE = (REQUEST_FAILED,)
 
 

@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .status import INVALID, OK, PARSE_FAILED, PLACEHOLDER, SKIPPED, TRUNCATED, is_ok, kind_of
+from .status import INVALID, OK, PARSE_FAILED, PLACEHOLDER, REJECTED, SKIPPED, TRUNCATED, is_ok, kind_of
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -76,6 +76,7 @@ def recycle_summary(meta: dict) -> str:
         ["instruction reflections failed", failures.get("instruction_reflection", 0)],
         ["response reflections failed", failures.get("response_reflection", 0)],
         ["reflections without a usable reply", _unusable_share(kinds)],
+        ["reflections rejected as meta replies", counts.get("meta replies rejected", 0)],
         ["teacher reply layout", _layout(meta.get("reflection_layout", {}))],
         ["teacher requests sent", requests.get("requests_sent", 0)],
         ["teacher requests retried", requests.get("retried", 0)],
@@ -118,9 +119,10 @@ def teacher_usage_rows(usage: dict[str, dict[str, dict[str, int]]]) -> list[list
 
 
 def _unusable_share(kinds: dict[str, dict[str, int]]) -> str:
-    """Reflections the teacher answered but that gave nothing to use (parse_failed, placeholder, truncated)."""
-    asked = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in (OK, PARSE_FAILED, PLACEHOLDER, TRUNCATED))
-    bad = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in (PARSE_FAILED, PLACEHOLDER, TRUNCATED))
+    """Reflections the teacher answered but that gave nothing to use (parse_failed, placeholder, truncated, rejected)."""
+    unusable = (PARSE_FAILED, PLACEHOLDER, TRUNCATED, REJECTED)
+    asked = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in (OK, *unusable))
+    bad = sum(n for tally in kinds.values() for kind, n in tally.items() if kind in unusable)
     return f"{bad} of {asked} ({100 * bad / asked:.0f}%)" if asked else "0"
 
 

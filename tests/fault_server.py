@@ -25,7 +25,9 @@ Each request gets a *fault*: the next one of ``faults`` (a queue consumed in arr
 ``response_format``: ``"json_schema"`` (default; also ``"tgi"``, ``"json_object"``, ``"guided_json"``) answers
 requests in that dialect with a JSON object filling the schema's fields and rejects the others with 400;
 ``"ignore"`` answers as if it were absent; ``"reject"`` answers 400 to any ``response_format`` (as
-``transformers serve`` does). ``require_max_completion_tokens`` answers 400 to ``max_tokens`` (as newer
+``transformers serve`` does). ``kind`` (``"llama-cpp-python"``, ``"llama.cpp"``, ``"vllm"``, ``"sglang"``, ``"tgi"``,
+``"openai"``) instead answers structured requests as that real server does, refusals included (status, content
+type and body: see tests/server_kinds.py, which cites where each was read). ``require_max_completion_tokens`` answers 400 to ``max_tokens`` (as newer
 OpenAI models do). Every request's headers are logged (``log[i]["headers"]``).
 
 Error faults answer at once unless ``fail_after_latency`` is set. The server counts requests per
@@ -55,6 +57,11 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
+
+try:  # tests/ is on sys.path under pytest; `python -m tests.fault_server` imports it as a package
+    import server_kinds
+except ImportError:  # pragma: no cover
+    from tests import server_kinds  # type: ignore[no-redef]
 
 Answer = Callable[[list[dict], dict], "str | None"]
 
@@ -133,6 +140,10 @@ _DIALECT_SCHEMA = {
 
 
 def _schema_of(server: FaultServer, body: dict) -> dict | None:
+    if server.kind is not None:
+        dialect = server_kinds.dialect_of(body)
+        obeyed = dialect in server_kinds.KINDS[server.kind].obeys
+        return _DIALECT_SCHEMA[dialect](body) if obeyed else None
     read = _DIALECT_SCHEMA.get(server.structured)
     return read(body) if read else None
 
@@ -142,6 +153,8 @@ def _refusal(server: FaultServer, body: dict) -> str | None:
     if server.require_max_completion_tokens and "max_tokens" in body:
         return "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
     asks = "response_format" in body or "guided_json" in body
+    if asks and server.kind is not None:
+        return None  # the server kind answers for itself (see do_POST)
     if asks and (server.structured == "reject" or server.structured in _DIALECT_SCHEMA and _schema_of(server, body) is None):
         return "response_format is not supported"
     return None
@@ -173,8 +186,12 @@ class FaultServer:
         model_id: str = "fault-model",
         structured: str = "json_schema",
         require_max_completion_tokens: bool = False,
+        kind: str | None = None,
     ):
-        self.model_id, self.structured = model_id, structured
+        if kind is not None and kind not in server_kinds.KINDS:
+            raise ValueError(f"unknown server kind {kind!r}; use one of {sorted(server_kinds.KINDS)}")
+        self.model_id, self.structured, self.kind = model_id, structured, kind
+        self.refusals: list[tuple[str | None, int]] = []  # (dialect, status) of each refusal a server kind sent
         self.require_max_completion_tokens = require_max_completion_tokens
         self.get_log: list[dict[str, Any]] = []  # GET requests: path and headers
         self.latency, self.jitter = latency, jitter
@@ -364,6 +381,18 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 return
             if re.fullmatch(r"\d{3}", fault):
                 self._send(int(fault), json.dumps({"error": f"injected {fault}"}).encode())
+                return
+            _, refused = server_kinds.answer_of(server.kind, body) if server.kind else ("plain", None)
+            if refused is not None:  # the way this kind of server refuses a dialect it does not speak
+                status, content_type, text = refused
+                with server._lock:
+                    server.refusals.append((server_kinds.dialect_of(body), status))
+                payload = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
                 return
             text = server.answer(body.get("messages") or [], body)
             schema = _schema_of(server, body)

@@ -404,3 +404,53 @@ def test_json_prompts_ask_for_the_fields_in_order(kind, with_input):
         criteria += ["complexity", "knowledge", "ambiguity", "reasoning"]
     assert all(c in text for c in criteria)
     assert len(text) < 1300  # short enough for a small teacher under a JSON grammar
+
+
+# -- replies wrapped in a fence, closing tags (issue 21) -------------------------------------------
+_PAIR = ("[New Instruction]\nName three everyday uses of baking soda and say why each one works.\n[End]\n\n"
+         "[New Answer]\n1. Fridge odours: it neutralises acidic smells.\n2. Scouring pans: its fine grains are mildly "
+         "abrasive.\n3. Heartburn: it is a base that neutralises stomach acid.")
+_PAIR_SECTIONS = {
+    "New Instruction": "Name three everyday uses of baking soda and say why each one works.",
+    "New Answer": "1. Fridge odours: it neutralises acidic smells.\n2. Scouring pans: its fine grains are mildly "
+                  "abrasive.\n3. Heartburn: it is a base that neutralises stomach acid.",
+}
+
+
+@pytest.mark.parametrize("opening", ["```", "```text", "```markdown", "~~~"])
+@pytest.mark.parametrize("preface", ["", "Here is step 3 in the requested layout:\n"])
+@pytest.mark.parametrize("end_inside", [True, False])
+def test_a_layout_wrapped_in_one_fence_is_read_without_it(opening, preface, end_inside):
+    closing = opening[:3]
+    body = f"{_PAIR}\n[End]\n{closing}" if end_inside else f"{_PAIR}\n{closing}\n[End]"
+    parsed = parse_instruction_reflection(f"{preface}{opening}\n{body}\n")
+    assert parsed.status == "ok"
+    assert parsed.sections == _PAIR_SECTIONS
+
+
+def test_code_fences_inside_a_wrapped_answer_keep_their_pairs():
+    answer = "Slice with a negative step:\n\n```python\nwords = words[::-1]\n```\n\nIt returns a new list."
+    reply = f"```\n[New Instruction]\nReverse a Python list without a loop.\n[End]\n[New Answer]\n{answer}\n[End]\n```"
+    parsed = parse_instruction_reflection(reply)
+    assert parsed.status == "ok"
+    assert parsed.sections["New Answer"] == answer
+
+
+def test_a_fenced_answer_between_readable_markers_stays_as_it_is():
+    answer = "```text\nDear Ms Patel,\nThank you for the quick reply.\n```"
+    parsed = parse_response_reflection(f"Review: too curt.\n\n[Better Answer]\n{answer}\n[End]")
+    assert (parsed.status, parsed.sections["Better Answer"]) == ("ok", answer)
+
+
+def test_closing_tags_end_their_sections():
+    reply = ("[New Instruction]\nExplain what a leap year is and give the rule for it.\n[/New Instruction]\n\n"
+             "[New Answer]\nA leap year has 366 days. It is every year divisible by 4, except centuries, "
+             "unless divisible by 400.\n[/New Answer]")
+    parsed = parse_instruction_reflection(reply)
+    assert parsed.status == "ok"
+    assert parsed.sections == {
+        "New Instruction": "Explain what a leap year is and give the rule for it.",
+        "New Answer": "A leap year has 366 days. It is every year divisible by 4, except centuries, unless divisible by 400.",
+    }
+    better = parse_response_reflection("[Better Answer]\nBoil the eggs for nine minutes. [/Better Answer]\nThanks!")
+    assert better.sections["Better Answer"] == "Boil the eggs for nine minutes."

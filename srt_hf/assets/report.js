@@ -183,6 +183,7 @@
     $('subtitle').textContent = bits.join(' · ');
     document.title = D.title + ' · srt-hf report';
 
+    if (META.smoke_test) { $('smoke-test').textContent = META.smoke_test; $('smoke-test').hidden = false; }
     var dl = $('provenance');
     function row(name, value) { if (value !== null && value !== undefined && value !== '') add(dl, [el('dt', null, name), el('dd', null, value)]); }
     var src = typeof META.source === 'object' && META.source ? META.source : { name: META.source };
@@ -190,6 +191,7 @@
     row('License', src.license || 'unknown (not recorded)');
     var t = obj(META.teacher, 'model');
     if (t.model || kind === 'recycle') row('Teacher', t.model || 'not recorded');
+    row('Teacher reply layout', META.layouts_sent);
     var st = obj(META.student, 'model');
     row('Student', st.model || 'not recorded');
     var sc = obj(META.scoring, 'preset');

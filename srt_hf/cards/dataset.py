@@ -114,6 +114,8 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
         "source": source,
         **provenance(meta),
         "prompts": dict(meta.get("prompts") or {}),
+        "smoke_test": meta.get("smoke_test"),
+        "layouts_sent": meta.get("layouts_sent"),
         "settings": _settings(meta),
         "counts": counts,
         "reasons": dict(meta.get("reasons") or {}),

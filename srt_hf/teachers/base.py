@@ -107,7 +107,15 @@ class Completion:
 
 
 class StructuredOutputUnsupported(SrtHfError):
-    """The teacher cannot answer in a JSON schema (the server rejected every ``response_format`` dialect)."""
+    """The teacher cannot answer in a JSON schema (the server rejected every ``response_format`` dialect).
+
+    ``replies``: what the server answered to probes whose ``response_format`` it ignored (to the JSON prompt); a
+    caller may still read them (a reply in the marker layout is used, not asked again).
+    """
+
+    def __init__(self, message: str, *, replies: Sequence[str] = ()):
+        super().__init__(message)
+        self.replies = list(replies)
 
 
 def truncated_status(max_new_tokens: int) -> str:

@@ -37,7 +37,9 @@ from .http import (
     chat_url,
     classify,
     parse_reply,
+    refuses_fields,
     reply_cap,
+    shorten,
 )
 from .structured import DIALECTS, UNSUPPORTED, looks_like_json_object
 
@@ -99,6 +101,8 @@ class EndpointTeacher(Teacher):
         self._rr = 0
         self.tokens_field = "max_tokens"  # becomes max_completion_tokens when the server asks for it
         self.structured_dialect: str | None = None  # found on the first structured request
+        #: what each dialect tried got: "refused: <the server's words>" or "ignored" (never asked again)
+        self.dialect_outcomes: dict[str, str] = {}
         self._served = served_model  # the model the server named, asked once (and carried by pickles)
 
     def _secret_key(self) -> tuple:
@@ -135,6 +139,22 @@ class EndpointTeacher(Teacher):
     def transport(self) -> dict[str, Any]:
         """How srt_hf talks to the server, without any secret (for run.json)."""
         return {"base_urls": self.base_urls, "credentials": self.credentials.describe(), "structured": self.structured_dialect}
+
+    # the structured-output probe, kept in the run folder (teachers/probe_store.py)
+    def probe_key(self) -> str:
+        """Whom a probe's outcome is about: the base URLs and the model."""
+        return f"{','.join(self.base_urls)} {self.served_model() or ''}".strip()
+
+    def probe_state(self) -> dict[str, Any]:
+        """The probe's outcome: the dialect found (or "unsupported") and what each dialect tried got."""
+        return {"dialect": self.structured_dialect, "tried": dict(self.dialect_outcomes)}
+
+    def restore_probe(self, state: dict[str, Any]) -> None:
+        """Take a stored outcome: a resumed run asks no probe (a dialect refused before is not asked again)."""
+        dialect = state.get("dialect")
+        if dialect in DIALECTS or dialect == UNSUPPORTED:
+            self.structured_dialect = dialect
+        self.dialect_outcomes.update({k: str(v) for k, v in (state.get("tried") or {}).items() if k in DIALECTS})
 
     def session(self) -> _EndpointSession:
         return _EndpointSession(self)
@@ -264,7 +284,7 @@ class _EndpointSession(TeacherSession):
         """Stop the run on a fault no retry can fix, or when every URL's breaker is open."""
         teacher = self.teacher
         if fault.fatal:
-            raise TeacherError(f"The teacher at {url} answered {fault.reason}: {fault.fatal}. Finished work is kept; rerun to resume.")
+            raise TeacherError(f"The teacher at {url} answered {fault.quoted()}; {fault.fatal}. Finished work is kept; rerun to resume.")
         now = time.monotonic()
         if all(teacher._health[u].broken(teacher.config, now) for u in teacher.base_urls):
             health = teacher._health[url]
@@ -272,7 +292,7 @@ class _EndpointSession(TeacherSession):
             what = (f"failed {health.in_row} requests in a row" if limit.startswith("--breaker-failures") else
                     f"answered nothing but failures for {now - (health.failing_since or now):.0f}s ({health.in_row} requests)")
             raise TeacherError(
-                f"The teacher at {', '.join(teacher.base_urls)} {what} (last: {last.reason if last else fault.reason}); "
+                f"The teacher at {', '.join(teacher.base_urls)} {what} (last: {(last or fault).quoted()}); "
                 f"check that the server is up and the URL is right (--teacher), or raise {limit.split()[0]} "
                 f"(now {limit.split()[1]}). Finished work is kept; rerun to resume."
             )
@@ -292,29 +312,51 @@ class _EndpointSession(TeacherSession):
                 if self.teacher.structured_dialect is None:
                     return await self._find_dialect(messages, settings, schema)
         if self.teacher.structured_dialect == UNSUPPORTED:
-            raise StructuredOutputUnsupported(f"the teacher at {', '.join(self.teacher.base_urls)} does not enforce JSON schemas")
+            tried = "; ".join(f"{name} {outcome}" for name, outcome in self.teacher.dialect_outcomes.items())
+            raise StructuredOutputUnsupported(
+                f"the teacher at {', '.join(self.teacher.base_urls)} does not enforce JSON schemas"
+                + (f" ({shorten(tried, 400)})" if tried else ""))
         return (await self._request(messages, settings, DIALECTS[self.teacher.structured_dialect](schema)))[0]
 
     async def _find_dialect(self, messages: Messages, settings: dict[str, Any], schema: dict) -> Completion:
+        """Ask in each dialect not tried before until the server obeys one; remember what each one got.
+
+        A refusal (a 4xx, or a 5xx that names the request's fields: see :func:`.http.refuses_fields`) or a reply
+        that is no JSON object moves on to the next dialect and is remembered. A server that is down (timeouts,
+        other 5xx) decides nothing: the request fails as any other, and a later one probes again.
+        """
+        teacher, ignored = self.teacher, []
         for name, fields in DIALECTS.items():
+            if name in teacher.dialect_outcomes:
+                continue
             completion, fault = await self._request(messages, settings, fields(schema), probing=True)
             if completion.text is not None and looks_like_json_object(completion.text):
-                self.teacher.structured_dialect = name
-                logger.info("teacher %s: structured output through %s", self.teacher.base_urls[0], name)
+                teacher.structured_dialect = name
+                logger.info("teacher %s: structured output through %s", teacher.base_urls[0], name)
                 return completion
-            if completion.text is None and not (fault and fault.reason.startswith("HTTP 4")):
+            if completion.text is None and not (fault is not None and refuses_fields(fault, fields(schema))):
                 return completion  # not reached (timeouts, 5xx): decide on a later request
-            # rejected (HTTP 4xx) or ignored (a reply that is no JSON object): try the next dialect
-        self.teacher.structured_dialect = UNSUPPORTED
-        logger.warning("teacher %s rejects or ignores JSON-schema response formats; reflections use the marker layout", self.teacher.base_urls[0])
-        raise StructuredOutputUnsupported(f"the teacher at {', '.join(self.teacher.base_urls)} does not enforce JSON schemas")
+            if completion.text is None:
+                teacher.dialect_outcomes[name] = f"refused: {fault.quoted()}"
+            else:
+                teacher.dialect_outcomes[name] = "ignored"
+                if completion.ok:
+                    ignored.append(completion.text)
+        teacher.structured_dialect = UNSUPPORTED
+        tried = "; ".join(f"{name} {outcome}" for name, outcome in teacher.dialect_outcomes.items())
+        logger.warning("teacher %s does not enforce JSON schemas (%s); reflections use the marker layout",
+                       teacher.base_urls[0], shorten(tried, 400))
+        raise StructuredOutputUnsupported(
+            f"the teacher at {', '.join(teacher.base_urls)} does not enforce JSON schemas ({shorten(tried, 400)})",
+            replies=ignored)
 
     async def _request(
         self, messages: Messages, settings: dict[str, Any], extra: dict | None = None, *, probing: bool = False
     ) -> tuple[Completion, _Fault | None]:
         """One request with its retries; a failure becomes a ``request_failed`` completion (or a fatal error).
 
-        ``probing``: a dialect probe, whose refusal (HTTP 4xx) is an answer about the server, not a failure.
+        ``probing``: a dialect probe, whose refusal (a 4xx, or a 5xx naming the request's fields) is an answer about
+        the server, not a failure: it is neither retried nor counted by the breaker.
         """
         teacher, cfg = self.teacher, self.teacher.config
         url: str | None = None
@@ -335,7 +377,7 @@ class _EndpointSession(TeacherSession):
                 self._record(url, None)
                 teacher.stats.add(oversized=1)
                 return Completion(None, make(INVALID, fault.reason), attempts=attempt), fault
-            refused = probing and fault is not None and fault.reason.startswith("HTTP 4") and not fault.fatal
+            refused = probing and fault is not None and refuses_fields(fault, extra or {})
             self._record(url, None if refused else fault)
             if fault is None:
                 cut_at = settings["max_new_tokens"] if reply.finish_reason == "length" else None

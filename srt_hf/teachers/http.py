@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import heapq
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,12 @@ class _Fault:
     fatal: str | None = None  # no retry can fix it: what to change (the run stops)
     body: str = ""  # the server's error message, for the top-level error
     oversized: bool = False  # a reply beyond reply_cap: the row is invalid (not retried, not stored)
+    status: int | None = None  # the HTTP status, when the server answered one
+
+    def quoted(self) -> str:
+        """The reason with the server's own words (shortened), for a message that stops the run."""
+        words = shorten(self.body)
+        return f"{self.reason}: \"{words}\"" if words and words[:40] not in self.reason else self.reason
 
 
 class HTTPStatusError(Exception):
@@ -108,6 +115,41 @@ def error_message(body: str) -> str:
     return " ".join(str(error).split())[:300]
 
 
+def shorten(text: str, limit: int = 200) -> str:
+    """One line of at most ``limit`` characters (an ellipsis where it was cut)."""
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+#: What a validation error says in the servers' own words (pydantic, serde, llama.cpp, OpenAI).
+_VALIDATION_WORDS = re.compile(
+    r"validation error|input should be|unknown variant|must be one of|invalid value|unrecognized request argument|"
+    r"extra inputs are not permitted|failed to deserialize|not supported|unsupported",
+    re.IGNORECASE,
+)
+#: HTTP statuses that never mean "this request is refused" (credentials, URL, rate limits, timeouts).
+_NOT_REFUSALS = {401, 403, 404, 408, 425, 429}
+
+
+def refuses_fields(fault: _Fault, fields: dict[str, Any]) -> bool:
+    """Whether an error answers "this request's fields are refused" rather than "the server is down".
+
+    A 4xx (other than credentials, URL, rate limits and timeouts) refuses the request. A 5xx refuses it only
+    when its body names one of ``fields``' keys or string values (``response_format``, ``json_schema``) or reads
+    as a validation error: llama-cpp-python and llama.cpp answer an unknown ``response_format`` type with 500.
+    """
+    if fault.status is None or fault.status in _NOT_REFUSALS or fault.fatal:
+        return False
+    if 400 <= fault.status < 500:
+        return True
+    if fault.status < 500:
+        return False
+    names = set(fields) | {v for value in fields.values() if isinstance(value, dict)
+                                   for v in value.values() if isinstance(v, str) and len(v) > 3}
+    text = fault.body.lower()
+    return any(name.lower() in text for name in names) or bool(_VALIDATION_WORDS.search(fault.body))
+
+
 def _http_module():
     """The HTTP library under huggingface_hub: ``httpx2`` from huggingface_hub 2.x, ``httpx`` before."""
     try:
@@ -132,15 +174,15 @@ def classify(err: BaseException, config: GenerationConfig) -> _Fault:
     if isinstance(err, HTTPStatusError):
         code, message = err.status, error_message(err.body)
         if code in _FATAL_STATUS:
-            return _Fault(f"HTTP {code} ({message})", False, fatal=_FATAL_STATUS[code], body=message)
+            return _Fault(f"HTTP {code} ({message})", False, fatal=_FATAL_STATUS[code], body=message, status=code)
         if code == 429:
             wait = retry_after(err.headers)
             if wait is not None and wait > config.max_retry_after:
-                return _Fault(f"rate limited (HTTP 429), Retry-After {wait:.0f}s exceeds max_retry_after", False, body=message)
-            return _Fault("rate limited (HTTP 429)", True, retry_after=wait, body=message)
+                return _Fault(f"rate limited (HTTP 429), Retry-After {wait:.0f}s exceeds max_retry_after", False, body=message, status=code)
+            return _Fault("rate limited (HTTP 429)", True, retry_after=wait, body=message, status=code)
         retryable = code in _RETRYABLE_STATUS or code >= 500
         reason = f"HTTP {code}" + (f" ({message[:160]})" if not retryable and message else "")
-        return _Fault(reason, retryable, retry_after=retry_after(err.headers) if retryable else None, body=message)
+        return _Fault(reason, retryable, retry_after=retry_after(err.headers) if retryable else None, body=message, status=code)
     if isinstance(err, (TimeoutError, asyncio.TimeoutError, http.TimeoutException)):
         return _Fault(f"timeout after {config.timeout:g}s", True)
     if isinstance(err, http.ConnectError):

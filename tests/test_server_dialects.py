@@ -1,0 +1,124 @@
+"""The structured-output probe against the ways real servers refuse a dialect (tests/server_kinds.py cites them).
+
+A refusal (a 4xx, or a 5xx whose body names the request's fields) moves the probe to the next dialect, is
+remembered, and is never counted by the circuit breaker; a server that is down is; a fatal stop quotes the
+server's own words.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fault_server import FaultServer
+from server_kinds import EXPECTED_DIALECT, KINDS
+
+from srt_hf.errors import ConfigError, TeacherError
+from srt_hf.reflection import LAYOUT_JSON, LAYOUT_PROBE, ResponseReflection
+from srt_hf.status import OK
+from srt_hf.teachers import EndpointTeacher, GenerationConfig
+from srt_hf.teachers.probe_store import PROBE_FILE, restore_probe, save_probe
+from srt_hf.teachers.structured import DIALECTS, UNSUPPORTED
+
+ROWS = {
+    "instruction": ["Name the largest planet.", "Give a synonym for 'quick'.", "What does HTTP stand for?"],
+    "input": ["", "", ""],
+    "output": ["Jupiter.", "Fast.", "HyperText Transfer Protocol."],
+}
+
+
+def _teacher(url: str, **settings) -> EndpointTeacher:
+    # breaker_failures=1: a single counted failure would stop the run, so a refusal must never count
+    config = GenerationConfig(**{"max_retries": 3, "breaker_failures": 1, "timeout": 10, "backoff_base": 0.0, **settings})
+    return EndpointTeacher(url, model="m", config=config)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_server_kind_gets_its_own_dialect_without_tripping_the_breaker(kind):
+    with FaultServer(kind=kind) as server:
+        teacher = _teacher(server.url)
+        transform = ResponseReflection(teacher, structured="auto", record_layout=True)
+        out = transform(dict(ROWS))
+    expected = EXPECTED_DIALECT[kind]
+    assert teacher.structured_dialect == expected
+    assert out["response_reflection_status"] == [OK] * 3
+    assert out["response_reflection_layout"] == [f"{LAYOUT_JSON} ({expected})"] * 3
+    before = list(DIALECTS)[: list(DIALECTS).index(expected)]
+    # every dialect before the right one was asked once, refused once, and remembered with the server's words
+    assert [dialect for dialect, _ in server.refusals] == before
+    for dialect in before:
+        assert teacher.dialect_outcomes[dialect].startswith("refused: HTTP ")
+        outcome = teacher.dialect_outcomes[dialect]  # with the server's own words
+        assert "response_format" in outcome or "Invalid value" in outcome
+    assert teacher.stats.retried == 0
+
+
+def test_a_5xx_that_names_no_field_is_the_server_being_down_not_a_refusal():
+    # llama-cpp-python's first answer is a plain 500 (no field named): retried, then the probe goes on as usual
+    with FaultServer(kind="llama-cpp-python", faults=["500"]) as server:
+        teacher = _teacher(server.url, breaker_failures=5)
+        out = ResponseReflection(teacher, structured="auto")(dict(ROWS))
+    assert teacher.structured_dialect == "json_object"
+    assert out["response_reflection_status"] == [OK] * 3
+    assert teacher.stats.retried == 1  # the plain 500 was retried; the two refusals were not
+
+
+def test_a_server_that_is_down_stops_with_the_breaker_quoting_its_words():
+    with FaultServer(faults=["503"] * 10) as server:
+        teacher = _teacher(server.url, breaker_failures=2, max_retries=5)
+        with pytest.raises(TeacherError) as caught:
+            ResponseReflection(teacher, structured="off")(dict(ROWS))
+    message = str(caught.value)
+    assert "last: HTTP 503" in message and '"injected 503"' in message
+    assert teacher.dialect_outcomes == {}
+
+
+def test_a_fatal_status_quotes_the_server():
+    with FaultServer(faults=["401"]) as server:
+        with pytest.raises(TeacherError, match='HTTP 401.*injected 401'):
+            ResponseReflection(_teacher(server.url), structured="off")(dict(ROWS))
+
+
+def test_structured_json_stop_quotes_each_refusal():
+    with FaultServer(kind="openai") as server:
+        teacher = _teacher(server.url)
+        teacher.dialect_outcomes["json_schema"] = "ignored"  # as if a previous run had found it ignored
+        with pytest.raises(ConfigError) as caught:
+            ResponseReflection(teacher, structured="json")(dict(ROWS))
+    message = str(caught.value)
+    assert "--structured json" in message and "Invalid value: 'json'" in message
+    assert "Unrecognized request argument supplied: guided_json" in message
+
+
+def test_the_probe_outcome_is_kept_and_a_resume_asks_no_probe(tmp_path):
+    with FaultServer(kind="llama-cpp-python") as server:
+        first = _teacher(server.url)
+        ResponseReflection(first, structured="auto")(dict(ROWS))
+        save_probe(first, tmp_path)
+        assert (tmp_path / PROBE_FILE).is_file()
+        asked = len(server.refusals)
+        assert asked == 2
+        again = _teacher(server.url)
+        assert restore_probe(again, tmp_path)
+        assert again.structured_dialect == "json_object"
+        out = ResponseReflection(again, structured="auto")({k: [v + " (again)" for v in vs] for k, vs in ROWS.items()})
+    assert out["response_reflection_status"] == [OK] * 3
+    assert len(server.refusals) == asked  # no dialect was asked again
+    other = EndpointTeacher(server.url, model="another-model")
+    assert not restore_probe(other, tmp_path)  # kept per URL and model
+
+
+def _marker_reply(messages: list[dict], body: dict) -> str:
+    return ("Review: the answer is right but bare.\n\n[Better Answer]\nThe largest planet in the Solar System is "
+            "Jupiter, a gas giant more than eleven times as wide as the Earth.\n[End]")
+
+
+def test_a_marker_reply_to_an_ignored_probe_is_used_not_asked_again():
+    with FaultServer(structured="ignore", answer=_marker_reply) as server:
+        teacher = _teacher(server.url)
+        out = ResponseReflection(teacher, structured="auto", record_layout=True)(dict(ROWS))
+    assert teacher.structured_dialect == UNSUPPORTED
+    assert out["response_reflection_status"] == [OK] * 3
+    layouts = out["response_reflection_layout"]
+    assert layouts.count(LAYOUT_PROBE) == 1 and layouts.count("markers") == 2
+    # the probed row was asked once per dialect and never again in the marker layout; the others once each
+    assert server.requests == len(DIALECTS) + 2
+    assert sorted(server.per_prompt.values()) == [1, 1, len(DIALECTS)]
