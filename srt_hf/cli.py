@@ -72,9 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .invocation import recording
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with recording(argv):  # a run folder written by this command records it (secrets redacted)
+            return int(args.run(args) or 0)
     except BatchPending as stop:  # not a failure: the run waits for teacher batch results
         print(f"srt-hf {args.command}: {stop}")
         return stop.exit_code

@@ -148,8 +148,8 @@ def push_dataset(
     check_online()
     license = require_license(run_dir, license)
     _remember(run_dir, source_license=license)
-    with tempfile.TemporaryDirectory(prefix="srt-hf-push-") as tmp:
-        staged = prepare_dataset_folder(run_dir, Path(tmp) / run_dir.resolve().name, repo_id=repo_id, license=license)
+    with tempfile.TemporaryDirectory(prefix="srt-hf-push-") as tmp:  # the card reads the license and its origin from run.json
+        staged = prepare_dataset_folder(run_dir, Path(tmp) / run_dir.resolve().name, repo_id=repo_id)
         url = upload(staged, repo_id, repo_type="dataset", private=private, revision=revision,
                      commit_message=f"srt-hf push {run_dir.resolve().name}")
     _remember(run_dir, hub={"repo_id": repo_id, "revision": revision or "main", "url": url})
@@ -222,9 +222,9 @@ def _remember(run_dir: Path, *, source_license: str | None = None, hub: dict | N
         return
     meta = read_meta(run_dir)
     before = dict(meta)
-    if source_license:
-        source = meta.get("source") if isinstance(meta.get("source"), dict) else {"name": meta.get("source")}
-        meta["source"] = {**source, "license": source_license}
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {"name": meta.get("source")}
+    if source_license and source_license != source.get("license"):  # given with --license: the card says so
+        meta["source"] = {**source, "license": source_license, "license_from": "flag"}
     if hub:
         meta["hub"] = hub
     if space:
