@@ -76,6 +76,7 @@ def test_summary_card_and_report_give_the_same_figure_for_each_label(tmp_path):
                                        "training prompts": sum(a == "reflected" for a, _ in kept)}
     assert re.search(rf"training completions written by the teacher\s+{completions} of {len(kept)}", summary)
     assert f"the teacher wrote\n{completions} completions" in card
+    assert f"| training completions written by the teacher | {completions} of {len(kept)} |" in card
     assert payload["meta"]["teacher_written"] == meta["teacher_written"]
 
 
