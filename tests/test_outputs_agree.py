@@ -177,6 +177,7 @@ def test_one_complete_column_dictionary_sample_records_and_a_training_command(tm
     assert {"prompt", "completion", "original_score_status", "better_response_score_status", "row_id"} <= set(names)
     empty = [r for r in rows if r.rstrip().endswith("|  |") or r.rstrip().endswith("| |")]
     assert empty == []
+    assert "from the input data" not in section  # a recycle run writes every column itself, each documented
     for config in ("sft", "selected", "rows"):
         assert f"A sample record of <code>{config}</code>" in text
     assert '"completion": [' in text

@@ -141,6 +141,8 @@ def column_docs(meta: Mapping[str, Any]) -> dict[str, str]:
             **{str(k): str(v) for k, v in (meta.get("columns") or {}).items()}}
 
 
+#: The description of a column srt_hf did not write: the input's own, passed through.
+INPUT_COLUMN = "from the input data, as read"
 #: Column prefixes of a recycle run's scores (the scorer's columns, prefixed) and the pair they score.
 SCORED_PAIRS = (("original_", "the original pair"), ("reflected_pair_", "the teacher's new pair (stage 1)"),
                 ("better_response_", "the kept instruction with the teacher's better answer (stage 3)"),
@@ -150,14 +152,15 @@ SCORED_PAIRS = (("original_", "the original pair"), ("reflected_pair_", "the tea
 
 def describe_column(name: str, docs: Mapping[str, str]) -> str:
     """``docs[name]``, else the description of the scorer column it prefixes (``original_loss_A_cond`` →
-    that of ``loss_A_cond``, "of the original pair"); "" when neither is known."""
+    that of ``loss_A_cond``, "of the original pair"); else the column came with the input data (every column
+    srt_hf writes is documented)."""
     if docs.get(name):
         return docs[name]
     for prefix, pair in SCORED_PAIRS:
         rest = name.removeprefix(prefix)
         if rest != name and docs.get(rest):
             return f"{docs[rest]}; of {pair}"
-    return ""
+    return INPUT_COLUMN
 
 
 def column_dictionary(files: Sequence[Mapping[str, Any]], docs: Mapping[str, str]) -> list[dict[str, Any]]:
