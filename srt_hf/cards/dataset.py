@@ -100,6 +100,7 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
     context = {
         "project_url": PROJECT_URL,
         "teacher_use": teacher_use(run_dir, meta) if meta.get("kind", "recycle") == "recycle" else None,
+        "written": meta.get("teacher_written"),  # the training prompts / completions the teacher wrote
         "has_rifd": any(c["score"] == "r-IFD" for c in charts),
         "report": paths.rows.is_file(),
         "space": space if space.get("repo_id") else None,
