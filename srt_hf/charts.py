@@ -70,13 +70,19 @@ def histogram_bins(*populations: np.ndarray, count: int = 30) -> Bins:
     return Bins(lo, hi, count)
 
 
+def clipped(bins: Bins, before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:
+    """How many values of each population lie below / above the range: ``{"before": [low, high], "after": …}``."""
+    return {name: [int((values < bins.lo).sum()), int((values > bins.hi).sum())]
+            for name, values in (("before", before), ("after", after))}
+
+
 def clip_notes(bins: Bins, before: np.ndarray, after: np.ndarray) -> list[str]:
     """What the hatched edge bins hold beyond the range, e.g. ``values > 3.214 in the last bin: 2 before, 1 after``
     (the same words under the PNG and in the report)."""
+    counts = clipped(bins, before, after)
     notes = []
-    for side, outside, where in (("<", lambda v: v < bins.lo, "first"), (">", lambda v: v > bins.hi, "last")):
-        edge = bins.lo if side == "<" else bins.hi
-        n_before, n_after = int(outside(before).sum()), int(outside(after).sum())
+    for k, (side, edge, where) in enumerate((("<", bins.lo, "first"), (">", bins.hi, "last"))):
+        n_before, n_after = counts["before"][k], counts["after"][k]
         if n_before or n_after:
             notes.append(f"values {side} {edge:.3f} in the {where} bin (hatched): {n_before} before, {n_after} after")
     return notes
@@ -87,15 +93,16 @@ def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray,
                   cutoffs: Sequence[Mapping[str, object]] = ()) -> None:
     """Side-by-side histogram of a score over two populations (``labels``: their names with n). ``bins`` default
     to :func:`histogram_bins`; an edge bin holding clipped values is hatched and the note under the axis says how
-    many. ``cutoffs`` (``{"value", "label"}``: the selection rule's lines on this score) are drawn dashed and
-    labelled; a rule without a cutoff on this score draws none."""
+    many. ``cutoffs`` (``{"value", "label"}``: the selection rule's lines on this score; the label names the value)
+    are drawn dashed and labelled; a rule without a cutoff on this score draws none."""
     bins = bins or histogram_bins(before, after)
     figure, ax = _figure()
     _, _, patches = ax.hist([np.clip(before, bins.lo, bins.hi), np.clip(after, bins.lo, bins.hi)], bins=bins.edges(),
                             color=[_rgb(BEFORE), _rgb(AFTER)], label=list(labels))
-    for values, bars in zip((before, after), patches):
-        for outside, bar in ((values < bins.lo, bars[0]), (values > bins.hi, bars[-1])):
-            if outside.any():
+    counts = clipped(bins, before, after)
+    for name, bars in zip(("before", "after"), patches):
+        for n, bar in zip(counts[name], (bars[0], bars[-1])):
+            if n:
                 bar.set_hatch("///")
                 bar.set_edgecolor("white")
     for k, cutoff in enumerate(cutoffs):
@@ -103,7 +110,7 @@ def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray,
         if not (math.isfinite(value) and bins.lo <= value <= bins.hi):
             continue
         ax.axvline(value, color=_rgb(THRESHOLD), linestyle="--", linewidth=1.5)
-        ax.annotate(f"{cutoff['label']} {value:.3g}", (value, 1), xycoords=("data", "axes fraction"),
+        ax.annotate(str(cutoff["label"]), (value, 1), xycoords=("data", "axes fraction"),
                     xytext=(4, -12 - 11 * k), textcoords="offset points", color=_rgb(THRESHOLD), fontsize=8)
     notes = clip_notes(bins, before, after)
     ax.set(title=f"{title}: {labels[0]} vs {labels[1]}", xlabel=title + ("\n" + "; ".join(notes) if notes else ""),

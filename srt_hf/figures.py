@@ -109,7 +109,8 @@ def cutoffs(meta: Mapping[str, Any], score: str) -> list[dict[str, Any]]:
         if rule.get("max_ifd") is not None and np.isfinite(rule["max_ifd"]):
             out.append({"value": float(rule["max_ifd"]), "label": f"rule: IFD < {rule['max_ifd']:g}"})
         if rule.get("lowest_kept_ifd") is not None:
-            out.append({"value": float(rule["lowest_kept_ifd"]), "label": "top by IFD: lowest kept"})
+            value = float(rule["lowest_kept_ifd"])
+            out.append({"value": value, "label": f"top by IFD: lowest kept {value:.3f}"})
     return out
 
 

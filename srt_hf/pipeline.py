@@ -466,7 +466,7 @@ def _cutoffs(rule: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     cutoffs = {"ifd": [{"value": 1.0, "label": "rule: IFD < 1"}], "rifd": [{"value": 1.0, "label": "rule: r-IFD < 1"}]}
     lowest = rule.get("lowest_kept_ifd")
     if rule.get("top_share") is not None and lowest is not None:
-        cutoffs["ifd"].append({"value": lowest, "label": f"top {rule['top_share']:g} by IFD: lowest kept"})
+        cutoffs["ifd"].append({"value": lowest, "label": f"top {rule['top_share']:g} by IFD: lowest kept {lowest:.3f}"})
     return cutoffs
 
 

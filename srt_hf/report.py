@@ -257,7 +257,7 @@ def _chart_values(run_dir: Path, meta: Mapping[str, Any], columns: dict[str, lis
     """The before → after histograms, as the card draws them (:mod:`srt_hf.figures`, :mod:`srt_hf.charts`): which
     columns they read (run.json ``histograms``; 'after' is the kept rows of its column), each population's label
     and figures, the bins (one clipping rule), the notes on clipped values and the rule's cutoffs."""
-    from .charts import clip_notes, histogram_bins
+    from .charts import clip_notes, clipped, histogram_bins
     from .figures import SCORE_LABELS, cutoffs, histogram_specs, read_values, score_figures, shown
 
     specs = histogram_specs(meta)
@@ -275,7 +275,8 @@ def _chart_values(run_dir: Path, meta: Mapping[str, Any], columns: dict[str, lis
         charts.append({"label": SCORE_LABELS.get(score, score), "before": before, "after": after,
                        "before_label": figures[0].title(), "after_label": figures[-1].title(),
                        "figures": [{"label": f.label, "source": f.source, **shown(f)} for f in figures],
-                       "bins": bins.as_dict(), "notes": clip_notes(bins, *values), "cutoffs": cutoffs(meta, score)})
+                       "bins": bins.as_dict(), "clipped": clipped(bins, *values), "notes": clip_notes(bins, *values),
+                       "cutoffs": cutoffs(meta, score)})
     return charts
 
 

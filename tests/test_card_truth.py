@@ -56,7 +56,7 @@ def test_recycle_card_states_the_counts_of_the_run(tmp_path):
     share = percent(sum(v < 1 for v in after) / len(after))
     assert re.search(rf"\| final, kept rows \(`selected.parquet:final_ifd`\) \| {len(after)} \|( [^|]+ \|){{4}} {share} \|", text)
     assert "lowest kept" not in text.lower()  # no cutoff under `ifd < 1 and rifd < 1`: the line is the rule's 1
-    assert "Cutoffs: rule: IFD < 1 (1)." in text and "Cutoffs: rule: r-IFD < 1 (1)." in text
+    assert "Cutoffs: rule: IFD < 1." in text and "Cutoffs: rule: r-IFD < 1." in text
     assert tuple(charts.THRESHOLD) in colours(read_png(run / "images" / "ifd_histogram.png"))
 
 

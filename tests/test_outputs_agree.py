@@ -143,7 +143,8 @@ def test_the_card_shows_the_command_that_made_the_run(tmp_path):
     assert meta["srt_hf_version"] in card
     # top-IFD's cutoffs: its cap and the lowest IFD it kept
     payload = build_payload(tmp_path / "run", meta)
-    assert [c["label"] for c in payload["charts"][0]["cutoffs"]] == ["rule: IFD < 1", "top by IFD: lowest kept"]
+    lowest = meta["selection"]["lowest_kept_ifd"]
+    assert [c["label"] for c in payload["charts"][0]["cutoffs"]] == ["rule: IFD < 1", f"top by IFD: lowest kept {lowest:.3f}"]
 
 
 def test_license_line_names_its_origin(tmp_path):

@@ -312,7 +312,7 @@
     var hb = new Array(bins).fill(0), ha = new Array(bins).fill(0);
     before.forEach(function (v) { hb[bin(v)]++; });
     after.forEach(function (v) { ha[bin(v)]++; });
-    function outside(arr, k) { return arr.some(function (v) { return k === 0 ? v < lo : v > hi; }); }
+    function outside(which, k) { return (ch.clipped[which] || [0, 0])[k === 0 ? 0 : 1] > 0; }  // counted by srt_hf
     var ymax = Math.max(1, Math.max.apply(null, hb.concat(ha)));
 
     var W = 620, H = 256, ml = 40, mr = 12, mt = 20 + 12 * Math.max(0, (ch.cutoffs || []).length - 1), mb = 34;
@@ -342,13 +342,13 @@
       var x0 = ml + k * bw, from = lo + k * width, to = from + width;
       var edge = k === 0 || k === bins - 1;
       var grp = svg('g', { class: 'bin' });
-      var clippedHere = edge && (outside(before, k) || outside(after, k));
+      var clippedHere = edge && (outside('before', k) || outside('after', k));
       var range = (k === 0 && clippedHere ? '≤ ' + to.toFixed(3) : k === bins - 1 && clippedHere ? '≥ ' + from.toFixed(3)
         : from.toFixed(3) + ' – ' + to.toFixed(3));
       grp.appendChild(svg('title', { text: ch.label + ' ' + range + ': ' + ch.before_label + ' ' + hb[k] + ', ' + ch.after_label + ' ' + ha[k] }));
       grp.appendChild(svg('rect', { class: 'hit', x: x0, y: mt, width: bw, height: ph, fill: 'transparent' }));
-      if (hb[k]) bar(grp, x0 + 1, hb[k], 'rgb(120,144,176)', edge && outside(before, k));
-      if (ha[k]) bar(grp, x0 + bw / 2, ha[k], 'rgb(230,126,34)', edge && outside(after, k));
+      if (hb[k]) bar(grp, x0 + 1, hb[k], 'rgb(120,144,176)', edge && outside('before', k));
+      if (ha[k]) bar(grp, x0 + bw / 2, ha[k], 'rgb(230,126,34)', edge && outside('after', k));
       (function (a, b, edgeLo, edgeHi) {
         grp.addEventListener('click', function () {
           state.range = { col: ch.before, label: ch.label + ' (' + ch.before_label + ')', lo: edgeLo ? -Infinity : a, hi: edgeHi ? Infinity : b };
@@ -369,7 +369,7 @@
       g.appendChild(svg('line', { class: 'cutoff', x1: xc, x2: xc, y1: mt, y2: mt + ph, stroke: 'rgb(200,40,40)', 'stroke-dasharray': '5 4', 'stroke-width': 1.5 }));
       var tx = xc + 4 > W - mr - 160 ? xc - 4 : xc + 4;
       g.appendChild(svg('text', { x: tx, y: mt - 3 - 12 * j, 'text-anchor': tx < xc ? 'end' : 'start', 'font-size': 11, fill: 'rgb(200,40,40)',
-        text: c.label + ' ' + Number(c.value.toPrecision(3)) }));
+        text: c.label }));
     });
     var head = el('tr', null, el('th', null, ch.label));
     ['n', 'mean', 'median', 'min', 'max', 'share < 1'].forEach(function (h) { add(head, el('th', { class: 'num' }, h)); });
