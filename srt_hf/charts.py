@@ -110,15 +110,16 @@ def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray,
         if not (math.isfinite(value) and bins.lo <= value <= bins.hi):
             continue
         ax.axvline(value, color=_rgb(THRESHOLD), linestyle="--", linewidth=1.5)
-        ax.annotate(str(cutoff["label"]), (value, 1), xycoords=("data", "axes fraction"),
-                    xytext=(4, -12 - 11 * k), textcoords="offset points", color=_rgb(THRESHOLD), fontsize=8)
+        left = value > bins.lo + 0.6 * (bins.hi - bins.lo)  # near the right edge: the label goes left of the line
+        ax.annotate(str(cutoff["label"]), (value, 1), xycoords=("data", "axes fraction"), ha="right" if left else "left",
+                    xytext=(-4 if left else 4, -12 - 11 * k), textcoords="offset points", color=_rgb(THRESHOLD), fontsize=8)
     notes = clip_notes(bins, before, after)
     ax.set(title=f"{title}: {labels[0]} vs {labels[1]}", xlabel=title + ("\n" + "; ".join(notes) if notes else ""),
            ylabel="rows")
     ax.title.set_fontsize(10)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=True, framealpha=0.85, edgecolor="none", fontsize=8, loc="best")
     _save(figure, path)
 
 
