@@ -3,8 +3,10 @@
     from srt_hf.report import write_report
     write_report("runs/demo-srt")          # -> runs/demo-srt/report.html (also: `srt-hf report runs/demo-srt`)
 
-The page shows the run's provenance (source, teacher, student, preset, prompts, settings), the counts per
-stage as a funnel, the IFD / r-IFD distributions before → after, and a row browser: every row's original,
+The page shows the run's provenance (source, teacher, student, preset, prompts, settings, the command, what the
+teacher wrote into the training data, its tokens), the counts per stage as a funnel, the IFD / r-IFD histograms of
+all rows against the kept rows with each population's figures and the rule's cutoffs (:mod:`srt_hf.figures`,
+:mod:`srt_hf.charts`: the same as the card's), and a row browser: every row's original,
 reflected and final texts side by side with word-level differences, its statuses, the choice at each stage
 with its reason, and its scores; filters by status kind, choice, selection and reason, a text search, and a
 stable link per row (``report.html#row-12``). ``recycle`` and ``select`` write it at the end of each run.
