@@ -7,13 +7,15 @@
 from Python (no CLI), :func:`current` is None and nothing is recorded. Redacted: the value of any option whose
 name says it carries a secret (``--teacher-header`` keeps the header's name, ``--*api-key*``, ``--*token``,
 ``--*secret*``, ``--*password*``; an ``…-env`` option keeps a plain variable name), and anywhere in the line,
-Hugging Face / OpenAI-style tokens, ``Bearer …`` values and the password of a URL.
+Hugging Face / OpenAI-style tokens, ``Bearer …`` values, the password of a URL and, in a JSON option
+(``--teacher-extra-body``), the values of secret-looking keys.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import re
 import shlex
 from collections.abc import Iterator, Sequence
@@ -45,7 +47,7 @@ def redact_value(option: str, value: str) -> str:
     """``value`` of ``option`` with its secret part replaced by REDACTED."""
     name = option.lstrip("-").lower()
     if not is_secret_option(option):
-        return redact_text(value)
+        return _redact_json(value) if value.lstrip().startswith("{") else redact_text(value)
     if name.endswith(("-env", "_env")) and _ENV_NAME.fullmatch(value):
         return value  # the name of an environment variable, not its value
     if "header" in name and ":" in value:
@@ -58,6 +60,23 @@ def redact_text(text: str) -> str:
     for pattern, repl in _TOKENS:
         text = pattern.sub(repl, text)
     return text
+
+
+def _redact_json(value: str) -> str:
+    """A JSON object (``--teacher-extra-body``) with the values of secret-looking keys redacted, at any depth."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return redact_text(value)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: REDACTED if is_secret_option(str(k)) else walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return redact_text(node) if isinstance(node, str) else node
+
+    return json.dumps(walk(data), ensure_ascii=False)
 
 
 def redact(argv: Sequence[str]) -> list[str]:

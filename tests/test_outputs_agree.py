@@ -123,6 +123,8 @@ def test_redaction_of_the_recorded_command():
     assert red[red.index("--teacher-api-key-env") + 1] == "MY_KEY"  # a variable's name, not a secret
     assert red[red.index("--max-new-tokens") + 1] == "300" and red[-2:] == ["--out", "runs/x"]
     assert invocation.redact(["--teacher-api-key-env", "sk-live-key-pasted-by-mistake"])[1] == "REDACTED"
+    body = json.loads(invocation.redact(["--teacher-extra-body", '{"top_k": 20, "extra": {"api_key": "xyz123"}}'])[1])
+    assert body == {"top_k": 20, "extra": {"api_key": "REDACTED"}}
     with invocation.recording(argv):
         assert invocation.current()["argv"] == ["srt-hf", *red]
     assert invocation.current() is None
