@@ -96,7 +96,7 @@ def redact(argv: Sequence[str]) -> list[str]:
             out.append(arg)
             pending = arg
         else:
-            out.append(redact_text(arg))
+            out.append(_redact_json(arg) if arg.lstrip().startswith("{") else redact_text(arg))
     return out
 
 
