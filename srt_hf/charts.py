@@ -1,5 +1,5 @@
-"""The PNG charts of the cards: score histograms before → after selection, the training loss curve, and the
-win / tie / loss bars of a pairwise comparison.
+"""The PNG charts of the cards: score histograms of two populations (all rows → kept rows), the training loss
+curve, and the win / tie / loss bars of a pairwise comparison.
 
 Drawn with matplotlib's object API (a ``Figure`` saved through the Agg renderer): no pyplot state and
 no display, so it works in scripts, workers and on machines without a screen.
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-BEFORE, AFTER, THRESHOLD, LOWEST = (120, 144, 176), (230, 126, 34), (200, 40, 40), (46, 139, 87)  # RGB
+BEFORE, AFTER, THRESHOLD = (120, 144, 176), (230, 126, 34), (200, 40, 40)  # RGB
 LINES = (BEFORE, AFTER, (46, 139, 87))  # train, eval, any further series
 OUTCOME_COLORS = ((46, 139, 87), (170, 170, 170), (200, 40, 40))  # win, tie, loss
 SIZE = (6.4, 3.2)  # inches at DPI: 640 × 320 pixels
@@ -35,29 +36,90 @@ def _save(figure, path: Path) -> None:
     figure.savefig(path, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp: same data, same bytes
 
 
-def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray, *, bins: int = 30,
-                  threshold: float | None = None, lowest_kept: float | None = None) -> None:
-    """Side-by-side histogram of a score before and after selection. Values outside the 0.5–99.5
-    percentile range fall into the edge bins, so one outlier does not squash the rest. ``threshold`` is
-    drawn dashed, ``lowest_kept`` (the smallest value among the kept rows) solid and labelled."""
-    both = np.concatenate([before, after])
-    lo, hi = (float(v) for v in np.percentile(both, [0.5, 99.5])) if len(both) else (0.0, 1.0)
+@dataclass(frozen=True)
+class Bins:
+    """The bins of a score histogram: ``count`` equal bins from ``lo`` to ``hi``; values outside are clipped
+    into the edge bins."""
+
+    lo: float
+    hi: float
+    count: int = 30
+
+    def edges(self) -> np.ndarray:
+        return np.linspace(self.lo, self.hi, self.count + 1)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"lo": self.lo, "hi": self.hi, "count": self.count}
+
+
+def histogram_bins(*populations: np.ndarray, count: int = 30) -> Bins:
+    """The one clipping rule of the PNG charts and the report's: the range of all values, narrowed to Tukey's far
+    fences (Q1 − 3·IQR, Q3 + 3·IQR) so one outlier does not squash the rest. Values outside fall into the edge
+    bins, which are then hatched and named in :func:`clip_notes`."""
+    both = np.concatenate([np.asarray(p, dtype=float) for p in populations]) if populations else np.array([])
+    both = both[np.isfinite(both)]
+    if not len(both):
+        return Bins(0.0, 1.0, count)
+    lo, hi = float(both.min()), float(both.max())
+    q1, q3 = (float(v) for v in np.quantile(both, [0.25, 0.75]))
+    fence = 3 * (q3 - q1)
+    if fence > 0:
+        lo, hi = max(lo, q1 - fence), min(hi, q3 + fence)
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
+    return Bins(lo, hi, count)
+
+
+def clipped(bins: Bins, before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:
+    """How many values of each population lie below / above the range: ``{"before": [low, high], "after": …}``."""
+    return {name: [int((values < bins.lo).sum()), int((values > bins.hi).sum())]
+            for name, values in (("before", before), ("after", after))}
+
+
+def clip_notes(bins: Bins, before: np.ndarray, after: np.ndarray) -> list[str]:
+    """What the hatched edge bins hold beyond the range, e.g. ``values > 3.214 in the last bin: 2 before, 1 after``
+    (the same words under the PNG and in the report)."""
+    counts = clipped(bins, before, after)
+    notes = []
+    for k, (side, edge, where) in enumerate((("<", bins.lo, "first"), (">", bins.hi, "last"))):
+        n_before, n_after = counts["before"][k], counts["after"][k]
+        if n_before or n_after:
+            notes.append(f"values {side} {edge:.3f} in the {where} bin (hatched): {n_before} before, {n_after} after")
+    return notes
+
+
+def histogram_png(path: Path, title: str, before: np.ndarray, after: np.ndarray, *, bins: Bins | None = None,
+                  labels: tuple[str, str] = ("before", "after"),
+                  cutoffs: Sequence[Mapping[str, object]] = ()) -> None:
+    """Side-by-side histogram of a score over two populations (``labels``: their names with n). ``bins`` default
+    to :func:`histogram_bins`; an edge bin holding clipped values is hatched and the note under the axis says how
+    many. ``cutoffs`` (``{"value", "label"}``: the selection rule's lines on this score; the label names the value)
+    are drawn dashed and labelled; a rule without a cutoff on this score draws none."""
+    bins = bins or histogram_bins(before, after)
     figure, ax = _figure()
-    ax.hist([np.clip(before, lo, hi), np.clip(after, lo, hi)], bins=np.linspace(lo, hi, bins + 1),
-            color=[_rgb(BEFORE), _rgb(AFTER)], label=[f"before (n={len(before)})", f"after (n={len(after)})"])
-    if threshold is not None and lo < threshold < hi:
-        ax.axvline(threshold, color=_rgb(THRESHOLD), linestyle="--", linewidth=1)
-    if lowest_kept is not None and math.isfinite(lowest_kept):
-        x = min(max(lowest_kept, lo), hi)
-        ax.axvline(x, color=_rgb(LOWEST), linewidth=1.5)
-        ax.annotate(f"lowest kept {lowest_kept:.3f}", (x, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
-                    textcoords="offset points", color=_rgb(LOWEST), fontsize=8)
-    ax.set(title=f"{title} before → after selection", xlabel=title, ylabel="rows")
+    _, _, patches = ax.hist([np.clip(before, bins.lo, bins.hi), np.clip(after, bins.lo, bins.hi)], bins=bins.edges(),
+                            color=[_rgb(BEFORE), _rgb(AFTER)], label=list(labels))
+    counts = clipped(bins, before, after)
+    for name, bars in zip(("before", "after"), patches):
+        for n, bar in zip(counts[name], (bars[0], bars[-1])):
+            if n:
+                bar.set_hatch("///")
+                bar.set_edgecolor("white")
+    for k, cutoff in enumerate(cutoffs):
+        value = float(cutoff["value"])  # type: ignore[arg-type]
+        if not (math.isfinite(value) and bins.lo <= value <= bins.hi):
+            continue
+        ax.axvline(value, color=_rgb(THRESHOLD), linestyle="--", linewidth=1.5)
+        left = value > bins.lo + 0.6 * (bins.hi - bins.lo)  # near the right edge: the label goes left of the line
+        ax.annotate(str(cutoff["label"]), (value, 1), xycoords=("data", "axes fraction"), ha="right" if left else "left",
+                    xytext=(-4 if left else 4, -12 - 11 * k), textcoords="offset points", color=_rgb(THRESHOLD), fontsize=8)
+    notes = clip_notes(bins, before, after)
+    ax.set(title=f"{title}: {labels[0]} vs {labels[1]}", xlabel=title + ("\n" + "; ".join(notes) if notes else ""),
+           ylabel="rows")
+    ax.title.set_fontsize(10)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(frameon=False)
+    ax.legend(frameon=True, framealpha=0.85, edgecolor="none", fontsize=8, loc="best")
     _save(figure, path)
 
 

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .cli_options import parse_command
+    from .invocation import recording
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
@@ -103,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"srt-hf {command}: error: {err}", file=sys.stderr)
         return 2
     try:
-        return int(args.run(args) or 0)
+        with recording(argv):  # a run folder written by this command records it (secrets redacted)
+            return int(args.run(args) or 0)
     except BatchPending as stop:  # not a failure: the run waits for teacher batch results
         print(f"srt-hf {args.command}: {stop}")
         return stop.exit_code

@@ -185,7 +185,7 @@ def push_dataset(
     _check_run_folder(run_dir)
     with output_lock(run_dir, folder=True, command="srt-hf push"):  # no run writes the folder while it goes up
         _remember(run_dir, source_license=license)
-        write_publish_files(run_dir, repo_id=repo_id, license=license)
+        write_publish_files(run_dir, repo_id=repo_id)  # the license and its origin come from run.json
         url = upload(run_dir, repo_id, repo_type="dataset", private=private, revision=revision,
                      allow_patterns=RUN_ALLOW, ignore_patterns=RUN_IGNORE, delete_patterns=REPLACE_ALL,
                      commit_message=f"srt-hf push {run_dir.resolve().name}")
@@ -259,9 +259,9 @@ def _remember(run_dir: Path, *, source_license: str | None = None, hub: dict | N
         return
     meta = read_meta(run_dir)
     before = dict(meta)
-    if source_license:
-        source = meta.get("source") if isinstance(meta.get("source"), dict) else {"name": meta.get("source")}
-        meta["source"] = {**source, "license": source_license}
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {"name": meta.get("source")}
+    if source_license and source_license != source.get("license"):  # given with --license: the card says so
+        meta["source"] = {**source, "license": source_license, "license_from": "flag"}
     if hub:
         meta["hub"] = hub
     if space:

@@ -67,6 +67,8 @@ ORIGINAL = ("original_instruction", "original_input", "original_response")
 REFLECTED_PAIR = ("instruction_reflected", "input_reflected", "response_reflected")
 CHOSEN = ("chosen_instruction", "chosen_input", "chosen_response")
 FINAL = ("final_instruction", "final_input", "final_response")
+#: run.json counts of stages 2 and 4 (over all rows): how often the student kept the teacher's version.
+NEW_PAIRS_KEPT, BETTER_ANSWERS_KEPT = "teacher's new pair kept (stage 2)", "teacher's better answer kept (stage 4)"
 
 COLUMN_DOCS = {
     "row_id": "position of the row in the input dataset",
@@ -422,7 +424,7 @@ def _from_parts(parts: list[Path], cache_dir: Path):
 def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages: _Stages, source: str | None,
             usage: dict[str, Any] | None = None) -> RecycleResult:
     from .report import write_report
-    from .selection import quantiles, with_decisions, write_selection_run
+    from .selection import with_decisions, write_selection_run
 
     selected, reasons, rule = final_filter(list(rows["final_ifd"]), list(rows["final_rifd"]), list(rows["final_score_status"]), config.top_share)
     table = with_decisions(rows, selected, reasons)
@@ -432,9 +434,9 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
         "input": len(rows),
         "read ok": sum(is_ok(s) for s in rows["read_status"]),
         "instruction reflections ok": inst.count(OK),
-        "instructions replaced": sum(c == "reflected" for c in rows["instruction_choice"]),
+        NEW_PAIRS_KEPT: sum(c == "reflected" for c in rows["instruction_choice"]),
         "response reflections ok": resp.count(OK),
-        "responses replaced": sum(c == "reflected" for c in rows["response_choice"]),
+        BETTER_ANSWERS_KEPT: sum(c == "reflected" for c in rows["response_choice"]),
         "meta replies rejected": inst.count(REJECTED) + resp.count(REJECTED),
     }
     layouts = _layouts(config, teacher, rows)
@@ -454,14 +456,12 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
         "teacher_requests": teacher.stats.as_dict(),
         "teacher_usage": usage or {},
         "status_kinds": {"instruction_reflection": _tally(inst), "response_reflection": _tally(resp)},
-        "stats": {
-            "ifd": {"before": quantiles(list(rows["original_ifd"])), "after": quantiles(list(rows["final_ifd"]))},
-            "rifd": {"before": quantiles(list(rows["original_rifd"])), "after": quantiles(list(rows["final_rifd"]))},
-        },
         "columns": COLUMN_DOCS,
+        # the populations of each score's figures (srt_hf.figures) and the rule's cutoffs on its chart
         "histograms": {
-            "ifd": {"before": "rows.parquet:original_ifd", "after": "selected.parquet:final_ifd"},
-            "rifd": {"before": "rows.parquet:original_rifd", "after": "selected.parquet:final_rifd"},
+            score: {"before": f"rows.parquet:original_{score}", "also": [f"rows.parquet:final_{score}"],
+                    "after": f"selected.parquet:final_{score}", "cutoffs": cutoffs}
+            for score, cutoffs in _cutoffs(rule).items()
         },
         "config": asdict(config),
     }
@@ -478,6 +478,16 @@ def _read(path: Path, paths: RunPaths):
     if pq.ParquetFile(path).metadata.num_rows == 0:  # datasets cannot read an empty Parquet file
         return Dataset(pq.read_table(path))
     return Dataset.from_parquet(str(path), cache_dir=str(paths.work / "datasets"))
+
+
+def _cutoffs(rule: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The final filter's cutoffs per score, as the charts draw them: 1 for both scores, and with a top share
+    the lowest IFD it kept (the rows above it were kept)."""
+    cutoffs = {"ifd": [{"value": 1.0, "label": "rule: IFD < 1"}], "rifd": [{"value": 1.0, "label": "rule: r-IFD < 1"}]}
+    lowest = rule.get("lowest_kept_ifd")
+    if rule.get("top_share") is not None and lowest is not None:
+        cutoffs["ifd"].append({"value": lowest, "label": f"top {rule['top_share']:g} by IFD: lowest kept {lowest:.3f}"})
+    return cutoffs
 
 
 SMOKE_TEST = ("The teacher is the embedded SmolLM2-135M model: this run is a smoke test of the pipeline, not a data "
@@ -560,5 +570,6 @@ def final_filter(ifd: list, rifd: list, status: list, top_share: float | None) -
         top = top_ifd_decisions([ifd[i] for i in eligible], rate=top_share, max_ifd=None)
         for j, i in enumerate(eligible):
             selected[i], reasons[i] = bool(top.selected[j]), top.reasons[j]
-        rule.update({"rule": f"ifd < 1 and rifd < 1, then the top {top_share:g} by IFD", "top_share": top_share, "kept": top.info["kept"]})
+        rule.update({"rule": f"ifd < 1 and rifd < 1, then the top {top_share:g} by IFD", "top_share": top_share, "kept": top.info["kept"],
+                     "lowest_kept_ifd": top.info["lowest_kept_ifd"]})
     return selected, reasons, rule

@@ -3,8 +3,10 @@
     from srt_hf.report import write_report
     write_report("runs/demo-srt")          # -> runs/demo-srt/report.html (also: `srt-hf report runs/demo-srt`)
 
-The page shows the run's provenance (source, teacher, student, preset, prompts, settings), the counts per
-stage as a funnel, the IFD / r-IFD distributions before → after, and a row browser: every row's original,
+The page shows the run's provenance (source, teacher, student, preset, prompts, settings, the command, what the
+teacher wrote into the training data, its tokens), the counts per stage as a funnel, the IFD / r-IFD histograms of
+all rows against the kept rows with each population's figures and the rule's cutoffs (:mod:`srt_hf.figures`,
+:mod:`srt_hf.charts`: the same as the card's), and a row browser: every row's original,
 reflected and final texts side by side with word-level differences, its statuses, the choice at each stage
 with its reason, and its scores; filters by status kind, choice, selection and reason, a text search, and a
 stable link per row (``report.html#row-12``). ``recycle`` and ``select`` write it at the end of each run.
@@ -153,7 +155,7 @@ def build_payload(run_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
         columns["_id"] = [strings.add(None if v is None else str(v)) for v in table.column(id_column).to_pylist()]
     view["id"] = "_id" if id_column else None
     view["id_label"] = id_column
-    charts = _chart_values(meta, columns, names, table)
+    charts = _chart_values(run_dir, meta, columns, names, table)
     # each status's kind, read by srt_hf.status (the page never parses a status itself)
     kinds = {str(k): kind_of(strings.values[k]) for c in columns if c.endswith("status") for k in set(columns[c])
              if k is not None}
@@ -252,24 +254,31 @@ def _is_text(t) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
-def _chart_values(meta: Mapping[str, Any], columns: dict[str, list], names: set[str], table) -> list[dict[str, Any]]:
-    """Which columns the before → after histograms read: the run's own choice (run.json ``histograms``), else
-    ``ifd`` / ``rifd``; 'after' is the selected rows of that column."""
-    specs = dict(meta.get("histograms") or {})
-    for score in ("ifd", "rifd"):
-        specs.setdefault(score, {"before": f"{ROWS}:{score}", "after": f"selected.parquet:{score}"})
+def _chart_values(run_dir: Path, meta: Mapping[str, Any], columns: dict[str, list], names: set[str],
+                  table) -> list[dict[str, Any]]:
+    """The before → after histograms, as the card draws them (:mod:`srt_hf.figures`, :mod:`srt_hf.charts`): which
+    columns they read (run.json ``histograms``; 'after' is the kept rows of its column), each population's label
+    and figures, the bins (one clipping rule), the notes on clipped values and the rule's cutoffs."""
+    from .charts import clip_notes, clipped, histogram_bins
+    from .figures import SCORE_LABELS, cutoffs, histogram_specs, read_values, score_figures, shown
+
+    specs = histogram_specs(meta)
     charts = []
-    for score, spec in specs.items():
+    for score, figures in score_figures(run_dir, meta).items():
+        spec = specs[score]
         before, after = (str(spec.get(k) or "").rsplit(":", 1)[-1] for k in ("before", "after"))
         if before not in names or after not in names:
             continue
         for col in (before, after):
             if col not in columns:
                 columns[col] = [_number(v) for v in table.column(col).to_pylist()]
-        if not any(v is not None for v in columns[before]):
-            continue
-        charts.append({"label": {"ifd": "IFD", "rifd": "r-IFD"}.get(score, score), "before": before, "after": after,
-                       "threshold": 1.0})
+        values = read_values(run_dir, spec["before"]), read_values(run_dir, spec["after"])
+        bins = histogram_bins(*values)
+        charts.append({"label": SCORE_LABELS.get(score, score), "before": before, "after": after,
+                       "before_label": figures[0].title(), "after_label": figures[-1].title(),
+                       "figures": [{"label": f.label, "source": f.source, **shown(f)} for f in figures],
+                       "bins": bins.as_dict(), "clipped": clipped(bins, *values), "notes": clip_notes(bins, *values),
+                       "cutoffs": cutoffs(meta, score)})
     return charts
 
 
@@ -281,7 +290,8 @@ def _title(run_dir: Path, meta: Mapping[str, Any]) -> str:
 def _meta_for_page(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of run.json the page shows, with the settings split into what they describe."""
     keep = ("kind", "source", "teacher", "student", "scoring", "selection", "counts", "reasons", "teacher_requests",
-            "prompts", "srt_hf_version", "created", "derived_from", "hub", "space", "smoke_test", "layouts_sent")
+            "teacher_usage", "teacher_written", "command", "prompts", "srt_hf_version", "created", "derived_from", "hub",
+            "space", "smoke_test", "layouts_sent")
     page = {k: meta[k] for k in keep if k in meta}
     page["settings"] = settings_rows(meta)
     return page

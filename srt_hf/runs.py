@@ -1,7 +1,8 @@
 """The run folder: what `srt-hf recycle` and `srt-hf select` leave behind, and what `srt-hf push` uploads.
 
     RUN/
-      run.json           metadata: versions, teacher, student, preset, prompts, selection rule, counts, stats
+      run.json           metadata: versions, the command, teacher, student, preset, prompts, selection rule, counts,
+                         score figures per population (srt_hf.figures)
       rows.parquet       every input row, with original / reflected / chosen texts, scores and statuses
       selected.parquet   the rows kept by the selection rule
       sft/train.parquet  the kept rows as conversational prompt/completion records (TRL SFT format)

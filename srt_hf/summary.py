@@ -64,6 +64,8 @@ def score_summary(statuses: Sequence[str], ifd: Sequence[float | None], rifd: Se
 
 def recycle_summary(meta: dict) -> str:
     """The end-of-run table of `srt-hf recycle`: what each stage changed and what was kept."""
+    from .pipeline import BETTER_ANSWERS_KEPT, NEW_PAIRS_KEPT
+
     counts, requests = meta["counts"], meta.get("teacher_requests", {})
     kinds = meta.get("status_kinds", {})
     failures = {
@@ -71,8 +73,8 @@ def recycle_summary(meta: dict) -> str:
     }
     rows = [
         ["rows in", counts["input"]],
-        ["instructions replaced", counts["instructions replaced"]],
-        ["responses replaced", counts["responses replaced"]],
+        [NEW_PAIRS_KEPT, counts.get(NEW_PAIRS_KEPT, "-")],
+        [BETTER_ANSWERS_KEPT, counts.get(BETTER_ANSWERS_KEPT, "-")],
         ["instruction reflections failed", failures.get("instruction_reflection", 0)],
         ["response reflections failed", failures.get("response_reflection", 0)],
         ["reflections without a usable reply", _unusable_share(kinds)],
@@ -83,19 +85,13 @@ def recycle_summary(meta: dict) -> str:
         ["teacher replies from cache", requests.get("cache_hits", 0)],
         *([["teacher replies too large (invalid)", requests["oversized"]]] if requests.get("oversized") else []),
         ["rows kept", counts["selected"]],
+        *teacher_written_rows(meta),
     ]
-    stats = meta["stats"]
-    medians = [
-        [name, stats[name]["before"]["median"], stats[name]["after"]["median"], stats[name]["before"]["n"], stats[name]["after"]["n"]]
-        for name in ("ifd", "rifd")
-    ]
-    medians = [[r[0], *(float("nan") if v is None else v for v in r[1:3]), r[3], r[4]] for r in medians]
     reasons = meta.get("reasons", {})
-    parts = [
-        table(["stage", "rows"], rows),
-        "",
-        table(["score", "median before", "median after", "n before", "n after"], medians),
-    ]
+    parts = [table(["stage", "rows"], rows)]
+    scores = figures_table(meta)
+    if scores:
+        parts += ["", scores]
     usage = teacher_usage_rows(meta.get("teacher_usage", {}))
     if usage:
         parts += ["", table(["teacher stage", "replies", "batch", "online", "prompt tokens", "completion tokens"], usage)]
@@ -105,6 +101,28 @@ def recycle_summary(meta: dict) -> str:
     if bad:
         parts += ["", table(["reflection status", "rows"], list(bad.items()))]
     return "\n".join(parts)
+
+
+def teacher_written_rows(meta: dict) -> list[list[object]]:
+    """The training prompts and completions the teacher wrote (run.json ``teacher_written``), "k of n"."""
+    written = meta.get("teacher_written")
+    if not written:
+        return []
+    n = written["training rows"]
+    return [[f"training {what} written by the teacher", f"{written[f'training {what}']} of {n}"]
+            for what in ("prompts", "completions")]
+
+
+def figures_table(meta: dict) -> str:
+    """One line per score and population (run.json ``score_figures``): n, mean, median, min, max, share < 1,
+    written as :func:`srt_hf.figures.show` writes them (the card and the report print the same)."""
+    from .figures import SCORE_LABELS, STATS, figures_from_meta, shown
+
+    rows = [[SCORE_LABELS.get(score, score), f.label, *shown(f).values()]
+            for score, figs in figures_from_meta(meta).items() for f in figs]
+    if not rows:
+        return ""
+    return table(["score", "population", *[s.replace("share_below_1", "share < 1") for s in STATS]], rows)
 
 
 def teacher_usage_rows(usage: dict[str, dict[str, dict[str, int]]]) -> list[list[object]]:

@@ -105,7 +105,8 @@ def make_recycle_run(root: Path, n: int = 40, *, meta_extra: dict | None = None)
     import datasets
 
     from srt_hf.formats import ColumnMapping
-    from srt_hf.selection import quantiles, write_selection_run
+    from srt_hf.pipeline import BETTER_ANSWERS_KEPT, NEW_PAIRS_KEPT
+    from srt_hf.selection import write_selection_run
     from srt_hf.status import kind_of
 
     cols = recycle_rows(n)
@@ -123,16 +124,14 @@ def make_recycle_run(root: Path, n: int = 40, *, meta_extra: dict | None = None)
         "selection": rule,
         "counts": {
             "input": n, "read ok": n, "instruction reflections ok": inst.count("ok"),
-            "instructions replaced": cols["instruction_choice"].count("reflected"),
+            NEW_PAIRS_KEPT: cols["instruction_choice"].count("reflected"),
             "response reflections ok": resp.count("ok"),
-            "responses replaced": cols["response_choice"].count("reflected"),
+            BETTER_ANSWERS_KEPT: cols["response_choice"].count("reflected"),
         },
         "status_kinds": {"instruction_reflection": {k: inst.count(k) for k in sorted(set(inst))},
                          "response_reflection": {k: resp.count(k) for k in sorted(set(resp))}},
         "teacher_requests": {"requests_sent": 2 * n, "retried": 3, "failed": inst.count("request_failed"),
                              "cache_hits": 0},
-        "stats": {"ifd": {"before": quantiles(cols["original_ifd"]), "after": quantiles(cols["final_ifd"])},
-                  "rifd": {"before": quantiles(cols["original_rifd"]), "after": quantiles(cols["final_rifd"])}},
         "histograms": {"ifd": {"before": "rows.parquet:original_ifd", "after": "selected.parquet:final_ifd"},
                        "rifd": {"before": "rows.parquet:original_rifd", "after": "selected.parquet:final_rifd"}},
         "config": {"student": "tiny", "preset": "reflection", "top_share": None, "chunk_rows": 64,

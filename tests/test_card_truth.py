@@ -35,10 +35,14 @@ def test_recycle_card_states_the_counts_of_the_run(tmp_path):
     assert inst_used and better and pair and len(inst_why) == 2  # the fixture exercises every branch
     paragraph = text.split("**What the teacher changed.**", 1)[1].split("\n\n", 1)[0]
     quoted = re.findall(r"`([^`]*)`", paragraph)
-    assert quoted == [s for s, _ in inst_why] + [s for s, _ in resp_why]
+    assert quoted == ["sft/train.parquet"] + [s for s, _ in inst_why] + [s for s, _ in resp_why]
     numbers = re.findall(r"\d+(?:\.\d+)?", re.sub(r"`[^`]*`", "", paragraph))
     resp_used = pair + better
+    kept = [(a, b) for a, b, s in zip(cols["instruction_choice"], cols["response_choice"], cols["selected"]) if s]
+    completions = sum("reflected" in ab for ab in kept)  # the teacher's answer came with its pair, or was its better one
+    prompts = sum(a == "reflected" for a, _ in kept)
     expected = [n, inst_used, percent(inst_used, n), resp_used, percent(resp_used, n), pair, better,
+                len(kept), completions, percent(completions, len(kept)), prompts, percent(prompts, len(kept)),
                 inst.count("ok"), n, n - inst.count("ok"), *[c for _, c in inst_why],
                 resp.count("ok"), n, n - resp.count("ok"), *[c for _, c in resp_why]]
     assert numbers == [str(v).rstrip("%") for v in expected], paragraph
@@ -50,9 +54,10 @@ def test_recycle_card_states_the_counts_of_the_run(tmp_path):
     assert "r-IFD ≥ 1 means" in text  # recycle computes r-IFD
     after = sorted(v for v, s in zip(cols["final_ifd"], cols["selected"]) if s)
     share = percent(sum(v < 1 for v in after) / len(after))
-    assert re.search(rf"\| after \(`selected.parquet:final_ifd`\) \| {len(after)} \| [^|]+ \| [^|]+ \| {share} \|", text)
-    assert f"Lowest kept IFD: {after[0]:.4g}." in text
-    assert tuple(charts.LOWEST) in colours(read_png(run / "images" / "ifd_histogram.png"))
+    assert re.search(rf"\| final, kept rows \(`selected.parquet:final_ifd`\) \| {len(after)} \|( [^|]+ \|){{4}} {share} \|", text)
+    assert "lowest kept" not in text.lower()  # no cutoff under `ifd < 1 and rifd < 1`: the line is the rule's 1
+    assert "Cutoffs: rule: IFD < 1." in text and "Cutoffs: rule: r-IFD < 1." in text
+    assert tuple(charts.THRESHOLD) in colours(read_png(run / "images" / "ifd_histogram.png"))
 
 
 def test_select_card_leaves_out_what_the_run_did_not_do(tmp_path):
@@ -72,4 +77,4 @@ def test_select_card_leaves_out_what_the_run_did_not_do(tmp_path):
     intro = text.split("## How the data was made")[0]
     assert "rule\n`top_ifd_n`" in intro and "teacher" not in intro  # the rule that ran; no teacher in a select run
     assert card.data.license == "unknown"
-    assert re.search(r"\| after \(`selected.parquet:ifd`\) \| 5 \| [^|]+ \| [^|]+ \| 100% \|", text)
+    assert re.search(r"\| kept rows \(`selected.parquet:ifd`\) \| 5 \|( [^|]+ \|){4} 100% \|", text)

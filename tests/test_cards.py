@@ -234,7 +234,7 @@ def test_charts_are_reproducible(tmp_path):
     rng = np.random.default_rng(0)
     before, after = rng.gamma(2.0, 0.4, 200), rng.gamma(2.0, 0.3, 80)
     for name in ("a.png", "b.png"):
-        charts.histogram_png(tmp_path / name, "IFD", before, after, threshold=1.0)
+        charts.histogram_png(tmp_path / name, "IFD", before, after, cutoffs=[{"value": 1.0, "label": "rule: IFD < 1"}])
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert charts.THRESHOLD in colours(read_png(tmp_path / "a.png"))  # the dashed line at 1
     charts.histogram_png(tmp_path / "empty.png", "r-IFD", np.array([]), np.array([]))  # nothing scored: still a chart

@@ -89,7 +89,7 @@ def test_a_teacher_that_ignores_the_format(tmp_path, tiny_model_dir, demo):
         result = recycle(demo, teacher=teacher, student=str(tiny_model_dir), out=tmp_path / "run")
     rows = check_every_row_explained(result, 8)
     assert all(r["instruction_reflection_status"].startswith("parse_failed") for r in rows)
-    assert result.meta["counts"]["instructions replaced"] == 0
+    assert result.meta["counts"]["teacher's new pair kept (stage 2)"] == 0
 
 
 def test_bad_rows_flow_through_with_their_reason(tmp_path, tiny_model_dir):

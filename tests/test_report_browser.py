@@ -3,6 +3,7 @@ escaping and a clean console. Skipped, with the reason, where no Chromium or no 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from report_runs import (
 from test_cards import make_run, no_network  # noqa: F401  (fixture re-used)
 
 from srt_hf import cli, report
+from srt_hf.figures import STATS
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +130,14 @@ def test_rows_links_filters_and_diffs_in_chromium(tmp_path, browser):
     assert page.inner_text(f"#row-{HOSTILE_ROW} [data-field=original_instruction]") == HOSTILE_INSTRUCTION
     assert page.query_selector_all("#rows img, #rows b, #rows style, #prompts b") == []
     assert page.eval_on_selector_all(".chart svg", "els => els.length") == 2
+    # the chart's figures are srt_hf's (the card's), under the population labels; the rule's cutoff line, no other
+    payload = report.build_payload(run, json.loads((run / "run.json").read_text()))
+    cells = page.eval_on_selector_all(".chart[data-score='IFD'] table tr", "trs => trs.map(t => t.innerText)")
+    assert len(cells) == 1 + len(payload["charts"][0]["figures"])
+    for f, line in zip(payload["charts"][0]["figures"], cells[1:]):
+        assert line.split("\t")[0].startswith(f["label"]) and line.split("\t")[1:] == [f[k] for k in STATS]
+    assert page.eval_on_selector_all(".chart[data-score='IFD'] line.cutoff", "els => els.length") == 1
+    assert "lowest kept" not in page.inner_text("#charts-card")
     assert problems == []
     page.close()
 

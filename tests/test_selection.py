@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -126,7 +127,9 @@ def test_cli_writes_a_run_folder(scored_file, tmp_path, capsys):
     assert meta["stats"]["ifd"]["before"]["n"] == 8 and meta["stats"]["ifd"]["after"]["min"] == 0.7
     assert (out / "README.md").read_text().strip()
     printed = capsys.readouterr().out
-    assert "kept 3 of 10 rows" in printed and "dropped: ifd >= 1" in printed and "ifd after" in printed
+    assert "kept 3 of 10 rows" in printed and "dropped: ifd >= 1" in printed
+    assert re.search(r"IFD\s+kept rows\s+3\s+[\d.]+\s+[\d.]+\s+0\.700\s", printed)  # the population and its n
+    assert [f["label"] for f in meta["score_figures"]["ifd"]] == ["all rows", "kept rows"]
 
 
 def test_cli_zero_rows_is_a_legal_explained_run(scored_file, tmp_path):

@@ -63,7 +63,7 @@
     if (typeof v === 'object') return JSON.stringify(v);
     return String(v);
   }
-  function pct(part, whole) { return whole ? (100 * part / whole).toFixed(part === whole || part === 0 ? 0 : 1) + '%' : '–'; }
+  function pct(part, whole) { return whole ? (100 * part / whole).toFixed(1).replace(/\.0$/, '') + '%' : '–'; }  // as srt_hf.cards.common.percent
   function safeUrl(u) { return typeof u === 'string' && /^https:\/\//.test(u) ? u : null; }
   function label(name) { return String(name).replace(/_/g, ' '); }
 
@@ -207,6 +207,16 @@
       row('Teacher requests', [fmt(r.requests_sent || 0), ' sent, ', fmt(r.retried || 0), ' retried, ', fmt(r.failed || 0),
         ' failed, ', fmt(r.cache_hits || 0), ' from cache']);
     }
+    var w = META.teacher_written;
+    if (w) {
+      var rows = w['training rows'];
+      row('Written by the teacher', fmt(w['training completions']) + ' of ' + fmt(rows) + ' training completions (' +
+        pct(w['training completions'], rows) + '), ' + fmt(w['training prompts']) + ' of ' + fmt(rows) + ' training prompts (' +
+        pct(w['training prompts'], rows) + ')');
+    }
+    var usage = tokenTotals(META.teacher_usage);
+    if (usage) row('Teacher tokens', fmt(usage.prompt_tokens) + ' prompt, ' + fmt(usage.completion_tokens) + ' completion (' + fmt(usage.replies) + ' replies)');
+    if (META.command && META.command.text) row('Command', el('code', null, META.command.text));
     if (META.derived_from) row('Derived from', META.derived_from);
     var hub = obj(META.hub, 'repo_id'), space = obj(META.space, 'repo_id');
     if (hub.repo_id) row('Dataset on the Hub', link(safeUrl(hub.url) || 'https://huggingface.co/datasets/' + hub.repo_id, hub.repo_id));
@@ -223,6 +233,16 @@
     add($('footer'), foot);
   }
 
+  function tokenTotals(usage) {  // run.json teacher_usage: {stage: {batch|online: {replies, prompt_tokens, completion_tokens}}}
+    if (!usage || typeof usage !== 'object') return null;
+    var t = { replies: 0, prompt_tokens: 0, completion_tokens: 0 };
+    Object.keys(usage).forEach(function (stage) {
+      Object.keys(usage[stage] || {}).forEach(function (src) {
+        Object.keys(t).forEach(function (k) { t[k] += Number((usage[stage][src] || {})[k]) || 0; });
+      });
+    });
+    return t.replies ? t : null;
+  }
   function obj(v, key) {
     if (v && typeof v === 'object') return v;
     var o = {};
@@ -238,7 +258,7 @@
     var box = $('funnel');
     names.forEach(function (name, k) {
       var n = Number(counts[name]) || 0;
-      var final = /selected|sft|kept/.test(name);
+      var final = /^(selected|sft)$/.test(name);
       add(box, el('div', { class: 'step' },
         el('div', { class: 'label', title: name }, name),
         el('div', { class: 'bar', title: name + ': ' + fmt(n) + ' of ' + fmt(top) + ' (' + pct(n, top) + ')' },
@@ -282,31 +302,31 @@
   }
 
   function chart(ch) {
+    // the bins, the clipping and the figures come from srt_hf (figures.py, charts.py): the same as the card's PNG
     var before = [], after = [];
     for (var i = 0; i < N; i++) {
       var b = num(ch.before, i), a = num(ch.after, i);
       if (finite(b)) before.push(b);
       if (finite(a) && isSelected(i)) after.push(a);
     }
-    var both = before.concat(after).sort(function (p, q) { return p - q; });
-    var lo = quantile(both, 0), hi = quantile(both, 1);
-    if (lo === null) { lo = 0; hi = 1; }
-    else {  // far outliers fall into the edge bins instead of squashing the rest
-      var q1 = quantile(both, 0.25), q3 = quantile(both, 0.75), fence = 3 * (q3 - q1);
-      if (fence > 0) { lo = Math.max(lo, q1 - fence); hi = Math.min(hi, q3 + fence); }
-    }
-    if (!(hi > lo)) { lo -= 0.5; hi += 0.5; }
-    var bins = 30, width = (hi - lo) / bins;
+    var lo = ch.bins.lo, hi = ch.bins.hi, bins = ch.bins.count, width = (hi - lo) / bins;
     function bin(v) { return Math.max(0, Math.min(bins - 1, Math.floor((v - lo) / width))); }
     var hb = new Array(bins).fill(0), ha = new Array(bins).fill(0);
     before.forEach(function (v) { hb[bin(v)]++; });
     after.forEach(function (v) { ha[bin(v)]++; });
+    function outside(which, k) { return (ch.clipped[which] || [0, 0])[k === 0 ? 0 : 1] > 0; }  // counted by srt_hf
     var ymax = Math.max(1, Math.max.apply(null, hb.concat(ha)));
 
-    var W = 620, H = 256, ml = 40, mr = 12, mt = 20, mb = 34, pw = W - ml - mr, ph = H - mt - mb;
+    var W = 620, H = 256, ml = 40, mr = 12, mt = 20 + 12 * Math.max(0, (ch.cutoffs || []).length - 1), mb = 34;
+    var pw = W - ml - mr, ph = H - mt - mb;
     function X(v) { return ml + (v - lo) / (hi - lo) * pw; }
     function Y(c) { return mt + ph - c / ymax * ph; }
-    var g = svg('svg', { viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': ch.label + ' histogram before and after' });
+    var g = svg('svg', { viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': ch.label + ': ' + ch.before_label + ' vs ' + ch.after_label });
+    var defs = svg('defs');
+    var pat = svg('pattern', { id: 'hatch-' + ch.before, width: 6, height: 6, patternUnits: 'userSpaceOnUse', patternTransform: 'rotate(45)' });
+    pat.appendChild(svg('line', { x1: 0, y1: 0, x2: 0, y2: 6, stroke: 'white', 'stroke-width': 2.5 }));
+    defs.appendChild(pat);
+    g.appendChild(defs);
     var step = Math.max(1, Math.ceil(ymax / 4));
     ymax = step * Math.ceil(ymax / step);
     for (var yv = 0; yv <= ymax; yv += step) {
@@ -315,18 +335,25 @@
       g.appendChild(svg('text', { x: ml - 6, y: yy + 4, 'text-anchor': 'end', 'font-size': 11, fill: '#5b636e', text: yv }));
     }
     var bw = pw / bins;
+    function bar(grp, x, count, color, hatched) {
+      var attrs = { x: x, y: Y(count), width: bw / 2 - 1, height: ph - (Y(count) - mt) };
+      grp.appendChild(svg('rect', Object.assign({ fill: color }, attrs)));
+      if (hatched) grp.appendChild(svg('rect', Object.assign({ fill: 'url(#hatch-' + ch.before + ')', class: 'clipped' }, attrs)));
+    }
     for (var k = 0; k < bins; k++) {
       var x0 = ml + k * bw, from = lo + k * width, to = from + width;
+      var edge = k === 0 || k === bins - 1;
       var grp = svg('g', { class: 'bin' });
-      var range = (k === 0 && both[0] < lo ? '≤ ' + to.toFixed(3) : k === bins - 1 && both[both.length - 1] > hi ? '≥ ' + from.toFixed(3)
+      var clippedHere = edge && (outside('before', k) || outside('after', k));
+      var range = (k === 0 && clippedHere ? '≤ ' + to.toFixed(3) : k === bins - 1 && clippedHere ? '≥ ' + from.toFixed(3)
         : from.toFixed(3) + ' – ' + to.toFixed(3));
-      grp.appendChild(svg('title', { text: ch.label + ' ' + range + ': before ' + hb[k] + ', after ' + ha[k] }));
+      grp.appendChild(svg('title', { text: ch.label + ' ' + range + ': ' + ch.before_label + ' ' + hb[k] + ', ' + ch.after_label + ' ' + ha[k] }));
       grp.appendChild(svg('rect', { class: 'hit', x: x0, y: mt, width: bw, height: ph, fill: 'transparent' }));
-      if (hb[k]) grp.appendChild(svg('rect', { x: x0 + 1, y: Y(hb[k]), width: bw / 2 - 1, height: ph - (Y(hb[k]) - mt), fill: 'rgb(120,144,176)' }));
-      if (ha[k]) grp.appendChild(svg('rect', { x: x0 + bw / 2, y: Y(ha[k]), width: bw / 2 - 1, height: ph - (Y(ha[k]) - mt), fill: 'rgb(230,126,34)' }));
+      if (hb[k]) bar(grp, x0 + 1, hb[k], 'rgb(120,144,176)', edge && outside('before', k));
+      if (ha[k]) bar(grp, x0 + bw / 2, ha[k], 'rgb(230,126,34)', edge && outside('after', k));
       (function (a, b, edgeLo, edgeHi) {
         grp.addEventListener('click', function () {
-          state.range = { col: ch.before, label: ch.label + ' before', lo: edgeLo ? -Infinity : a, hi: edgeHi ? Infinity : b };
+          state.range = { col: ch.before, label: ch.label + ' (' + ch.before_label + ')', lo: edgeLo ? -Infinity : a, hi: edgeHi ? Infinity : b };
           state.page = 0; update(true);
         });
       })(from, to, k === 0, k === bins - 1);
@@ -335,35 +362,31 @@
     g.appendChild(svg('line', { x1: ml, x2: W - mr, y1: mt + ph, y2: mt + ph, stroke: '#8a929c' }));
     for (var s = 0; s <= 5; s++) {
       var xv = lo + (hi - lo) * s / 5;
-      var more = s === 5 && both[both.length - 1] > hi ? '+' : s === 0 && both[0] < lo ? '−' : '';
-      g.appendChild(svg('text', { x: X(xv), y: H - mb + 16, 'text-anchor': 'middle', 'font-size': 11, fill: '#5b636e', text: xv.toFixed(2) + more }));
+      g.appendChild(svg('text', { x: X(xv), y: H - mb + 16, 'text-anchor': 'middle', 'font-size': 11, fill: '#5b636e', text: xv.toFixed(2) }));
     }
     g.appendChild(svg('text', { x: ml + pw / 2, y: H - 4, 'text-anchor': 'middle', 'font-size': 12, fill: '#1f2328', text: ch.label }));
-    if (ch.threshold !== null && ch.threshold > lo && ch.threshold < hi) {
-      g.appendChild(svg('line', { x1: X(ch.threshold), x2: X(ch.threshold), y1: mt, y2: mt + ph, stroke: 'rgb(200,40,40)', 'stroke-dasharray': '5 4', 'stroke-width': 1.5 }));
-    }
-    var minKept = after.length ? Math.min.apply(null, after) : null;
-    if (minKept !== null && minKept >= lo && minKept <= hi) {
-      var xm = X(minKept);
-      g.appendChild(svg('line', { x1: xm, x2: xm, y1: mt, y2: mt + ph, stroke: '#2e8b57', 'stroke-width': 1.5 }));
-      var tx = xm + 4 > W - mr - 120 ? xm - 4 : xm + 4;
-      g.appendChild(svg('text', { x: tx, y: mt - 3, 'text-anchor': tx < xm ? 'end' : 'start', 'font-size': 11, fill: '#2e8b57',
-        text: 'lowest kept ' + minKept.toFixed(3) }));
-    }
-    var sb = before.slice().sort(function (p, q) { return p - q; }), sa = after.slice().sort(function (p, q) { return p - q; });
-    function under1(arr) { return arr.length ? pct(arr.filter(function (v) { return v < 1; }).length, arr.length) : '–'; }
-    var table = el('table', null,
-      el('tr', null, el('th', null, ch.label), el('th', { class: 'num' }, 'rows'), el('th', { class: 'num' }, 'median'),
-        el('th', { class: 'num' }, 'min'), el('th', { class: 'num' }, 'max'), el('th', { class: 'num' }, 'share < 1')),
-      el('tr', null, el('td', null, [swatch('rgb(120,144,176)'), 'before ', el('code', { class: 'muted' }, ch.before)]),
-        el('td', { class: 'num' }, fmt(sb.length)), el('td', { class: 'num' }, fmt(quantile(sb, 0.5))),
-        el('td', { class: 'num' }, fmt(sb.length ? sb[0] : null)), el('td', { class: 'num' }, fmt(sb.length ? sb[sb.length - 1] : null)),
-        el('td', { class: 'num' }, under1(sb))),
-      el('tr', null, el('td', null, [swatch('rgb(230,126,34)'), 'after (kept) ', el('code', { class: 'muted' }, ch.after)]),
-        el('td', { class: 'num' }, fmt(sa.length)), el('td', { class: 'num' }, fmt(quantile(sa, 0.5))),
-        el('td', { class: 'num' }, fmt(sa.length ? sa[0] : null)), el('td', { class: 'num' }, fmt(sa.length ? sa[sa.length - 1] : null)),
-        el('td', { class: 'num' }, under1(sa))));
-    return el('div', { class: 'chart', 'data-score': ch.label }, el('h3', { class: 'small', style: 'margin:0 0 4px' }, ch.label), g, table);
+    (ch.cutoffs || []).forEach(function (c, j) {  // the selection rule's cutoffs on this score; a rule without one draws none
+      if (!(c.value >= lo && c.value <= hi)) return;
+      var xc = X(c.value);
+      g.appendChild(svg('line', { class: 'cutoff', x1: xc, x2: xc, y1: mt, y2: mt + ph, stroke: 'rgb(200,40,40)', 'stroke-dasharray': '5 4', 'stroke-width': 1.5 }));
+      var tx = xc + 4 > W - mr - 160 ? xc - 4 : xc + 4;
+      g.appendChild(svg('text', { x: tx, y: mt - 3 - 12 * j, 'text-anchor': tx < xc ? 'end' : 'start', 'font-size': 11, fill: 'rgb(200,40,40)',
+        text: c.label }));
+    });
+    var head = el('tr', null, el('th', null, ch.label));
+    ['n', 'mean', 'median', 'min', 'max', 'share < 1'].forEach(function (h) { add(head, el('th', { class: 'num' }, h)); });
+    var table = el('table', null, head);
+    (ch.figures || []).forEach(function (f, j) {
+      var color = j === 0 ? 'rgb(120,144,176)' : j === ch.figures.length - 1 ? 'rgb(230,126,34)' : null;
+      var tr = el('tr', null, el('td', null, [color ? swatch(color) : null, f.label + ' ', el('code', { class: 'muted' }, f.source)]));
+      ['n', 'mean', 'median', 'min', 'max', 'share_below_1'].forEach(function (key) { add(tr, el('td', { class: 'num' }, f[key])); });
+      add(table, tr);
+    });
+    var notes = [];
+    if (!(ch.cutoffs || []).length) notes.push('The selection rule has no cutoff on ' + ch.label + ', so no line is drawn.');
+    (ch.notes || []).forEach(function (n) { notes.push('Clipped: ' + n + '.'); });
+    return el('div', { class: 'chart', 'data-score': ch.label }, el('h3', { class: 'small', style: 'margin:0 0 4px' }, ch.label),
+      g, table, notes.length ? el('p', { class: 'muted small' }, notes.join(' ')) : null);
   }
   function swatch(color) { return el('span', { class: 'swatch', style: 'background:' + color }); }
 

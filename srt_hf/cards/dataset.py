@@ -38,6 +38,7 @@ import numpy as np
 from .. import PROJECT_URL, __version__
 from ..charts import histogram_png
 from ..runs import INTERNAL_SETTINGS, ROWS, SELECTED, SFT, RunPaths, read_meta
+from ..selection.decisions import SELECTED as SELECTED_COLUMN
 from .citations import citations_for, run_methods
 from .common import (
     BASE_TAGS,
@@ -70,17 +71,14 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
     meta = read_meta(run_dir) if paths.meta.is_file() else {}
     source = as_dict(meta.get("source"), "name")
     repo_id = repo_id or as_dict(meta.get("hub"), "repo_id").get("repo_id")
-    license = license or source.get("license")
 
     files = [_describe_file(run_dir, name, rel, text) for name, rel, text in DATA_CONFIGS if (run_dir / rel).is_file()]
-    docs = column_docs(meta)
-    for f in files:
-        for column in f["columns"]:
-            column["description"] = docs.get(column["name"], "")
+    columns = column_dictionary(files, column_docs(meta))
     counts = _counts(meta, files)
+    license_origin = "flag" if license else source.get("license_from") or "source"
     largest = max([f["rows"] for f in files] + [0])
     metadata: dict[str, Any] = {
-        "license": license or "unknown",
+        "license": license or source.get("license") or "unknown",
         "task_categories": ["text-generation"],
         "size_categories": [size_category(largest)],
         "tags": [*BASE_TAGS, "ifd", "data-selection", "instruction-tuning"]
@@ -101,7 +99,8 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
     space = as_dict(meta.get("space"), "repo_id")
     context = {
         "project_url": PROJECT_URL,
-        "teacher_use": teacher_use(run_dir) if meta.get("kind", "recycle") == "recycle" else None,
+        "teacher_use": teacher_use(run_dir, meta) if meta.get("kind", "recycle") == "recycle" else None,
+        "written": meta.get("teacher_written"),  # the training prompts / completions the teacher wrote
         "has_rifd": any(c["score"] == "r-IFD" for c in charts),
         "report": paths.rows.is_file(),
         "space": space if space.get("repo_id") else None,
@@ -110,7 +109,8 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
         "kind": meta.get("kind", "recycle"),
         "repo_id": repo_id,
         "load_id": repo_id or "path/to/" + run_dir.resolve().name,
-        "license": license,
+        "license": license or source.get("license"),
+        "license_origin": license_origin if (license or source.get("license")) else None,
         "source": source,
         **provenance(meta),
         "prompts": dict(meta.get("prompts") or {}),
@@ -120,6 +120,10 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
         "counts": counts,
         "reasons": dict(meta.get("reasons") or {}),
         "files": files,
+        "columns": columns,
+        "samples": {f["config"]: sample_record(run_dir / f["path"]) for f in files},
+        "command": as_dict(meta.get("command"), "text").get("text"),
+        "train": _training(meta, repo_id or str(run_dir)),
         "charts": charts,
         "version": meta.get("srt_hf_version", __version__),
         "created": meta.get("created"),
@@ -130,11 +134,79 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
 
 
 def column_docs(meta: Mapping[str, Any]) -> dict[str, str]:
-    """Descriptions of the columns: those of the modules that produce them, then run.json's ``columns``."""
+    """Descriptions of the columns: those of the modules that produce them (a select run of a recycle folder
+    carries the recycle columns), then run.json's ``columns``."""
     from ..formats import COLUMN_DOCS as FORMAT_DOCS
+    from ..pipeline import COLUMN_DOCS as RECYCLE_DOCS
     from ..scoring import COLUMN_DOCS as SCORE_DOCS
 
-    return {**FORMAT_DOCS, **SCORE_DOCS, **{str(k): str(v) for k, v in (meta.get("columns") or {}).items()}}
+    return {**FORMAT_DOCS, **SCORE_DOCS, **RECYCLE_DOCS,
+            **{str(k): str(v) for k, v in (meta.get("columns") or {}).items()}}
+
+
+#: The description of a column srt_hf did not write: the input's own, passed through.
+INPUT_COLUMN = "from the input data, as read"
+#: Column prefixes of a recycle run's scores (the scorer's columns, prefixed) and the pair they score.
+SCORED_PAIRS = (("original_", "the original pair"), ("reflected_pair_", "the teacher's new pair (stage 1)"),
+                ("better_response_", "the kept instruction with the teacher's better answer (stage 3)"),
+                ("better_", "the kept instruction with the teacher's better answer (stage 3)"),
+                ("final_", "the final pair"))
+
+
+def describe_column(name: str, docs: Mapping[str, str]) -> str:
+    """``docs[name]``, else the description of the scorer column it prefixes (``original_loss_A_cond`` →
+    that of ``loss_A_cond``, "of the original pair"); else the column came with the input data (every column
+    srt_hf writes is documented)."""
+    if docs.get(name):
+        return docs[name]
+    for prefix, pair in SCORED_PAIRS:
+        rest = name.removeprefix(prefix)
+        if rest != name and docs.get(rest):
+            return f"{docs[rest]}; of {pair}"
+    return INPUT_COLUMN
+
+
+def column_dictionary(files: Sequence[Mapping[str, Any]], docs: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every column of the data files once: name, type, the configs that hold it, description."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for column in f["columns"]:
+            entry = out.setdefault(column["name"], {"name": column["name"], "type": column["type"], "configs": [],
+                                                    "description": describe_column(column["name"], docs)})
+            entry["configs"].append(f["config"])
+    return list(out.values())
+
+
+def sample_record(path: Path, *, limit: int = 300) -> str:
+    """The first row of a Parquet file as indented JSON, each text cut at ``limit`` characters ("…" marks a cut)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    if not file.metadata.num_rows:
+        return ""
+    row = file.read_row_group(0).slice(0, 1).to_pylist()[0]
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, str):
+            return value if len(value) <= limit else value[:limit] + "…"
+        if isinstance(value, list):
+            return [cut(v) for v in value]
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        if isinstance(value, float):
+            return round(value, 4) if np.isfinite(value) else None
+        return value
+
+    return json.dumps(cut(row), ensure_ascii=False, indent=2, default=str)
+
+
+def _training(meta: Mapping[str, Any], dataset: str) -> dict[str, str]:
+    """What the training snippets name: the dataset and the run's student (its Hub id where there is one)."""
+    student = as_dict(meta.get("student"), "model")
+    model = student.get("hub_id") or student.get("model") or "HuggingFaceTB/SmolLM2-135M-Instruct"
+    return {"dataset": dataset, "model": str(model), "output_dir": f"{str(model).split('/')[-1]}-srt"}
 
 
 def size_category(n: int) -> str:
@@ -149,19 +221,23 @@ def size_category(n: int) -> str:
     return "n>1T"
 
 
-def teacher_use(run_dir: Path) -> dict[str, Any] | None:
+def teacher_use(run_dir: Path, meta: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """What the teacher's versions did in a recycle run, counted from rows.parquet: per stage how many
-    reflections succeeded, how many failed and why (the full statuses, most frequent first), and for how many
-    rows the final text is the teacher's. None when the columns are missing."""
+    reflections succeeded, how many failed and why (the full statuses, most frequent first); over all rows, for
+    how many the final text is the teacher's; and of the training rows, how many prompts and completions the
+    teacher wrote (run.json ``teacher_written``, :func:`srt_hf.figures.teacher_written`). None when the columns
+    are missing."""
     import pyarrow.parquet as pq
 
+    from ..figures import teacher_written
     from ..status import is_ok
 
     names = ("instruction_reflection_status", "instruction_choice", "response_reflection_status", "response_choice")
     path = RunPaths(Path(run_dir)).rows
     if not path.is_file() or not set(names) <= set(pq.read_schema(path).names):
         return None
-    cols = pq.read_table(path, columns=list(names)).to_pydict()
+    has_selected = SELECTED_COLUMN in pq.read_schema(path).names
+    cols = pq.read_table(path, columns=[*names, *([SELECTED_COLUMN] if has_selected else [])]).to_pydict()
     n = len(cols[names[0]])
 
     def stage(status: list, choice: list) -> dict[str, Any]:
@@ -178,8 +254,10 @@ def teacher_use(run_dir: Path) -> dict[str, Any] | None:
     instruction = stage(cols[names[0]], cols[names[1]])
     response = stage(cols[names[2]], cols[names[3]])
     pair = sum(a == "reflected" and b != "reflected" for a, b in zip(cols[names[1]], cols[names[3]]))
+    written = (meta or {}).get("teacher_written") or (
+        teacher_written(cols, [bool(v) for v in cols[SELECTED_COLUMN]]) if has_selected else None)
     return {"rows": n, "instruction": instruction, "response": response,
-            "responses_used": pair + response["used"], "responses_from_pair": pair}
+            "responses_used": pair + response["used"], "responses_from_pair": pair, "written": written}
 
 
 def _is_hub_dataset(name: Any) -> bool:
@@ -236,46 +314,24 @@ def _counts(meta: Mapping[str, Any], files: Sequence[Mapping[str, Any]]) -> dict
 
 
 def _write_histograms(run_dir: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One before → after histogram per score; a score whose columns are missing is skipped."""
-    specs = dict(meta.get("histograms") or {})
-    for score in ("ifd", "rifd"):
-        specs.setdefault(score, {"before": f"{ROWS}:{score}", "after": f"{SELECTED}:{score}"})
+    """One chart per score with figures (:func:`srt_hf.figures.score_figures`): all rows (``before``) against the
+    kept rows (``after``), the rule's cutoffs on it, and the table of every population's figures."""
+    from ..charts import clip_notes, histogram_bins
+    from ..figures import SCORE_LABELS, cutoffs, histogram_specs, read_values, score_figures, shown
+
+    specs = histogram_specs(meta)
     charts = []
-    for score, spec in specs.items():
-        before, after = _read_scores(run_dir, spec.get("before")), _read_scores(run_dir, spec.get("after"))
-        if before is None or after is None or not (len(before) or len(after)):
-            continue
+    for score, figures in score_figures(run_dir, meta).items():
+        spec = specs[score]
+        before, after = read_values(run_dir, spec["before"]), read_values(run_dir, spec["after"])
         rel = f"{IMAGES}/{score}_histogram.png"
         (run_dir / IMAGES).mkdir(exist_ok=True)
-        label = {"ifd": "IFD", "rifd": "r-IFD"}.get(score, score)
-        lowest = float(after.min()) if len(after) else None
-        histogram_png(run_dir / rel, label, before, after, threshold=1.0, lowest_kept=lowest)
-        charts.append({"score": label, "path": rel, "before": _stats(before), "after": _stats(after),
-                       "before_source": spec.get("before"), "after_source": spec.get("after"), "lowest_kept": lowest})
+        label = SCORE_LABELS.get(score, score)
+        bins = histogram_bins(before, after)
+        lines = cutoffs(meta, score)
+        histogram_png(run_dir / rel, label, before, after, bins=bins, labels=(figures[0].title(), figures[-1].title()),
+                      cutoffs=lines)
+        charts.append({"score": label, "path": rel, "figures": [{**f.as_dict(), "shown": shown(f)} for f in figures],
+                       "before": figures[0].title(), "after": figures[-1].title(), "cutoffs": lines,
+                       "notes": clip_notes(bins, before, after)})
     return charts
-
-
-def _read_scores(run_dir: Path, spec: str | None) -> np.ndarray | None:
-    if not spec or ":" not in spec:
-        return None
-    import pyarrow.parquet as pq
-
-    rel, column = spec.rsplit(":", 1)
-    path = run_dir / rel
-    if not path.is_file() or column not in pq.read_schema(path).names:
-        return None
-    values = pq.read_table(path, columns=[column]).column(column).to_numpy(zero_copy_only=False)
-    if values.dtype == object:
-        return _finite(np.asarray([np.nan if v is None else v for v in values], dtype=float))
-    return _finite(values.astype(float))
-
-
-def _finite(values: np.ndarray) -> np.ndarray:
-    return values[np.isfinite(values)]
-
-
-def _stats(values: np.ndarray) -> dict[str, Any]:
-    if not len(values):
-        return {"n": 0, "mean": None, "median": None, "below_1": None}
-    return {"n": len(values), "mean": float(values.mean()), "median": float(np.median(values)),
-            "below_1": float((values < 1).mean())}

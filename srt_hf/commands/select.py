@@ -125,7 +125,9 @@ def _write_file(table, out: Path, *, keep_all: bool, drop) -> None:
 
 
 def _print_summary(table, meta: dict, out: Path, args) -> None:
+    from ..figures import ALL_ROWS, KEPT_ROWS
     from ..selection import REASON, SELECTED, reason_counts
+    from ..summary import figures_table, teacher_written_rows
     from ..summary import table as fmt_table
 
     reasons = table[REASON]
@@ -133,11 +135,17 @@ def _print_summary(table, meta: dict, out: Path, args) -> None:
     rule = meta["selection"]["rule"]
     print(f"\nsrt-hf select: {rule} kept {kept} of {len(reasons)} rows -> {out}\n")
     print(fmt_table(["reason", "rows"], list(reason_counts(reasons).items())))
-    stats = meta.get("stats") or {}
-    if stats:
+    written = teacher_written_rows(meta)  # rows of a recycle run: what the teacher wrote into the training data
+    if written:
+        print("\n" + fmt_table(["training data", "rows"], written))
+    scores = figures_table(meta)  # a run folder: the figures its card and report show
+    stats = {k: v for k, v in (meta.get("stats") or {}).items() if isinstance(v, dict) and "before" in v}
+    if not scores and stats:  # a file output: the method's own quantiles, over all rows and the kept rows
         rows = []
         for score, ba in stats.items():
-            for when in ("before", "after"):
+            for when, population in (("before", ALL_ROWS), ("after", KEPT_ROWS)):
                 q = ba[when]
-                rows.append([f"{score} {when}", q["n"], *[float("nan") if q[k] is None else q[k] for k in ("min", "p25", "median", "p75", "max")]])
-        print("\n" + fmt_table(["score", "n", "min", "p25", "median", "p75", "max"], rows))
+                rows.append([score, population, q["n"], *[float("nan") if q[k] is None else q[k] for k in ("min", "p25", "median", "p75", "max")]])
+        scores = fmt_table(["score", "population", "n", "min", "p25", "median", "p75", "max"], rows)
+    if scores:
+        print("\n" + scores)

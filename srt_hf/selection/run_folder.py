@@ -31,10 +31,11 @@ def write_selection_run(
 
     Writes rows.parquet (every row), selected.parquet (the kept rows, original order),
     sft/train.parquet (the kept rows as conversational prompt/completion records), run.json
-    (``meta`` + counts + versions; ``methods`` gains the scoring preset's) and README.md (the dataset card).
+    (``meta`` + counts + versions + the figures of :mod:`srt_hf.figures`; ``methods`` gains the scoring preset's)
+    and README.md (the dataset card).
     ``drop_columns`` are left out of the Parquet files (e.g. large embedding vectors). Returns the metadata written.
     """
-    from .. import runs
+    from .. import figures, invocation, runs
     from ..cards import write_dataset_card
     from ..dataio import write_tables
     from ..formats import ColumnMapping
@@ -67,10 +68,16 @@ def write_selection_run(
         "kind": "select",
         "srt_hf_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"command": command} if (command := invocation.current()) else {}),
         **meta,
         "counts": {"input": len(table), **meta.get("counts", {}), "selected": int(selected_mask.sum()), "sft": sft_rows},
         "reasons": reason_counts(reasons),
     }
+    full["score_figures"] = {score: [f.as_dict() for f in figs] for score, figs in figures.score_figures(run_dir, full).items()}
+    choices = [c for c in ("instruction_choice", "response_choice") if c in table.column_names]
+    written = figures.teacher_written(table.select_columns(choices).to_dict() if choices else {}, selected_mask.tolist())
+    if written is not None:
+        full["teacher_written"] = written
     if "methods" in meta:  # what the caller did, plus what its scores came from (older callers: the card infers)
         full["methods"] = list(dict.fromkeys([*meta["methods"], *preset_methods(meta.get("scoring"))]))
     full.setdefault("columns", {}).update({

@@ -116,8 +116,11 @@ class LocalTeacher(Teacher):
                 self._tokenizer, self._loaded_device = tokenizer, device
             return self._tokenizer, self._model
 
-    def generate_batch(self, conversations: Sequence[Messages], settings: dict[str, Any], schema: dict | None = None) -> list[tuple[str, bool]]:
-        """One ``generate`` call over a batch (blocking): each conversation's (reply, stopped at the token limit).
+    def generate_batch(self, conversations: Sequence[Messages], settings: dict[str, Any],
+                       schema: dict | None = None) -> list[tuple[str, bool, dict[str, int]]]:
+        """One ``generate`` call over a batch (blocking): each conversation's (reply, stopped at the token limit,
+        token usage). The usage is counted as a server counts it: ``prompt_tokens`` the prompt's tokens (padding
+        left out), ``completion_tokens`` the new tokens up to and including the end-of-sequence token.
 
         With ``schema`` the decoding is constrained to it (a JSON grammar, :class:`.structured.JSONGrammar`).
         """
@@ -154,7 +157,10 @@ class LocalTeacher(Teacher):
         new = out[:, prompt_length:]  # (B, T_new); rows that ended early are padded
         stops = _stop_ids(gen, tokenizer)
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [(text, _hit_limit(row.tolist(), stops, settings["max_new_tokens"])) for text, row in zip(texts, new)]
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()  # (B,): left padding is not counted
+        return [(text, _hit_limit(row.tolist(), stops, settings["max_new_tokens"]),
+                 {"prompt_tokens": int(n_prompt), "completion_tokens": _generated(row.tolist(), stops)})
+                for text, row, n_prompt in zip(texts, new, prompt_tokens)]
 
     @staticmethod
     def _render(tokenizer, messages: Messages) -> str:
@@ -209,7 +215,8 @@ class _LocalSession(TeacherSession):
                     try:
                         replies = await asyncio.to_thread(teacher.generate_batch, [c[0] for c in chunk], settings, schema)
                         cut = settings["max_new_tokens"]
-                        results = [Completion.reply(text, cut_at=cut if limit else None, attempts=1) for text, limit in replies]
+                        results = [Completion.reply(text, cut_at=cut if limit else None, attempts=1, usage=usage)
+                                   for text, limit, usage in replies]
                     except Exception as err:  # noqa: BLE001 - a failed batch becomes statuses, never a crash
                         logger.warning("local teacher: generate failed for %d prompts: %s", len(chunk), err)
                         teacher.stats.add(failed=len(chunk))
@@ -223,6 +230,14 @@ def _stop_ids(gen, tokenizer) -> set[int]:
     eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
     ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     return ids
+
+
+def _generated(row: list[int], stops: set[int]) -> int:
+    """The tokens a row generated: up to and including its first end-of-sequence token (after it: padding)."""
+    for i, token in enumerate(row):
+        if token in stops:
+            return i + 1
+    return len(row)
 
 
 def _hit_limit(row: list[int], stops: set[int], max_new_tokens: int) -> bool:
