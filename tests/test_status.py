@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from srt_hf import status
+from srt_hf.pipeline import BETTER_ANSWERS_KEPT, NEW_PAIRS_KEPT
 from srt_hf.summary import recycle_summary, score_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def test_summaries_count_by_kind():
     text = score_summary(["ok", "ok", "skipped: too long", "invalid: not a string"], [0.5, 0.7, None, None], None)
     assert re.search(r"ok\s+2", text) and re.search(r"skipped\s+1", text) and re.search(r"invalid\s+1", text)
     meta = {
-        "counts": {"input": 4, "instructions replaced": 1, "responses replaced": 0, "selected": 2},
+        "counts": {"input": 4, NEW_PAIRS_KEPT: 1, BETTER_ANSWERS_KEPT: 0, "selected": 2},
         "status_kinds": {"instruction_reflection": {"ok": 2, "parse_failed": 1, "truncated": 1},
                          "response_reflection": {"ok": 1, "request_failed": 3}},
         "stats": {s: {"before": {"median": 0.5, "n": 4}, "after": {"median": 0.4, "n": 2}} for s in ("ifd", "rifd")},

@@ -1,4 +1,4 @@
-"""The model card of a model trained on srt-hf data (``recipes/sft.py``, :func:`srt_hf.train.train_sft`).
+"""The model card of a model trained on srt-hf data (``srt-hf sft`` / ``recipes/sft.py``, :func:`srt_hf.train.train_sft`).
 
     write_model_card("outputs/smollm2-srt", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
                      dataset="me/alpaca-srt", hyperparameters=training_hyperparameters(trainer.args),
