@@ -23,7 +23,7 @@ import torch
 
 from srt_hf import IFDScorer, ScoringConfig
 from srt_hf.formats import detect_format, read_batch
-from srt_hf.reference import reference_losses
+from srt_hf.student.reference import reference_losses
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_cherry_5_percent.json"
 DEMO_DATA = Path(__file__).resolve().parents[1] / "srt_hf" / "data" / "demo_alpaca.jsonl"
@@ -57,16 +57,16 @@ def _count(counter: Counter, n: int, head: int) -> None:
 
 def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter) -> None:
     """Tokens srt_hf actually computes (deduplicated, shared heads once per group, head at labels only)."""
-    from srt_hf.scoring import _Encoder
-    from srt_hf.span_loss import _shared_prefix_len
+    from srt_hf.student.plan import Encoder
+    from srt_hf.student.spans import shared_prefix_len
 
-    enc = _Encoder(scorer.tokenizer)
+    enc = Encoder(scorer.tokenizer)
     spans = {s for ex in examples for s in scorer._plan(ex, enc).spans() if s.n_scored > 0}
     groups: dict[str, list] = {}
     for s in spans:
         groups.setdefault(s.group, []).append(s)
     for members in groups.values():
-        p = _shared_prefix_len(members) if len(members) > 1 else 0
+        p = shared_prefix_len(members) if len(members) > 1 else 0
         counter.body_tokens += p
         counter.attn_pairs += p * (p + 1) // 2
         for s in members:
@@ -206,9 +206,9 @@ def profile(scorer: IFDScorer, batch: dict) -> float:
 
 
 def scorer_path(scorer: IFDScorer) -> str:
-    from srt_hf.span_loss import scoring_path
+    from srt_hf.student.engines import choose_engine
 
-    return scoring_path(scorer.model, share_prefix=scorer.config.share_prefix).describe()
+    return choose_engine(scorer.model, scorer.config.engine, share_prefix=scorer.config.share_prefix).describe()
 
 
 if __name__ == "__main__":

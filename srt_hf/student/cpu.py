@@ -1,73 +1,52 @@
-"""Exact mean token cross-entropy over labelled spans, batched and without wasted work, for any causal LM.
+"""The CPU engine: spans packed into long rows without padding, or in padded batches of similar length.
 
-    losses = span_losses(model, [Span(ids, start), ...])    # float64, NaN where nothing is labelled
+    losses = CpuEngine(model).losses(spans, Budget(max_batch_tokens=4096))
 
-A :class:`Span` is one scoring pass of the references: token ids and the first labelled position.
-:func:`span_losses` returns, for each span, the mean cross-entropy of the tokens at positions
-``max(start, 1) .. len(ids) - 1`` given everything before them — the value Hugging Face's
-``model(input_ids, labels=labels).loss`` gives at batch size 1 with ``labels[:start] = -100`` (position
-0 has no prediction). It does less work than that loop and stays equal to it within float32 noise:
+Built for a few CPU cores, where one long row gives the linear layers the matrix shapes they run
+fastest:
 
-* identical spans are computed once;
-* spans go through the body packed into one long row (no padding), or in padded batches of similar
-  length, within a token budget;
+* spans go through the body packed into one long row (:mod:`srt_hf.student.packed_attention`), or in
+  padded batches of similar length, within a token budget;
 * the longest prefix shared by every span of a group (a template's system prompt) runs once, and its
   key/value cache is reused by the whole group;
-* the logits come from the model's own output head and post-processing (:mod:`srt_hf.output_head`),
-  only at labelled positions, in bounded chunks.
+* the logits come from the model's own output head (:mod:`srt_hf.student.output_head`), only at labelled
+  positions, in bounded chunks.
 
-Which path runs is decided once per model (:func:`scoring_path`): packed where packing is exact for
-that model, else padded batches, else (a model whose head cannot be run alone) the plain batch-size-1
-forward — each fallback with a one-line notice. "Exact" is checked, not assumed: the candidate path
-scores a few probe spans and must equal the plain forward on them.
+Its variants, fastest first (:meth:`CpuEngine.variants`): packed with the prefix cache, packed without,
+padded with, padded without; the chooser keeps the first that equals the plain forward on the probe spans.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
-import math
-import weakref
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
+from .base import Budget, Engine
+from .spans import (
+    Span,
+    by_group,
+    cache_argument,
+    means,
+    prefix_cache,
+    scored_positions,
+    shared_prefix_len,
+    unique_spans,
+)
 
-MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a separate pass
-# Largest relative difference to the plain forward a path may show on the probe spans, by dtype.
-PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-@dataclass(frozen=True)
-class Span:
-    """Token ids, the first labelled position, and a group name (spans of a group share their head)."""
-
-    ids: tuple[int, ...]
-    start: int
-    group: str = ""
-
-    @property
-    def first_scored(self) -> int:
-        return max(self.start, 1)
-
-    @property
-    def n_scored(self) -> int:
-        return max(len(self.ids) - self.first_scored, 0)
+DEFAULT_BATCH_TOKENS = 4096
 
 
 @dataclass(frozen=True)
 class ScoringPath:
-    """How spans go through a model.
+    """How the CPU engine runs spans.
 
-    ``kind``: ``packed`` (several spans per row), ``padded`` (one span per row) or ``plain`` (the
-    reference ``model(ids, labels=...)`` at batch size 1). ``backend`` of a packed path: ``segments``
-    (the model's own attention function, per group of spans) or ``flash`` (transformers'
-    flash-attention varlen kernels; ``implementation`` names it).
+    ``kind``: ``packed`` (several spans per row) or ``padded`` (one span per row). ``backend`` of a packed
+    path: ``segments`` (the model's own attention function, per group of spans) or ``flash``
+    (transformers' flash-attention varlen kernels; ``implementation`` names it).
     """
 
     kind: str
@@ -76,79 +55,44 @@ class ScoringPath:
     share_prefix: bool = True
 
     def describe(self) -> str:
-        what = {"packed": f"packed rows ({self.implementation or self.backend} attention)", "padded": "padded batches",
-                "plain": "the plain batch-size-1 forward"}[self.kind]
-        return what + (", shared prefixes cached" if self.share_prefix and self.kind != "plain" else "")
+        what = f"packed rows ({self.implementation or self.backend} attention)" if self.kind == "packed" else "padded batches"
+        return what + (", shared prefixes cached" if self.share_prefix else "")
 
 
-PLAIN = ScoringPath("plain", share_prefix=False)
+class CpuEngine(Engine):
+    """Packed rows or padded batches (``path``); without one, :meth:`variants` lists those worth probing."""
+
+    name = "cpu"
+
+    def __init__(self, model, share_prefix: bool = True, path: ScoringPath | None = None):
+        super().__init__(model, share_prefix)
+        self.path = path
+
+    def variants(self) -> list[Engine]:
+        if self.path is not None:
+            return [self]
+        paths = []
+        packed = packed_path(self.model, self.share_prefix)
+        if packed is not None:
+            paths.append(packed)
+            if packed.share_prefix:
+                paths.append(ScoringPath("packed", packed.backend, packed.implementation, share_prefix=False))
+        paths.append(ScoringPath("padded", share_prefix=self.share_prefix))
+        if self.share_prefix:
+            paths.append(ScoringPath("padded", share_prefix=False))
+        return [CpuEngine(self.model, p.share_prefix, p) for p in paths]
+
+    def describe(self) -> str:
+        return "the cpu engine" + (f" ({self.path.describe()})" if self.path else "")
+
+    def losses(self, spans: Sequence[Span], budget: Budget) -> np.ndarray:
+        path = self.path or self.variants()[0].path
+        tokens = budget.max_batch_tokens or DEFAULT_BATCH_TOKENS
+        return _run(self.model, spans, path, tokens, budget.max_batch_size, budget.max_padding)
 
 
-def span_losses(
-    model,
-    spans: Sequence[Span],
-    *,
-    max_batch_tokens: int = 4096,
-    max_batch_size: int = 64,
-    max_padding: float = 0.05,
-    share_prefix: bool = True,
-    packing: bool | None = None,
-) -> np.ndarray:
-    """Mean cross-entropy per span (float64; NaN where no token is labelled).
-
-    ``packing``: None (default) picks the fastest exact path (:func:`scoring_path`); True forces the
-    packed path, False the padded one (no check: for tests and comparisons). Packed rows hold up to
-    ``max_batch_tokens`` tokens; padded batches at most ``max_batch_tokens`` padded tokens and
-    ``max_batch_size`` rows, each span no shorter than ``1 - max_padding`` of the batch's longest.
-    """
-    if packing is None:
-        path = scoring_path(model, share_prefix=share_prefix)
-    elif packing:
-        path = _packed_path(model, share_prefix)
-        if path is None:
-            raise ValueError(f"{type(model).__name__} cannot run packed here (attention {model.config._attn_implementation!r})")
-    else:
-        path = ScoringPath("padded", share_prefix=share_prefix)
-    return _run(model, spans, path, max_batch_tokens, max_batch_size, max_padding)
-
-
-# ------------------------------------------------------------------------------------------------
-# Choosing the path
-
-
-_PATHS: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-def scoring_path(model, share_prefix: bool = True) -> ScoringPath:
-    """The fastest path that is exact for ``model`` on this device and dtype (probed once, then remembered)."""
-    key = (share_prefix, str(model.device), model.dtype, model.config._attn_implementation)
-    known = _PATHS.setdefault(model, {})
-    if key in known:
-        return known[key]
-    candidates = []
-    packed = _packed_path(model, share_prefix)
-    if packed is not None:
-        candidates.append(packed)
-        if share_prefix:
-            candidates.append(replace(packed, share_prefix=False))
-    candidates.append(ScoringPath("padded", share_prefix=share_prefix))
-    if share_prefix:
-        candidates.append(ScoringPath("padded", share_prefix=False))
-    chosen, failures = PLAIN, []
-    for path in candidates:
-        problem = _probe(model, path)
-        if problem is None:
-            chosen = path
-            break
-        failures.append(f"{path.describe()}: {problem}")
-    if failures or packed is None:
-        why = "; ".join(failures) if failures else f"its attention ({model.config._attn_implementation}) cannot be packed"
-        logger.warning("srt_hf: scoring %s with %s (%s)", type(model).__name__, chosen.describe(), why)
-    known[key] = chosen
-    return chosen
-
-
-def _packed_path(model, share_prefix: bool) -> ScoringPath | None:
+def packed_path(model, share_prefix: bool) -> ScoringPath | None:
+    """The packed path this model can take here (flash varlen on CUDA half precision, else segments), or None."""
     from .packed_attention import flash_implementation, segments_supported
 
     flash = flash_implementation(model)
@@ -159,66 +103,18 @@ def _packed_path(model, share_prefix: bool) -> ScoringPath | None:
     return None
 
 
-def probe_spans(vocab_size: int) -> list[Span]:
-    """A few short spans (a group with a shared prefix, another without) that exercise every path's mechanics."""
-    rng = np.random.default_rng(1234)
-    low = min(10, vocab_size - 1)
-
-    def draw(n: int) -> tuple[int, ...]:
-        return tuple(int(t) for t in rng.integers(low, vocab_size, n))
-
-    head = draw(MIN_SHARED_PREFIX + 3)
-    spans = [Span(head + draw(n), len(head) + s, "probe-prefix") for n, s in ((13, 2), (9, 0), (12, 5))]
-    spans += [Span(draw(n), s, "probe") for n, s in ((17, 0), (8, 3), (15, 1))]
-    return spans
-
-
-def _probe(model, path: ScoringPath) -> str | None:
-    """None when ``path`` equals the plain forward on the probe spans, else what went wrong."""
-    spans = probe_spans(_vocab_size(model))
-    try:
-        ours = _run(model, spans, path, max_batch_tokens=48, max_batch_size=4, max_padding=1.0)
-    except Exception as err:  # noqa: BLE001 - any failure means: this path cannot handle this architecture
-        return f"{type(err).__name__}: {err}"
-    reference = _run(model, spans, PLAIN, 0, 1, 0.0)
-    worst = float(np.max(np.abs(ours - reference) / np.maximum(np.abs(reference), 1e-12)))
-    tolerance = PROBE_TOLERANCE.get(model.dtype, 1e-2)
-    return None if worst <= tolerance else f"differs from the plain forward by {worst:.1e} (relative)"
-
-
-def _vocab_size(model) -> int:
-    return int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None else int(
-        model.config.get_text_config().vocab_size
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# Running a path
-
-
 def _run(model, spans: Sequence[Span], path: ScoringPath, max_batch_tokens: int, max_batch_size: int, max_padding: float) -> np.ndarray:
     from .output_head import OutputHead
     from .packed_attention import packed
 
     result = np.full(len(spans), np.nan)
-    unique: dict[Span, list[int]] = defaultdict(list)
-    for i, span in enumerate(spans):
-        if span.n_scored > 0:
-            unique[span].append(i)
-    if path.kind == "plain":
-        with torch.inference_mode():
-            for span, where in unique.items():
-                result[where] = _plain_loss(model, span)
-        return result
-    groups: dict[str, list[Span]] = defaultdict(list)
-    for span in unique:
-        groups[span.group].append(span)
+    unique = unique_spans(spans)
     head = OutputHead(model)
     context = packed(model, path.backend, path.implementation) if path.kind == "packed" else nullcontext()
     with torch.inference_mode(), context as inner:
-        for members in groups.values():
-            prefix_len = _shared_prefix_len(members) if path.share_prefix and len(members) > 1 else 0
-            prefix_kv = _prefix_cache(model, members[0].ids[:prefix_len], inner) if prefix_len else None
+        for members in by_group(unique):
+            prefix_len = shared_prefix_len(members) if path.share_prefix and len(members) > 1 else 0
+            prefix_kv = prefix_cache(model, members[0].ids[:prefix_len], inner) if prefix_len else None
             order = sorted(members, key=lambda s: len(s.ids), reverse=True)
             if path.kind == "packed":
                 for pack in _packs(order, prefix_len, max_batch_tokens):
@@ -230,50 +126,6 @@ def _run(model, spans: Sequence[Span], path: ScoringPath, max_batch_tokens: int,
                     for span, loss in zip(batch, _padded_losses(model, head, batch, prefix_len, prefix_kv)):
                         result[unique[span]] = loss
     return result
-
-
-def _plain_loss(model, span: Span) -> float:
-    """The reference computation: ``model(ids, labels=labels).loss`` at batch size 1."""
-    ids = torch.tensor([span.ids], device=model.device)
-    labels = ids.clone()
-    labels[0, : span.start] = -100
-    return float(model(input_ids=ids, labels=labels).loss)
-
-
-def _shared_prefix_len(spans: Sequence[Span]) -> int:
-    """Longest common token prefix, short enough that every labelled prediction comes after it."""
-    limit = min(s.first_scored - 1 for s in spans)
-    first = spans[0].ids
-    n = min(limit, len(first))
-    for span in spans[1:]:
-        ids = span.ids
-        k = 0
-        while k < n and ids[k] == first[k]:
-            k += 1
-        n = k
-        if n < MIN_SHARED_PREFIX:
-            return 0
-    return n if n >= MIN_SHARED_PREFIX else 0
-
-
-def _prefix_cache(model, prefix: Sequence[int], inner: str | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (keys, values) of the prefix, each (1, kv_heads, P, d), from the model's own attention layers."""
-    from transformers import DynamicCache
-
-    from .packed_attention import PackLayout
-
-    ids = torch.tensor([list(prefix)], device=model.device)
-    kwargs = {_cache_argument(model): DynamicCache(), "use_cache": True}  # full layers: the whole prefix is kept
-    if inner is not None:  # inside the packed context the prefix runs as a packed row of one span
-        kwargs.update(PackLayout.build([len(prefix)], model.device, inner).forward_kwargs())
-    out = model.base_model(input_ids=ids, **kwargs)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache_argument(model) -> str:
-    """Recent transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``; use this version's name."""
-    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
 
 
 def _packs(order: list[Span], prefix_len: int, max_tokens: int) -> Iterator[list[Span]]:
@@ -305,12 +157,6 @@ def _padded_batches(order: list[Span], prefix_len: int, max_tokens: int, max_siz
         yield batch
 
 
-def _scored_positions(span: Span, prefix_len: int) -> tuple[range, list[int]]:
-    """Positions (relative to the span's suffix) whose states predict the labelled tokens, and those tokens."""
-    positions = range(span.first_scored, len(span.ids))  # token p is predicted by the state at p - 1
-    return range(span.first_scored - 1 - prefix_len, len(span.ids) - 1 - prefix_len), [span.ids[p] for p in positions]
-
-
 def _packed_losses(model, head, pack: list[Span], prefix_len: int, prefix_kv, path: ScoringPath, inner: str) -> list[float]:
     from .packed_attention import PackLayout, varlen_kwargs
 
@@ -322,7 +168,7 @@ def _packed_losses(model, head, pack: list[Span], prefix_len: int, prefix_kv, pa
         ids.extend(suffix)
         positions.extend(range(prefix_len, prefix_len + len(suffix)))
         lengths.append(len(suffix))
-        rel, tgt = _scored_positions(span, prefix_len)
+        rel, tgt = scored_positions(span, prefix_len)
         picks.extend(a + r for r in rel)
         targets.extend(tgt)
         owner.extend([j] * len(tgt))
@@ -337,7 +183,7 @@ def _packed_losses(model, head, pack: list[Span], prefix_len: int, prefix_kv, pa
         **attention,
     ).last_hidden_state[0]  # (T, hidden)
     picked = hidden[torch.tensor(picks, device=device)]  # (K, hidden)
-    return _means(head.token_losses(picked, torch.tensor(targets, device=device)), owner, len(pack))
+    return means(head.token_losses(picked, torch.tensor(targets, device=device)), owner, len(pack))
 
 
 def _padded_losses(model, head, batch: list[Span], prefix_len: int, prefix_kv) -> list[float]:
@@ -354,7 +200,7 @@ def _padded_losses(model, head, batch: list[Span], prefix_len: int, prefix_kv) -
         suffix = span.ids[prefix_len:]
         input_ids[b, : len(suffix)] = torch.tensor(suffix)
         mask[b, prefix_len : prefix_len + len(suffix)] = 1
-        rel, tgt = _scored_positions(span, prefix_len)
+        rel, tgt = scored_positions(span, prefix_len)
         rows.extend([b] * len(tgt))
         cols.extend(rel)
         targets.extend(tgt)
@@ -362,16 +208,9 @@ def _padded_losses(model, head, batch: list[Span], prefix_len: int, prefix_kv) -
     kwargs: dict = {"use_cache": prefix_kv is not None}
     if prefix_kv is not None:
         expanded = [(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1)) for k, v in prefix_kv]
-        kwargs[_cache_argument(model)] = DynamicCache(ddp_cache_data=expanded)  # full layers, as the prefix was made
+        kwargs[cache_argument(model)] = DynamicCache(ddp_cache_data=expanded)  # full layers, as the prefix was made
     padded = any(len(s.ids) != len(batch[0].ids) for s in batch)
     attention_mask = mask.to(device) if padded else None  # no mask: SDPA takes its plain causal path
     hidden = model.base_model(input_ids=input_ids.to(device), attention_mask=attention_mask, **kwargs).last_hidden_state
     picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (K, hidden)
-    return _means(head.token_losses(picked, torch.tensor(targets, device=device)), owner, len(batch))
-
-
-def _means(token_losses: np.ndarray, owner: list[int], n: int) -> list[float]:
-    sums = np.zeros(n)
-    np.add.at(sums, np.asarray(owner, dtype=np.int64), token_losses)
-    counts = np.bincount(np.asarray(owner, dtype=np.int64), minlength=n)
-    return [float(s / c) if c else math.nan for s, c in zip(sums, counts)]
+    return means(head.token_losses(picked, torch.tensor(targets, device=device)), owner, len(batch))

@@ -17,25 +17,16 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from . import __version__, models
-from .errors import ConfigError
-from .formats import (
-    ColumnMapping,
-    Example,
-    RowProblem,
-    detect_format,
-    read_batch,
-    user_content,
-)
-from .status import INVALID, OK, SKIPPED, make
-from .templates import Preset, format_prompt, format_reverse_prompt, get_preset
-
-if TYPE_CHECKING:  # torch loads only when a model is scored, so `srt-hf --help` stays fast
-    from .span_loss import Span
+from .. import __version__, models
+from ..errors import ConfigError
+from ..formats import ColumnMapping, Example, RowProblem, detect_format, read_batch
+from ..status import INVALID, OK, SKIPPED, make
+from ..templates import Preset, get_preset
+from .plan import Encoder, RowPlan, plan_row
 
 DTYPES = ("float32", "bfloat16", "float16")
 SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
@@ -64,7 +55,8 @@ class ScoringConfig(ColumnMapping):
     max_length: int | None = field(default=None, metadata={"help": "Token budget of the conditioned texts. Default: the preset's (cherry 512, reflection 2048, superfiltering 1024, chat: the model's)."})
     dtype: str = field(default="float32", metadata={"help": "Student dtype: float32 (reproduces the references), bfloat16 or float16 (faster on GPUs; see README for their measured tolerance)."})
     device: str | None = field(default=None, metadata={"help": "Device of the student. Default: cuda (cuda:rank under with_rank=True) when available, else cpu."})
-    max_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per forward pass. Default: 4096 on CPU, 65536 on GPU."})
+    engine: str | None = field(default=None, metadata={"help": "Student engine: gpu, cpu or plain (the batch-size-1 forward). Default: gpu for CUDA students, else cpu, each checked against the plain forward first."})
+    max_batch_tokens: int | None = field(default=None, metadata={"help": "Padded tokens per forward pass. Default: 4096 on CPU; on GPU what the free memory holds."})
     share_prefix: bool = field(default=True, metadata={"help": "Run a prompt head shared by a whole batch once and reuse its KV cache."})
     packing: bool | None = field(default=None, metadata={"help": "Pack several texts per row without padding. Default: wherever it is exact for the student (checked once per model); --no-packing forces padded batches."})
     output_prefix: str = field(default="", metadata={"help": "Prefix of the output column names (e.g. 'reflected_')."})
@@ -86,7 +78,7 @@ class ScoringConfig(ColumnMapping):
     def digest(self) -> str:
         """Identifies every setting that changes the output (not device or batch sizes)."""
         state = asdict(self)
-        for key in ("device", "max_batch_tokens", "share_prefix", "packing"):
+        for key in ("device", "engine", "max_batch_tokens", "share_prefix", "packing"):
             state.pop(key)
         state["preset"], state["template"] = self.preset, self.resolved_preset().template
         state["rifd"], state["student_files"] = self.rifd_enabled(), models.local_model_stamp(self.student)
@@ -138,15 +130,16 @@ class IFDScorer(models.LazyModel):
     # -- scoring --------------------------------------------------------------------------------
     def score_examples(self, examples: list[Example | RowProblem]) -> dict[str, Any]:
         """Score canonical examples; returns the output columns (numpy float64 arrays + statuses)."""
-        from .span_loss import span_losses
+        from .engines import span_losses  # torch loads only when a model is scored, so `srt-hf --help` stays fast
 
-        encoder = _Encoder(self.tokenizer, chat=self.preset.name == "chat")
-        plans = [self._plan(ex, encoder) for ex in examples]
-        spans = [span for p in plans if isinstance(p, _RowPlan) for span in p.spans()]
+        encoder = Encoder(self.tokenizer, chat=self.preset.name == "chat")
+        L, rifd = self.max_length(), self.config.rifd_enabled()
+        plans = [plan_row(ex, encoder, self.preset, L, rifd) for ex in examples]
+        spans = [span for p in plans if isinstance(p, RowPlan) for span in p.spans()]
         losses = iter(
             span_losses(
-                self.model, spans, max_batch_tokens=self._batch_tokens(), share_prefix=self.config.share_prefix,
-                packing=self.config.packing,
+                self.model, spans, engine=self.config.engine, max_batch_tokens=self.config.max_batch_tokens,
+                share_prefix=self.config.share_prefix, packing=self.config.packing,
             )
         )
         out = {c: np.full(len(examples), np.nan) for c in SCORE_COLUMNS}
@@ -162,47 +155,7 @@ class IFDScorer(models.LazyModel):
         columns[prefix + STATUS_COLUMN] = status
         return columns
 
-    def _batch_tokens(self) -> int:
-        if self.config.max_batch_tokens:
-            return self.config.max_batch_tokens
-        return 65536 if str(self.model.device).startswith("cuda") else 4096
-
-    def _plan(self, ex: Example | RowProblem, enc: _Encoder) -> _RowPlan | str:
-        if isinstance(ex, RowProblem):
-            return make(INVALID, ex)
-        if not ex.instruction.strip():
-            return make(INVALID, "empty instruction")
-        if not ex.response.strip():
-            return make(SKIPPED, "empty response")
-        L = self.max_length()
-        plan = _RowPlan()
-        if self.preset.name == "chat":
-            prompt = enc.chat_prompt(ex.context)
-            empty = enc.chat_prompt([{"role": "user", "content": ""}])
-            plan.prompt_len = min(len(enc(prompt)), L)
-            plan.add(enc, "A_cond", prompt + ex.response, ex.response, L)
-            plan.add(enc, "A_direct", empty + ex.response, ex.response, L)
-            if self.config.rifd_enabled():
-                question = user_content(ex.instruction, ex.input)
-                reverse = enc.chat_prompt([{"role": "user", "content": _reverse_request(ex.response)}])
-                plan.add(enc, "Q_cond", reverse + question, question, L)
-                plan.add(enc, "Q_direct", empty + question, question, L)
-            return plan
-        template = self.preset.template
-        prompt = format_prompt(template, ex.instruction, ex.input)
-        plan.prompt_len = min(len(enc(prompt)), L)
-        plan.add(enc, "A_cond", prompt + ex.response, ex.response, L)
-        direct_budget = L - plan.prompt_len + self.preset.direct_budget_offset
-        plan.add(enc, "A_direct", self.preset.direct_prefix + ex.response, ex.response, direct_budget)
-        if self.config.rifd_enabled():
-            reverse = format_reverse_prompt(template, ex.response)
-            reverse_len = min(len(enc(reverse)), L)
-            plan.add(enc, "Q_cond", reverse + ex.instruction + ex.input, ex.instruction, L)
-            question = ex.instruction + ex.input
-            plan.add(enc, "Q_direct", question, question, L - reverse_len + 1)
-        return plan
-
-    def _finish(self, plan: _RowPlan, values: dict[str, float], out: dict[str, np.ndarray], i: int) -> str:
+    def _finish(self, plan: RowPlan, values: dict[str, float], out: dict[str, np.ndarray], i: int) -> str:
         ratio = _ratio_fn(self.preset.ratio)
         for name, value in values.items():
             out[f"loss_{name}"][i] = value
@@ -231,12 +184,6 @@ class IFDScorer(models.LazyModel):
         return OK
 
 
-def _reverse_request(response: str) -> str:
-    from .templates import REVERSE_INSTRUCTION
-
-    return REVERSE_INSTRUCTION.format_map({"response": response})
-
-
 def _ratio_fn(kind: str):
     def loss_ratio(cond: float, direct: float) -> float:
         return cond / direct if direct else math.nan
@@ -256,66 +203,3 @@ def _load_student(student: str | None, revision: str | None, dtype: str, device:
 
 def _rebuild_scorer(version: str, config: dict) -> IFDScorer:
     return IFDScorer(ScoringConfig(**config))
-
-
-@dataclass
-class _RowPlan:
-    prompt_len: int = 0
-    A_cond: Span | None = None
-    A_direct: Span | None = None
-    Q_cond: Span | None = None
-    Q_direct: Span | None = None
-    cut: set[str] = field(default_factory=set)  # the spans whose text was cut at its token budget
-
-    def add(self, enc: _Encoder, name: str, text: str, target: str, max_length: int) -> None:
-        """Set span ``name`` (``enc.span``), noting whether its text was cut."""
-        setattr(self, name, enc.span(text, target, max_length, name))
-        if len(enc(text)) > max_length:
-            self.cut.add(name)
-
-    def names(self) -> list[str]:
-        return [n for n in ("A_cond", "A_direct", "Q_cond", "Q_direct") if getattr(self, n) is not None]
-
-    def spans(self) -> list[Span]:
-        return [getattr(self, n) for n in self.names()]
-
-
-class _Encoder:
-    """Tokenizes like ``tokenizer.encode(text, truncation=True, max_length=m)``, memoised per batch."""
-
-    def __init__(self, tokenizer, chat: bool = False):
-        self.tokenizer = tokenizer
-        # Chat prompts already hold their special tokens as text.
-        self.add_special = not chat
-        self._cache: dict[str, tuple[int, ...]] = {}
-        probe = tokenizer("", add_special_tokens=self.add_special)["input_ids"]
-        with_text = tokenizer("a", add_special_tokens=self.add_special)["input_ids"]
-        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-        self.head = len(probe) if with_text[: len(probe)] == probe else 0
-        self.tail = len(with_text) - len(plain) - self.head
-
-    def __call__(self, text: str) -> tuple[int, ...]:
-        ids = self._cache.get(text)
-        if ids is None:
-            ids = tuple(self.tokenizer(text, add_special_tokens=self.add_special)["input_ids"])
-            self._cache[text] = ids
-        return ids
-
-    def truncate(self, ids: tuple[int, ...], max_length: int) -> tuple[int, ...]:
-        if len(ids) <= max_length:
-            return ids
-        keep = max(max_length - self.head - self.tail, 0)
-        return ids[: self.head + keep] + ids[len(ids) - self.tail :] if self.tail else ids[: self.head + keep]
-
-    def span(self, text: str, target: str, max_length: int, group: str) -> Span:
-        """The reference labelling: tokens before the *last* occurrence of ``target`` are masked."""
-        from .span_loss import Span
-
-        ids = self.truncate(self(text), max_length)
-        start = len(self(text[: text.rfind(target)]))
-        return Span(ids, start, group)
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ConfigError("The student has no chat template; set `preset` to 'reflection', 'cherry' or 'superfiltering'.")
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
