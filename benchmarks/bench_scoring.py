@@ -301,27 +301,54 @@ OP_KINDS = (
 )
 
 
+# CUDA kernel name fragment -> the kind of work it is (on a GPU the time is the kernels', not the operators')
+KERNEL_KINDS = (
+    ("matrix products", ("gemm", "cutlass", "xmma", "cublas", "nvjet", "matmul")),
+    ("attention kernels", ("flash", "fmha", "attention", "cudnn")),
+    ("softmax / log-sum-exp (output head)", ("softmax", "logsumexp", "nll_loss", "cross_entropy")),
+    ("copies, gathers and indexing", ("copy", "index", "gather", "cat", "fill", "memcpy", "memset")),
+)
+
+
 def profile(scorer: IFDScorer, batch: dict) -> float:
-    """One srt_hf pass under torch.profiler: self time by kind of work, the ten largest operators; returns the matmul share."""
+    """One srt_hf pass under torch.profiler: time by kind of work, the ten largest entries; returns the matmul share.
+
+    On a GPU the shares are of the kernels' device time, and the GPU's busy share of the wall time is printed
+    (well below 100%: the host, not the chip, sets the pace).
+    """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if scorer.model.device.type == "cuda" else [])
+    cuda = scorer.model.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    _sync(scorer.model.device)
+    start = time.perf_counter()
     with torch_profile(activities=activities) as prof:
         scorer(batch)
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    total = sum(e.self_cpu_time_total for e in events) or 1
+        _sync(scorer.model.device)
+    wall = time.perf_counter() - start
+    if cuda:
+        events = [e for e in prof.key_averages() if e.self_device_time_total > 0 and not e.key.startswith("aten::")]
+        cost, table = (lambda e: e.self_device_time_total), KERNEL_KINDS
+    else:
+        events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        cost, table = (lambda e: e.self_cpu_time_total), OP_KINDS
+    total = sum(cost(e) for e in events) or 1
     kinds: dict[str, float] = {}
     for e in events:
-        kind = next((name for name, prefixes in OP_KINDS if e.key.startswith(prefixes)), "elementwise and other operators")
-        kinds[kind] = kinds.get(kind, 0.0) + e.self_cpu_time_total
-    print(f"profile of one srt_hf pass ({total / 1e6:.1f} s of operator self time on the CPU side):")
+        name = e.key if not cuda else e.key.lower()
+        kind = next((k for k, parts in table if (name.startswith(parts) if not cuda else any(p in name for p in parts))),
+                    "elementwise and other operators")
+        kinds[kind] = kinds.get(kind, 0.0) + cost(e)
+    side = "GPU kernel" if cuda else "operator self"
+    print(f"profile of one srt_hf pass ({total / 1e6:.2f} s of {side} time, {wall:.2f} s wall"
+          + (f"; the GPU busy {100 * total / 1e6 / wall:.0f}% of it):" if cuda else "):"))
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"  {100 * us / total:5.1f}%  {kind}")
-    print("  largest operators:")
-    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]:
-        print(f"  {100 * e.self_cpu_time_total / total:5.1f}%  {e.key} ({e.count} calls)")
-    return kinds.get(OP_KINDS[0][0], 0.0) / total
+    print("  largest entries:")
+    for e in sorted(events, key=lambda e: -cost(e))[:10]:
+        print(f"  {100 * cost(e) / total:5.1f}%  {e.key[:100]} ({e.count} calls)")
+    return kinds.get(table[0][0], 0.0) / total
 
 
 def scorer_path(scorer: IFDScorer) -> str:
