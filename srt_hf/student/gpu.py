@@ -58,7 +58,8 @@ class GpuEngine(Engine):
 
     def __init__(self, model, share_prefix: bool = True):
         super().__init__(model, share_prefix)
-        self.batch_tokens: int | None = None  # set on first use; halved for good after an out-of-memory error
+        self.batch_tokens = 0  # tokens per batch of the current call
+        self.memory_cap: int | None = None  # after an out-of-memory error: the halved budget, kept for later calls
 
     def unavailable(self) -> str | None:
         from .output_head import OutputHead
@@ -84,8 +85,9 @@ class GpuEngine(Engine):
         slot = {span: j for j, span in enumerate(items)}
         sums = torch.zeros(len(items), dtype=torch.float64, device=model.device)  # per-span sums, on the device
         head = OutputHead(model)
-        if self.batch_tokens is None or budget.max_batch_tokens:
-            self.batch_tokens = budget.max_batch_tokens or default_batch_tokens(model)
+        self.batch_tokens = budget.max_batch_tokens or default_batch_tokens(model)
+        if self.memory_cap is not None:
+            self.batch_tokens = min(self.batch_tokens, self.memory_cap)
         rows = budget.max_batch_size or DEFAULT_BATCH_SIZE
         with torch.inference_mode(), _prefix_attention(model):
             for members in by_group(items):
@@ -97,8 +99,10 @@ class GpuEngine(Engine):
                     batch = queue.popleft()
                     try:
                         _run_batch(model, head, batch, prefix_len, prefix_kv, sums, slot)
-                    except torch.OutOfMemoryError:
-                        queue.extendleft(reversed(self._split(batch, prefix_len, rows, budget.max_padding)))
+                    except torch.OutOfMemoryError:  # this batch and the rest of the group, again at half the budget
+                        self._shrink(batch, prefix_len)
+                        rest = [span for b in (batch, *queue) for span in b]  # still longest first
+                        queue = deque(_batches(rest, prefix_len, self.batch_tokens, rows, budget.max_padding))
         counts = np.array([s.n_scored for s in items], dtype=np.float64)
         means = sums.cpu().numpy() / np.maximum(counts, 1)  # the one host sync
         result = np.full(len(spans), np.nan)
@@ -106,18 +110,17 @@ class GpuEngine(Engine):
             result[unique[span]] = value
         return result
 
-    def _split(self, batch: list[Span], prefix_len: int, rows: int, max_padding: float) -> list[list[Span]]:
-        """The batch again at half the token budget (kept for later batches), after an out-of-memory error."""
+    def _shrink(self, batch: list[Span], prefix_len: int) -> None:
+        """Halve the token budget (for the rest of this call and later ones) after ``batch`` ran out of GPU memory."""
         width = len(batch[0].ids) - prefix_len
         if len(batch) == 1:
             raise ConfigError(f"one text of {width + prefix_len} tokens does not fit in the free GPU memory; "
                               "lower `max_length`, use dtype bfloat16, or free the GPU")
-        self.batch_tokens = max(min(self.batch_tokens, len(batch) * width) // 2, 1)
+        self.batch_tokens = self.memory_cap = max(min(self.batch_tokens, len(batch) * width) // 2, 1)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         logger.warning("srt_hf: out of GPU memory on a batch of %d texts; going on at %d tokens per batch",
                        len(batch), self.batch_tokens)
-        return list(_batches(batch, prefix_len, self.batch_tokens, rows, max_padding))
 
 
 def default_batch_tokens(model) -> int:
