@@ -23,14 +23,14 @@ from .spans import Span
 class Budget:
     """How much work one forward pass may take.
 
-    ``max_batch_tokens``: tokens (padded ones included) per forward; None lets the engine size it for the
-    device. ``max_batch_size``: rows per padded batch. ``max_padding``: a padded batch's shortest span is at
-    least ``1 - max_padding`` of its longest.
+    ``max_batch_tokens``: tokens (padded ones included) per forward. ``max_batch_size``: rows per padded
+    batch. ``max_padding``: a padded batch's shortest span is at least ``1 - max_padding`` of its longest.
+    None, for each: the engine's default for the device.
     """
 
     max_batch_tokens: int | None = None
-    max_batch_size: int = 64
-    max_padding: float = 0.05
+    max_batch_size: int | None = None
+    max_padding: float | None = None
 
 
 class Engine:

@@ -37,7 +37,7 @@ from .spans import (
     unique_spans,
 )
 
-DEFAULT_BATCH_TOKENS = 4096
+DEFAULT_BATCH_TOKENS, DEFAULT_BATCH_SIZE, DEFAULT_PADDING = 4096, 64, 0.05
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ class CpuEngine(Engine):
     def losses(self, spans: Sequence[Span], budget: Budget) -> np.ndarray:
         path = self.path or self.variants()[0].path
         tokens = budget.max_batch_tokens or DEFAULT_BATCH_TOKENS
-        return _run(self.model, spans, path, tokens, budget.max_batch_size, budget.max_padding)
+        padding = DEFAULT_PADDING if budget.max_padding is None else budget.max_padding
+        return _run(self.model, spans, path, tokens, budget.max_batch_size or DEFAULT_BATCH_SIZE, padding)
 
 
 def packed_path(model, share_prefix: bool) -> ScoringPath | None:

@@ -49,8 +49,8 @@ def span_losses(
     *,
     engine: str | None = None,
     max_batch_tokens: int | None = None,
-    max_batch_size: int = 64,
-    max_padding: float = 0.05,
+    max_batch_size: int | None = None,
+    max_padding: float | None = None,
     share_prefix: bool = True,
     packing: bool | None = None,
 ) -> np.ndarray:
@@ -58,7 +58,8 @@ def span_losses(
 
     ``engine``: None picks the fastest exact one (:func:`choose_engine`); a name from :data:`ENGINES`
     forces it, unprobed. ``packing`` True / False forces the CPU engine's packed / padded path (unprobed:
-    for tests and comparisons). ``max_batch_tokens`` None: the engine's default for the device.
+    for tests and comparisons). The batch settings (:class:`~srt_hf.student.base.Budget`), where None: the
+    engine's defaults for the device.
     """
     budget = Budget(max_batch_tokens, max_batch_size, max_padding)
     if packing is not None:

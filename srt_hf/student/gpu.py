@@ -48,6 +48,7 @@ NAME = "srt_prefix_causal"
 MIN_BATCH_TOKENS, MAX_BATCH_TOKENS = 1024, 1 << 20
 DEFAULT_BATCH_TOKENS = 65536  # off CUDA, where free memory is not measured
 DEFAULT_BATCH_SIZE = 256
+DEFAULT_PADDING = 0.15  # a GPU gains more from long batches than it loses on a little padding
 MEMORY_SHARE = 0.5  # of the free GPU memory, for one batch's activations and keys/values
 
 
@@ -89,12 +90,13 @@ class GpuEngine(Engine):
         if self.memory_cap is not None:
             self.batch_tokens = min(self.batch_tokens, self.memory_cap)
         rows = budget.max_batch_size or DEFAULT_BATCH_SIZE
+        padding = DEFAULT_PADDING if budget.max_padding is None else budget.max_padding
         with torch.inference_mode(), _prefix_attention(model):
             for members in by_group(items):
                 prefix_len = shared_prefix_len(members) if self.share_prefix and len(members) > 1 else 0
                 prefix_kv = prefix_cache(model, members[0].ids[:prefix_len], None) if prefix_len else None
                 order = sorted(members, key=lambda s: len(s.ids), reverse=True)
-                queue = deque(_batches(order, prefix_len, self.batch_tokens, rows, budget.max_padding))
+                queue = deque(_batches(order, prefix_len, self.batch_tokens, rows, padding))
                 while queue:
                     batch = queue.popleft()
                     try:
@@ -102,7 +104,7 @@ class GpuEngine(Engine):
                     except torch.OutOfMemoryError:  # this batch and the rest of the group, again at half the budget
                         self._shrink(batch, prefix_len)
                         rest = [span for b in (batch, *queue) for span in b]  # still longest first
-                        queue = deque(_batches(rest, prefix_len, self.batch_tokens, rows, budget.max_padding))
+                        queue = deque(_batches(rest, prefix_len, self.batch_tokens, rows, padding))
         counts = np.array([s.n_scored for s in items], dtype=np.float64)
         means = sums.cpu().numpy() / np.maximum(counts, 1)  # the one host sync
         result = np.full(len(spans), np.nan)
