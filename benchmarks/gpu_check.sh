@@ -37,7 +37,12 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 # ---- the scoring engine (issue 19): ~5 min on an H200
 # exactness: every architecture, both engines (auto = gpu on CUDA; forced cpu packed/padded), fp32 within 1e-5
 if [ "$SMALL" = 1 ]; then pick=(-k "llama or gpu_engine or falls_back or flash"); SLOW=3; else pick=(); fi
-step exactness $((180 * ${SLOW:-1})) python3 -m pytest -q -p no:cacheprovider tests/test_architectures.py tests/test_gpu_engine.py "${pick[@]}"
+exactness() {  # pytest's last line becomes the step's RESULT row
+  local log rc; log=$(python3 -m pytest -q -p no:cacheprovider tests/test_architectures.py tests/test_gpu_engine.py "$@" 2>&1)
+  rc=$?; echo "$log"; echo "RESULT $(echo "$log" | tail -n 1)"; return $rc
+}
+export -f exactness  # timeout runs commands, not functions: through bash
+step exactness $((180 * ${SLOW:-1})) bash -c 'exactness "$@"' _ "${pick[@]}"
 # speed: random students of the four real shapes (kit tokenizer), bf16, vs the reference loop and the batched user
 # SMALL=1 (a dry run on a CPU): the tiny shape, the GPU engine forced so its code runs, generous limits
 if [ "$SMALL" = 1 ]; then
