@@ -18,7 +18,8 @@ files are needed, and adds a second baseline: **what a competent user writes** â
 row, sorted by length, right-padded batches of 16 with an attention mask, ``--dtype``, full logits and a
 per-token cross-entropy. The reference loop may run on fewer rows (``--ref-rows``; rates are per row).
 Printed: each side's rows/s and FLOPs, each ratio, the chip's matrix-product peak in ``--dtype`` measured
-in the same run, srt_hf's share of it, peak GPU memory per side, and one ``RESULT`` line.
+in the same run, srt_hf's share of it, peak GPU memory per side (its model's weights plus its working memory;
+the other side's model, also resident, is not counted), and one ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -236,6 +237,7 @@ def main() -> None:
             _sync(model.device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(model.device)
+                resident = torch.cuda.memory_allocated(model.device)
             t = time.perf_counter()
             if side == "srt_hf":
                 ours = scorer(batch)
@@ -247,8 +249,10 @@ def main() -> None:
                 ref = reference_losses(model, tok, rows[:n_ref], args.template, on_pass=lambda k, c=base_counter: _count(c, k, k))
             _sync(model.device)
             times[side].append(time.perf_counter() - t)
-            if cuda:
-                memory[side] = max(memory.get(side, 0), torch.cuda.max_memory_allocated(model.device))
+            if cuda:  # the side's own footprint: its model's weights + what it allocated beyond what was resident
+                weights = sum(p.numel() * p.element_size() for p in (model if side == "baseline" else scorer.model).parameters())
+                used = weights + torch.cuda.max_memory_allocated(model.device) - resident
+                memory[side] = max(memory.get(side, 0), used)
             print(f"round {r + 1}: {side:8} {times[side][-1]:7.2f} s", flush=True)
     rate = {side: (n_ref if side == "baseline" else n) / float(np.median(times[side])) for side in sides}
 
