@@ -6,14 +6,26 @@ at every position, the loss over the 49k vocabulary everywhere). srt_hf batches 
 prompt heads once and computes logits only at labelled positions. Both must agree within 1e-4.
 
     python benchmarks/bench_scoring.py [--data FILE] [--rows 32] [--student default] [--device cuda] [--dtype bfloat16]
+    python benchmarks/bench_scoring.py --shape llama-3.2-1b --device cuda --dtype bfloat16 --rows 256 --ref-rows 32
+    python benchmarks/bench_scoring.py --shape tiny --rows 8 --rounds 1            # a dry run on a CPU (seconds)
 
 On a GPU the reference loop runs in float32 (as the references do) and srt_hf in ``--dtype``; the
 difference bound is then the dtype's tolerance (float32 1e-4; see README "Student dtype").
+
+``--shape`` (smollm2-135m, qwen2.5-0.5b, llama-3.2-1b, llama-3.1-8b, tiny) scores with a random student
+of that real shape built on the device with the GPU kit's tokenizer (``random_student.py``), so no model
+files are needed, and adds a second baseline: **what a competent user writes** — the same four texts per
+row, sorted by length, right-padded batches of 16 with an attention mask, ``--dtype``, full logits and a
+per-token cross-entropy. The reference loop may run on fewer rows (``--ref-rows``; rates are per row).
+Printed: each side's rows/s and FLOPs, each ratio, the chip's matrix-product peak in ``--dtype`` measured
+in the same run, srt_hf's share of it, peak GPU memory per side (its model's weights plus its working memory;
+the other side's model, also resident, is not counted), and one ``RESULT`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 from pathlib import Path
@@ -23,7 +35,8 @@ import torch
 
 from srt_hf import IFDScorer, ScoringConfig
 from srt_hf.formats import detect_format, read_batch
-from srt_hf.reference import reference_losses
+from srt_hf.models import prepare_device
+from srt_hf.student.reference import reference_losses
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_cherry_5_percent.json"
 DEMO_DATA = Path(__file__).resolve().parents[1] / "srt_hf" / "data" / "demo_alpaca.jsonl"
@@ -57,16 +70,18 @@ def _count(counter: Counter, n: int, head: int) -> None:
 
 def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter) -> None:
     """Tokens srt_hf actually computes (deduplicated, shared heads once per group, head at labels only)."""
-    from srt_hf.scoring import _Encoder
-    from srt_hf.span_loss import _shared_prefix_len
+    from srt_hf.student.plan import Encoder, plan_row
+    from srt_hf.student.spans import shared_prefix_len
 
-    enc = _Encoder(scorer.tokenizer)
-    spans = {s for ex in examples for s in scorer._plan(ex, enc).spans() if s.n_scored > 0}
+    enc = Encoder(scorer.tokenizer)
+    L, rifd = scorer.max_length(), scorer.config.rifd_enabled()
+    plans = [plan_row(ex, enc, scorer.preset, L, rifd) for ex in examples]
+    spans = {s for p in plans if not isinstance(p, str) for s in p.spans() if s.n_scored > 0}
     groups: dict[str, list] = {}
     for s in spans:
         groups.setdefault(s.group, []).append(s)
     for members in groups.values():
-        p = _shared_prefix_len(members) if len(members) > 1 else 0
+        p = shared_prefix_len(members) if len(members) > 1 else 0
         counter.body_tokens += p
         counter.attn_pairs += p * (p + 1) // 2
         for s in members:
@@ -101,12 +116,76 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def chip_peak(device, dtype: torch.dtype, n: int = 8192, trials: int = 10) -> float:
+    """Best GFLOP/s of one large square matrix product on ``device`` in ``dtype`` (the chip's practical peak)."""
+    n = n if str(device).startswith("cuda") else 512
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(trials):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def reference_passes(tokenizer, rows: list[dict], template: str, max_length: int = 2048) -> list[tuple[int, str, list[int], int]]:
+    """(row, loss name, ids, first labelled position) of the reference's four passes per row (its tokenization)."""
+    from srt_hf.templates import format_prompt, format_reverse_prompt
+
+    def enc(text: str, budget: int) -> list[int]:
+        return tokenizer.encode(text, truncation=True, max_length=budget)
+
+    out = []
+    for i, r in enumerate(rows):
+        prompt, reverse = format_prompt(template, r["instruction"], r["input"]), format_reverse_prompt(template, r["response"])
+        p_len, r_len = len(enc(prompt, max_length)), len(enc(reverse, max_length))
+        question = r["instruction"] + r["input"]
+        out.append((i, "loss_Q_direct", enc(question, max_length - r_len + 1), 0))
+        out.append((i, "loss_A_direct", enc(r["response"], max_length - p_len + 1), 0))
+        for key, text, target in (("loss_Q_cond", reverse + question, r["instruction"]), ("loss_A_cond", prompt + r["response"], r["response"])):
+            out.append((i, key, enc(text, max_length), len(tokenizer.encode(text[: text.rfind(target)]))))
+    return out
+
+
+def user_baseline(model, tokenizer, rows: list[dict], template: str, counter: Counter, batch_size: int = 16) -> list[dict]:
+    """What a competent user writes: length-sorted, right-padded batches of 16, full logits, per-token cross-entropy."""
+    passes = sorted(reference_passes(tokenizer, rows, template), key=lambda p: len(p[2]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[dict] = [{} for _ in rows]
+    with torch.inference_mode():
+        for k in range(0, len(passes), batch_size):
+            batch = passes[k : k + batch_size]
+            width = max(len(p[2]) for p in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for b, (_, _, seq, start) in enumerate(batch):
+                ids[b, : len(seq)], mask[b, : len(seq)] = torch.tensor(seq), 1
+                labels[b, start : len(seq)] = torch.tensor(seq[start:])
+            _count(counter, len(batch) * width, len(batch) * width)
+            counter.attn_pairs += (len(batch) - 1) * width * (width + 1) // 2
+            ids, mask, labels = ids.to(model.device), mask.to(model.device), labels.to(model.device)
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, W, V): every position
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], reduction="none")
+            valid = labels[:, 1:] != -100
+            means = (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+            for (row, key, _, _), value in zip(batch, means.tolist()):
+                out[row][key] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA if SHARED_DATA.exists() else DEMO_DATA)
     parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--ref-rows", type=int, default=None, help="Rows the reference loop runs (default: all); rates are per row.")
     parser.add_argument("--rounds", type=int, default=3, help="Timed rounds, alternating which side runs first; medians are reported.")
-    parser.add_argument("--student", default="default", help="a model id or folder, or random:llama-1b (a randomly initialised 1B Llama with the embedded tokenizer; see random_student.py)")
+    parser.add_argument("--student", default="default", help="a model id or folder, or random:llama-1b (a random 1B Llama saved with the embedded tokenizer)")
+    parser.add_argument("--shape", default=None, help="a random student of a real shape built in memory with the GPU kit's tokenizer: "
+                        "smollm2-135m, qwen2.5-0.5b, llama-3.2-1b, llama-3.1-8b, tiny (adds the batched-user baseline)")
+    parser.add_argument("--engine", default=None, help="force srt_hf's engine (gpu, cpu, plain); default: its own choice")
     parser.add_argument("--template", default="vicuna", choices=["vicuna", "alpaca"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--profile", action="store_true", help="After the rounds, profile one srt_hf pass and print where its time goes.")
@@ -114,41 +193,68 @@ def main() -> None:
     args = parser.parse_args()
 
     batch = load_rows(args.data, args.rows)
-    if args.student.startswith("random:"):
-        from random_student import build_random_student
+    config = ScoringConfig(preset="reflection", template=args.template, device=args.device, dtype=args.dtype, engine=args.engine)
+    if args.shape:
+        from random_student import kit_tokenizer, random_student
 
-        args.student = str(build_random_student(args.student.removeprefix("random:")))
-    scorer = IFDScorer(ScoringConfig(student=args.student, preset="reflection", template=args.template, device=args.device, dtype=args.dtype))
-    if args.dtype == "float32":
-        model, tok = scorer.model, scorer.tokenizer
-    else:  # the reference computes in float32: its own model
-        reference = IFDScorer(ScoringConfig(student=args.student, preset="reflection", template=args.template, device=args.device))
-        model, tok = reference.model, reference.tokenizer
+        tok = kit_tokenizer()
+        model = random_student(args.shape, tok, args.device, torch.float32)
+        ours_model = model if args.dtype == "float32" else copy.deepcopy(model).to(getattr(torch, args.dtype))
+        config.student = f"random:{args.shape}"
+        scorer = IFDScorer(config)
+        scorer._tokenizer, scorer._model, scorer._device = tok, ours_model, prepare_device(args.device)
+    else:
+        if args.student.startswith("random:"):
+            from random_student import build_random_student
+
+            args.student = str(build_random_student(args.student.removeprefix("random:")))
+        config.student = args.student
+        scorer = IFDScorer(config)
+        if args.dtype == "float32":
+            model, tok = scorer.model, scorer.tokenizer
+        else:  # the reference computes in float32: its own model
+            reference = IFDScorer(ScoringConfig(student=args.student, preset="reflection", template=args.template, device=args.device))
+            model, tok = reference.model, reference.tokenizer
     bound = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}[args.dtype]
     examples = read_batch(batch, detect_format(list(batch)))
     rows = [{"instruction": e.instruction, "input": e.input, "response": e.response} for e in examples]
     n = len(rows)
-    where = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"data: {args.data} ({n} rows), student: {args.student} ({args.dtype}), device: {where}")
+    n_ref = min(args.ref_rows or n, n)
+    cuda = model.device.type == "cuda"
+    where = torch.cuda.get_device_name(model.device) if cuda else f"cpu, {torch.get_num_threads()} threads"
+    print(f"data: {args.data} ({n} rows; reference loop on {n_ref}), student: {args.shape or args.student} ({args.dtype}), device: {where}")
 
-    scorer({k: v[:2] for k, v in batch.items()})  # warm-up
+    scorer({k: v[:2] for k, v in batch.items()})  # warm-up (and the engine's probe)
     print(f"srt_hf scoring path: {scorer_path(scorer)}")
     peak_dtype = getattr(torch, args.dtype)
     peak_before = matmul_peak(model.config, device=model.device, dtype=peak_dtype)
-    times: dict[str, list[float]] = {"baseline": [], "srt_hf": []}
+    sides = ["baseline", "srt_hf"] + (["user"] if args.shape else [])
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    memory: dict[str, int] = {}
+    user_counter = Counter()
     for r in range(args.rounds):
-        for side in (("baseline", "srt_hf") if r % 2 == 0 else ("srt_hf", "baseline")):
+        for side in (sides if r % 2 == 0 else sides[::-1]):
             _sync(model.device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(model.device)
+                resident = torch.cuda.memory_allocated(model.device)
             t = time.perf_counter()
             if side == "srt_hf":
                 ours = scorer(batch)
+            elif side == "user":
+                user_counter = Counter()
+                user = user_baseline(ours_model, tok, rows, args.template, user_counter)
             else:
                 base_counter = Counter()
-                ref = reference_losses(model, tok, rows, args.template, on_pass=lambda n, c=base_counter: _count(c, n, n))
+                ref = reference_losses(model, tok, rows[:n_ref], args.template, on_pass=lambda k, c=base_counter: _count(c, k, k))
             _sync(model.device)
             times[side].append(time.perf_counter() - t)
-            print(f"round {r + 1}: {side:8} {times[side][-1]:7.1f} s", flush=True)
-    t_base, t_ours = float(np.median(times["baseline"])), float(np.median(times["srt_hf"]))
+            if cuda:  # the side's own footprint: its model's weights + what it allocated beyond what was resident
+                weights = sum(p.numel() * p.element_size() for p in (model if side == "baseline" else scorer.model).parameters())
+                used = weights + torch.cuda.max_memory_allocated(model.device) - resident
+                memory[side] = max(memory.get(side, 0), used)
+            print(f"round {r + 1}: {side:8} {times[side][-1]:7.2f} s", flush=True)
+    rate = {side: (n_ref if side == "baseline" else n) / float(np.median(times[side])) for side in sides}
 
     worst = 0.0
     for i, r in enumerate(ref):
@@ -160,16 +266,33 @@ def main() -> None:
     cfg = model.config
     peak = max(peak_before, matmul_peak(cfg, device=model.device, dtype=peak_dtype))
     print(f"max relative difference of the four losses: {worst:.2e} ({'OK' if worst <= bound else 'MISMATCH'}, bound {bound:g} for {args.dtype})")
-    print(f"{'':10}{'rows/s':>10}{'tokens/s':>12}{'GFLOP':>10}{'GFLOP/s':>10}{'% of peak':>11}")
-    for name, secs, c in (("baseline", t_base, base_counter), ("srt_hf", t_ours, our_counter)):
+    if args.shape:
+        user_worst = max(abs(user[i][k] - v) / max(abs(v), 1e-12) for i, r in enumerate(ref) for k, v in r.items() if not math.isnan(v))
+        print(f"batched-user baseline vs the reference loop: {user_worst:.2e} (relative, {args.dtype})")
+    print(f"{'':10}{'rows/s':>10}{'tokens/s':>12}{'GFLOP':>10}{'GFLOP/s':>10}{'% of peak':>11}{'peak mem':>10}")
+    counters = {"baseline": base_counter, "srt_hf": our_counter, "user": user_counter}
+    for name in sides:
+        c, rows_done = counters[name], (n_ref if name == "baseline" else n)
+        secs = rows_done / rate[name]
         gf = c.flops(cfg) / 1e9
-        print(f"{name:10}{n / secs:>10.3f}{c.body_tokens / secs:>12.0f}{gf:>10.1f}{gf / secs:>10.1f}{100 * gf / secs / peak:>10.0f}%")
+        mem = f"{memory[name] / 2**30:.1f} GiB" if name in memory else "-"
+        print(f"{name:10}{rate[name]:>10.3f}{c.body_tokens / secs:>12.0f}{gf:>10.1f}{gf / secs:>10.1f}{100 * gf / secs / peak:>10.0f}%{mem:>10}")
     print(f"matmul peak at the model's shapes ({args.dtype} linear on {where}, best trial): {peak:.1f} GFLOP/s")
-    print(f"speed-up srt_hf / baseline: {t_base / t_ours:.2f}x  (medians of {args.rounds} rounds; same rows, same outputs)")
-    print(f"srt_hf does {our_counter.flops(cfg) / base_counter.flops(cfg):.2f}x of the baseline's FLOPs")
+    print(f"speed-up srt_hf / baseline: {rate['srt_hf'] / rate['baseline']:.2f}x  (medians of {args.rounds} rounds; same rows, same outputs)")
+    print(f"srt_hf does {our_counter.flops(cfg) / n / (base_counter.flops(cfg) / n_ref):.2f}x of the baseline's FLOPs per row")
+    if args.shape:
+        chip = chip_peak(model.device, peak_dtype)
+        per_row = {name: counters[name].flops(cfg) / (n_ref if name == "baseline" else n) for name in sides}
+        share = 100 * our_counter.flops(cfg) / (n / rate["srt_hf"]) / 1e9 / chip
+        print(f"speed-up srt_hf / batched user: {rate['srt_hf'] / rate['user']:.2f}x; FLOPs per row: srt_hf {per_row['srt_hf'] / 1e9:.2f} "
+              f"GFLOP, user {per_row['user'] / 1e9:.2f} GFLOP ({per_row['user'] / per_row['srt_hf']:.2f}x srt_hf's)")
+        print(f"chip peak ({args.dtype} square matmul, best of 10): {chip / 1e3:.1f} TFLOP/s; srt_hf at {share:.1f}% of it")
+        mem = f"{memory['srt_hf'] / 2**30:.1f}GiB" if "srt_hf" in memory else "-"
+        print(f"RESULT {args.shape} {args.dtype}: {rate['srt_hf']:.1f} rows/s, {rate['srt_hf'] / rate['baseline']:.1f}x ref, "
+              f"{rate['srt_hf'] / rate['user']:.2f}x user, {share:.1f}% of peak, mem {mem}, diff {worst:.1e}")
     if args.profile:
         matmul_share = profile(scorer, batch)
-        print(f"bound if every operator but the matrix products took no time: {t_base / (t_ours * matmul_share):.2f}x "
+        print(f"bound if every operator but the matrix products took no time: {rate['srt_hf'] / rate['baseline'] / matmul_share:.2f}x "
               f"(the matrix products alone are {100 * matmul_share:.0f}% of srt_hf's time)")
 
 
@@ -182,33 +305,60 @@ OP_KINDS = (
 )
 
 
+# CUDA kernel name fragment -> the kind of work it is (on a GPU the time is the kernels', not the operators')
+KERNEL_KINDS = (
+    ("matrix products", ("gemm", "cutlass", "xmma", "cublas", "nvjet", "matmul")),
+    ("attention kernels", ("flash", "fmha", "attention", "cudnn")),
+    ("softmax / log-sum-exp (output head)", ("softmax", "logsumexp", "nll_loss", "cross_entropy")),
+    ("copies, gathers and indexing", ("copy", "index", "gather", "cat", "fill", "memcpy", "memset")),
+)
+
+
 def profile(scorer: IFDScorer, batch: dict) -> float:
-    """One srt_hf pass under torch.profiler: self time by kind of work, the ten largest operators; returns the matmul share."""
+    """One srt_hf pass under torch.profiler: time by kind of work, the ten largest entries; returns the matmul share.
+
+    On a GPU the shares are of the kernels' device time, and the GPU's busy share of the wall time is printed
+    (well below 100%: the host, not the chip, sets the pace).
+    """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if scorer.model.device.type == "cuda" else [])
+    cuda = scorer.model.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    _sync(scorer.model.device)
+    start = time.perf_counter()
     with torch_profile(activities=activities) as prof:
         scorer(batch)
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    total = sum(e.self_cpu_time_total for e in events) or 1
+        _sync(scorer.model.device)
+    wall = time.perf_counter() - start
+    if cuda:
+        events = [e for e in prof.key_averages() if e.self_device_time_total > 0 and not e.key.startswith("aten::")]
+        cost, table = (lambda e: e.self_device_time_total), KERNEL_KINDS
+    else:
+        events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        cost, table = (lambda e: e.self_cpu_time_total), OP_KINDS
+    total = sum(cost(e) for e in events) or 1
     kinds: dict[str, float] = {}
     for e in events:
-        kind = next((name for name, prefixes in OP_KINDS if e.key.startswith(prefixes)), "elementwise and other operators")
-        kinds[kind] = kinds.get(kind, 0.0) + e.self_cpu_time_total
-    print(f"profile of one srt_hf pass ({total / 1e6:.1f} s of operator self time on the CPU side):")
+        name = e.key if not cuda else e.key.lower()
+        kind = next((k for k, parts in table if (name.startswith(parts) if not cuda else any(p in name for p in parts))),
+                    "elementwise and other operators")
+        kinds[kind] = kinds.get(kind, 0.0) + cost(e)
+    side = "GPU kernel" if cuda else "operator self"
+    print(f"profile of one srt_hf pass ({total / 1e6:.2f} s of {side} time, {wall:.2f} s wall"
+          + (f"; the GPU busy {100 * total / 1e6 / wall:.0f}% of it):" if cuda else "):"))
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"  {100 * us / total:5.1f}%  {kind}")
-    print("  largest operators:")
-    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]:
-        print(f"  {100 * e.self_cpu_time_total / total:5.1f}%  {e.key} ({e.count} calls)")
-    return kinds.get(OP_KINDS[0][0], 0.0) / total
+    print("  largest entries:")
+    for e in sorted(events, key=lambda e: -cost(e))[:10]:
+        print(f"  {100 * cost(e) / total:5.1f}%  {e.key[:100]} ({e.count} calls)")
+    return kinds.get(table[0][0], 0.0) / total
 
 
 def scorer_path(scorer: IFDScorer) -> str:
-    from srt_hf.span_loss import scoring_path
+    from srt_hf.student.engines import choose_engine
 
-    return scoring_path(scorer.model, share_prefix=scorer.config.share_prefix).describe()
+    return choose_engine(scorer.model, scorer.config.engine, share_prefix=scorer.config.share_prefix).describe()
 
 
 if __name__ == "__main__":

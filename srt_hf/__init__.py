@@ -14,7 +14,7 @@ PROJECT_URL = "https://github.com/srt-hf/srt-hf"  # the project's own page (pypr
 _EXPORTS = {
     "errors": ("ConfigError", "InputError", "ModelUnavailableError", "SrtHfError"),
     "formats": ("ColumnMapping",),
-    "scoring": ("IFDScorer", "ScoringConfig"),
+    "student": ("IFDScorer", "ScoringConfig"),
     "teachers": ("EndpointTeacher", "GenerationConfig", "LocalTeacher", "load_teacher"),
     "reflection": ("InstructionReflection", "ReflectionConfig", "ResponseReflection"),
     "pipeline": ("RecycleConfig", "RecycleResult", "recycle"),

@@ -349,3 +349,16 @@ def read_provenance(path: Path) -> dict:
         return {}
     raw = (pq.read_schema(path).metadata or {}).get(PROVENANCE_KEY)
     return json.loads(raw) if raw else {}
+
+
+def with_columns(ds, columns: dict[str, list], features: dict[str, str] | None = None):
+    """``datasets.Dataset`` ``ds`` with ``columns`` added (replacing any of the same name), ``features`` naming some types."""
+    from datasets import Value
+
+    present = [c for c in columns if c in ds.column_names]
+    if present:
+        ds = ds.remove_columns(present)
+    for name, values in columns.items():
+        kind = (features or {}).get(name)
+        ds = ds.add_column(name, values, feature=Value(kind)) if kind else ds.add_column(name, values)
+    return ds

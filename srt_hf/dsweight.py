@@ -247,12 +247,12 @@ class AnswerLoss(models.LazyModel):
         return head.replace("{question}", question)
 
     def span(self, question: str, answer: str):
-        """The token ids of prefix + answer and the first scored token (a :class:`srt_hf.span_loss.Span`).
+        """The token ids of prefix + answer and the first scored token (a :class:`srt_hf.student.spans.Span`).
 
         ``loss_tokens="text"``: every token after the first; ``"answer"``: the first token that covers a
         character of the answer onwards.
         """
-        from .span_loss import Span
+        from .student.spans import Span
 
         prefix = self.prefix(question)
         text = prefix + answer
@@ -272,14 +272,12 @@ class AnswerLoss(models.LazyModel):
 
     def __call__(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """Mean loss per (question, answer) over the ``loss_tokens``; NaN where no such token is left."""
-        from .span_loss import span_losses
+        from .student.engines import span_losses
 
         if len(questions) != len(answers):
             raise InputError(f"{len(questions)} questions but {len(answers)} answers", fix="pass one answer per question")
         spans = [self.span(q or "", a or "") for q, a in zip(questions, answers)]
-        model = self.model
-        budget = self.config.max_batch_tokens or (65536 if model.device.type == "cuda" else 4096)
-        return span_losses(model, spans, max_batch_tokens=budget)
+        return span_losses(self.model, spans, max_batch_tokens=self.config.max_batch_tokens)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,8 +399,6 @@ def ds_weight_filter(
     (``valid_question_column``, ``valid_answer_column``) for the mean valid loss. ``extract_answer``
     overrides ``config.answer_extraction`` with a function of your own.
     """
-    from .selection import with_decisions
-
     config = config or DSWeightConfig()
     for ds, cols, what in ((candidates, (question_column, response_column, group_column), "candidates"),
                            (valid, (valid_question_column, valid_answer_column), "valid set")):
@@ -422,6 +418,8 @@ def ds_weight_filter(
         max_weight=config.max_weight, max_d=config.max_d, min_votes=config.min_votes, threshold_rule=config.threshold_rule,
         zero_weight_in_pool=config.zero_weight_in_pool,
     )
+    from .dataio import with_columns  # not srt_hf.selection: its DS-weight method imports this module
+
     cols = dict(decisions.columns)
-    selected, reasons = cols.pop("selected"), cols.pop("selection_reason")
-    return with_decisions(candidates, selected, reasons, cols), decisions
+    front = {"selected": cols.pop("selected"), "selection_reason": cols.pop("selection_reason")}
+    return with_columns(candidates, {**front, **cols}, {"selected": "bool", "selection_reason": "string"}), decisions

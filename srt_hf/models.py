@@ -177,9 +177,42 @@ def load_tokenizer(name: str | os.PathLike | None, **kwargs):
         tokenizer = AutoTokenizer.from_pretrained(path, **extra, **kwargs)
     except (OSError, ValueError) as err:
         raise _unavailable(str(name), err) from err
+    tokenizer = _as_written(tokenizer, path, extra, kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _as_written(tokenizer, path: str, extra: dict, kwargs: dict):
+    """The tokenizer its ``tokenizer.json`` describes, whatever class transformers picked.
+
+    transformers 5 forces its own tokenizer class for some model types (``qwen2``, ``phi3``, ... its
+    ``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``), and such a class rebuilds the normalizer and
+    pre-tokenizer from its own definition. A checkpoint whose ``tokenizer.json`` splits text differently
+    (another family's tokenizer on a Qwen2 body) is then tokenized differently from what it was trained
+    with and from what every other reader of the folder gets: indented code came out as other tokens,
+    and the scores moved by 1e-4..1e-2. Here the file wins, with a one-line notice.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or "gguf_file" in extra:
+        return tokenizer
+    from tokenizers import Tokenizer
+    from transformers.utils import cached_file
+
+    try:
+        file = cached_file(path, "tokenizer.json", _raise_exceptions_for_missing_entries=False, **kwargs)
+    except OSError:
+        file = None
+    if file is None:
+        return tokenizer
+    written, loaded = (json.loads(t.to_str()) for t in (Tokenizer.from_file(file), backend))
+    if all(written.get(k) == loaded.get(k) for k in ("normalizer", "pre_tokenizer")):
+        return tokenizer
+    from transformers import TokenizersBackend
+
+    logger.warning("srt_hf: %s splits text unlike %s's tokenizer.json; using tokenizer.json as written",
+                   type(tokenizer).__name__, path)
+    return TokenizersBackend.from_pretrained(path, **extra, **kwargs)
 
 
 def load_causal_lm(name: str | os.PathLike | None, *, device: str | None = None, dtype: str = "float32", **kwargs):

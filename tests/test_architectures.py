@@ -4,8 +4,12 @@ Tiny random models (2 layers, hidden 64, a 400-token byte-level BPE trained here
 architecture's config with the features that make it different turned up so that getting them wrong
 shows: sliding windows shorter than the texts, strong attention and final-logit soft-capping, Granite's
 multipliers and ``logits_scaling``, Cohere's ``logit_scale``, mixture-of-experts routing. Each is scored
-with the reflection preset on the packed path and the padded path, with the shared-prefix cache on and
-off, and compared with :func:`srt_hf.reference.reference_losses` (``model(ids, labels=...)``, batch size 1).
+with the reflection preset by the CPU engine (packed and padded) and the GPU engine (forced, so it runs on
+CPU too), with the shared-prefix cache on and off, and compared with
+:func:`srt_hf.student.reference.reference_losses` (``model(ids, labels=...)``, batch size 1). A second set
+scores code with indentation under several architectures' *default* configs against the tokenizer object
+itself (not the copy reloaded from the student's folder). No embedded model is needed; set
+``SRT_HF_TEST_DEVICE=cuda`` to run every test on a GPU.
 """
 
 from __future__ import annotations
@@ -22,16 +26,12 @@ import transformers
 from conftest import DATA
 
 from srt_hf import IFDScorer
-from srt_hf.reference import reference_losses
-from srt_hf.span_loss import (
-    PLAIN,
-    ScoringPath,
-    Span,
-    _run,
-    probe_spans,
-    scoring_path,
-    span_losses,
-)
+from srt_hf.student import engines
+from srt_hf.student.cpu import CpuEngine, ScoringPath
+from srt_hf.student.engines import choose_engine, span_losses
+from srt_hf.student.plain import PlainEngine
+from srt_hf.student.reference import reference_losses
+from srt_hf.student.spans import Span, probe_spans
 
 LOSSES = ("loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
 WINDOW = 16  # shorter than most texts: a window that is ignored shows
@@ -64,7 +64,25 @@ CONFIGS = {
     "mixtral": lambda: transformers.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW),
 }
 DEVICE = os.environ.get("SRT_HF_TEST_DEVICE", "cpu")  # benchmarks/gpu_check.sh runs this file on cuda
-PATHS = [{"packing": packing, "share_prefix": share} for packing in (True, False) for share in (True, False)]
+PATHS = [{"packing": packing, "share_prefix": share} for packing in (True, False) for share in (True, False)] + [
+    {"engine": "gpu", "share_prefix": share} for share in (True, False)
+]
+# Default configs (only the sizes shrunk): attention biases, no sliding windows, each family's own choices.
+DEFAULTS = {
+    "llama": transformers.LlamaConfig,
+    "qwen2": transformers.Qwen2Config,
+    "qwen3": lambda **kw: transformers.Qwen3Config(**kw, head_dim=16),
+    "mistral": transformers.MistralConfig,
+    "phi3": transformers.Phi3Config,
+    "gemma3_text": lambda **kw: transformers.Gemma3TextConfig(**kw, head_dim=16),
+    "olmo2": transformers.Olmo2Config,
+}
+CODE = [  # responses whose indentation a tokenizer may split in more than one way
+    ("Write a JavaScript function that adds two numbers.",
+     "function add(a, b) {\n    if (a == null) {\n        return b;\n    }\n    return a + b;\n}"),
+    ("Write a Python function that returns the largest of a list.",
+     "def largest(xs):\n    best = xs[0]\n    for x in xs[1:]:\n        if x > best:\n            best = x\n    return best"),
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,6 +111,7 @@ def tokenizer(rows):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     texts = [v for r in rows for v in r.values()] + [t for p in PROMPT_TEMPLATES.values() for t in p.values()]
+    texts += [t for pair in CODE for t in pair]
     trainer = trainers.BpeTrainer(
         vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
@@ -100,8 +119,8 @@ def tokenizer(rows):
     return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def build(name: str, tokenizer, path):
-    config = CONFIGS[name]()
+def build(name: str, tokenizer, path, config=None):
+    config = config or CONFIGS[name]()
     config.vocab_size = len(tokenizer)
     config.pad_token_id, config.bos_token_id, config.eos_token_id = (tokenizer.convert_tokens_to_ids(t) for t in ("<pad>", "<s>", "</s>"))
     torch.manual_seed(0)
@@ -118,7 +137,11 @@ def test_four_losses_equal_the_plain_forward(name, rows, tokenizer, tmp_path):
              "output": [r["response"] for r in rows]}
     scorers = [IFDScorer(student=str(student), preset="reflection", device=DEVICE, **kw) for kw in PATHS]
     model = scorers[0].model
-    assert scoring_path(model).kind == "packed", scoring_path(model)  # packing is exact for every one of them
+    chosen = choose_engine(model)
+    expected_engine = "gpu" if model.device.type == "cuda" else "cpu"
+    assert chosen.name == expected_engine, chosen.describe()  # the fast engine is exact for every one of them
+    if chosen.name == "cpu":
+        assert chosen.path.kind == "packed", chosen.describe()
     expected = reference_losses(model, scorers[0].tokenizer, rows)
     for kw, scorer in zip(PATHS, scorers):
         out = scorer(batch)
@@ -128,7 +151,43 @@ def test_four_losses_equal_the_plain_forward(name, rows, tokenizer, tmp_path):
                 assert out[key][i] == pytest.approx(ref[key], rel=1e-5), (name, kw, i, key)
 
 
-def test_flash_varlen_path_on_cpu(tiny_model_dir):
+@pytest.mark.parametrize("name", list(DEFAULTS))
+def test_code_with_indentation_under_default_configs(name, tokenizer, tmp_path):
+    """Scores equal the plain forward on the ids of the tokenizer the student was saved with.
+
+    transformers 5 loads some model types' tokenizers with its own class (Qwen2Tokenizer for ``qwen2``),
+    whose pre-tokenizer split indentation unlike the saved ``tokenizer.json``; the reference computed
+    with the scorer's reloaded tokenizer hid that, so the expectation here uses the original object.
+    """
+    config = DEFAULTS[name](**COMMON)
+    student = build(name, tokenizer, tmp_path, config)
+    rows = [{"instruction": q, "input": "", "response": a} for q, a in CODE]
+    batch = {"instruction": [q for q, _ in CODE], "input": ["", ""], "output": [a for _, a in CODE]}
+    for kw in ({}, {"engine": "gpu"}, {"packing": False}):
+        scorer = IFDScorer(student=str(student), preset="reflection", device=DEVICE, **kw)
+        out = scorer(batch)
+        expected = reference_losses(scorer.model, tokenizer, rows)
+        assert out["score_status"] == ["ok"] * len(rows), (name, kw)
+        for i, ref in enumerate(expected):
+            for key in LOSSES:
+                assert out[key][i] == pytest.approx(ref[key], rel=1e-5), (name, kw, i, key)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tokenizer, tmp_path_factory):
+    """A tiny random Llama with the test's tokenizer (no embedded model needed)."""
+    return build("llama", tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+def load(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(path).to(DEVICE).eval()
+
+
+def plain(model, spans):
+    return PlainEngine(model).losses(spans)
+
+
+def test_flash_varlen_path_on_cpu(tiny_dir):
     """The CUDA flash path (cu_seq_lens, restarting positions, no prefix) with a reference varlen kernel in its place."""
     from transformers import AttentionInterface
 
@@ -143,37 +202,41 @@ def test_flash_varlen_path_on_cpu(tiny_model_dir):
         return out.transpose(1, 2), None
 
     AttentionInterface.register("srt_test_varlen", reference_varlen)
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model = load(tiny_dir)
     spans = probe_spans(model.config.vocab_size) * 2
     flash = ScoringPath("packed", "flash", "srt_test_varlen", share_prefix=False)
-    got = _run(model, spans, flash, max_batch_tokens=60, max_batch_size=64, max_padding=0.05)
-    np.testing.assert_allclose(got, _run(model, spans, PLAIN, 0, 1, 0.0), rtol=1e-5)
+    got = CpuEngine(model, False, flash).losses(spans, engines.Budget(max_batch_tokens=60))
+    np.testing.assert_allclose(got, plain(model, spans), rtol=1e-5)
     assert model.config._attn_implementation == "sdpa"  # restored
 
 
-def test_inexact_packing_falls_back_with_a_notice(tiny_model_dir, monkeypatch, caplog):
-    """A packed path that gets the prefix wrong fails the probe: the scorer packs without the prefix cache instead."""
-    from srt_hf import packed_attention
+def test_inexact_packing_falls_back_with_a_notice(tiny_dir, monkeypatch, caplog):
+    """A packed path that gets the prefix wrong fails the probe: the CPU engine packs without the prefix cache instead."""
+    from srt_hf.student import packed_attention
 
     monkeypatch.setattr(packed_attention.PackLayout, "prefix_len", property(lambda self: 0))  # prefix keys masked wrongly
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    with caplog.at_level(logging.WARNING, logger="srt_hf.span_loss"):
-        path = scoring_path(model)
-    assert (path.kind, path.share_prefix) == ("packed", False)
-    notices = [r.getMessage() for r in caplog.records if r.name == "srt_hf.span_loss"]
+    monkeypatch.setattr(engines, "auto_order", lambda model: ("cpu", "plain"))  # the CPU engine's choice, on any device
+    model = load(tiny_dir)
+    with caplog.at_level(logging.WARNING, logger="srt_hf.student"):
+        chosen = choose_engine(model)
+    assert (chosen.name, chosen.path.kind, chosen.path.share_prefix) == ("cpu", "packed", False)
+    notices = [r.getMessage() for r in caplog.records if r.name == "srt_hf.student"]
     assert len(notices) == 1 and "differs from the plain forward" in notices[0]
     spans = probe_spans(model.config.vocab_size)
-    np.testing.assert_allclose(span_losses(model, spans), _run(model, spans, PLAIN, 0, 1, 0.0), rtol=1e-5)
+    np.testing.assert_allclose(span_losses(model, spans), plain(model, spans), rtol=1e-5)
 
 
-def test_a_head_that_cannot_run_alone_falls_back_to_the_plain_forward(tiny_model_dir, monkeypatch, caplog):
-    from srt_hf import output_head
+def test_a_head_that_cannot_run_alone_falls_back_to_the_plain_forward(tiny_dir, monkeypatch, caplog):
+    from srt_hf.student import output_head
 
-    monkeypatch.setattr(output_head.OutputHead, "logits", lambda self, hidden: torch.zeros(hidden.shape[0], self.vocab_size))
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    with caplog.at_level(logging.WARNING, logger="srt_hf.span_loss"):
-        assert scoring_path(model) == PLAIN
+    zeros = lambda self, hidden: torch.zeros(hidden.shape[0], self.vocab_size, device=hidden.device)  # noqa: E731
+    monkeypatch.setattr(output_head.OutputHead, "logits", zeros)
+    model = load(tiny_dir)
+    with caplog.at_level(logging.WARNING, logger="srt_hf.student"):
+        assert choose_engine(model).name == "plain"
     assert "the plain batch-size-1 forward" in caplog.text
     spans = [Span((5, 6, 7, 8), 1), Span((9, 10, 11), 0)]
-    expected = [model(torch.tensor([s.ids]), labels=torch.tensor([s.ids])).loss.item() for s in spans]
+    with torch.no_grad():
+        expected = [model(torch.tensor([s.ids], device=DEVICE), labels=torch.tensor([s.ids], device=DEVICE)).loss.item()
+                    for s in spans]
     np.testing.assert_allclose(span_losses(model, spans), expected, rtol=1e-6)

@@ -8,7 +8,8 @@ import pytest
 from datasets import Dataset
 
 from srt_hf import IFDScorer, InputError
-from srt_hf.span_loss import Span, span_losses
+from srt_hf.student.engines import span_losses
+from srt_hf.student.spans import Span
 
 GOOD = {"instruction": "Name a primary colour.", "input": "", "output": "Red."}
 

@@ -82,7 +82,8 @@ def test_with_rank_puts_the_student_on_the_gpu_of_its_rank(monkeypatch, scorer):
     """Where GPUs exist, the rank datasets passes (with_rank=True) picks cuda:rank, wrapping round the GPUs."""
     import torch
 
-    from srt_hf import models, scoring
+    from srt_hf import models
+    from srt_hf.student import scorer as scoring
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

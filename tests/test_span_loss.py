@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from srt_hf.models import load_causal_lm
-from srt_hf.span_loss import Span, span_losses
+from srt_hf.student.engines import span_losses
+from srt_hf.student.spans import Span
 
 
 def hf_loss(model, span: Span) -> float:

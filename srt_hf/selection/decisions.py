@@ -57,20 +57,10 @@ def kept_rows(table):
 
 def with_decisions(ds, selected: Sequence[bool], reasons: Sequence[str], extra: dict[str, list] | None = None):
     """``ds`` with the ``selected`` / ``selection_reason`` columns (replaced if present) and any extra columns."""
-    from datasets import Value
+    from ..dataio import with_columns
 
     columns = {SELECTED: [bool(s) for s in selected], REASON: list(reasons), **(extra or {})}
-    present = [c for c in columns if c in ds.column_names]
-    if present:
-        ds = ds.remove_columns(present)
-    for name, values in columns.items():
-        if name == SELECTED:
-            ds = ds.add_column(name, values, feature=Value("bool"))
-        elif name == REASON:
-            ds = ds.add_column(name, values, feature=Value("string"))
-        else:
-            ds = ds.add_column(name, values)
-    return ds
+    return with_columns(ds, columns, {SELECTED: "bool", REASON: "string"})
 
 
 def reason_counts(reasons: Sequence[str]) -> dict[str, int]:

@@ -21,15 +21,21 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from ..durable import atomic_path, write_text_atomic
 from ..errors import BatchPending, ConfigError, TeacherError
 from .credentials import host_of
 from .http import api_root
 
-if TYPE_CHECKING:
-    from .batch_teacher import BatchMode
+
+class BatchMode(Protocol):
+    """What this module reads of ``batch_teacher.BatchMode`` (a protocol, so the two modules do not import each other)."""
+
+    config: Any  # BatchConfig: completion_window
+    inner: Any  # the EndpointTeacher: base_urls, the client's settings
+    folder: Any  # BatchFolder: root
+    run_dir: Path
 
 STATE = "batches.json"
 RUNNING = ("validating", "in_progress", "finalizing", "cancelling")

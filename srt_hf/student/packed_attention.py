@@ -17,7 +17,7 @@ fastest). Two backends:
 * ``"flash"`` (CUDA, half precision, flash-attn installed): transformers' own variable-length path
   (``flash_attention_2``/``_3`` with ``cu_seq_lens``), no padding at all; no shared prefix.
 
-Which backend is exact for which model is decided in :mod:`srt_hf.span_loss` (and checked there).
+Which backend is exact for which model is decided in :mod:`srt_hf.student.cpu` (and checked in :mod:`srt_hf.student.engines`).
 """
 
 from __future__ import annotations

@@ -68,9 +68,12 @@ class OutputHead:
 
     def token_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
         """Cross-entropy of each target under the head, computed in float32 like transformers' loss."""
+        return self.token_losses_on_device(hidden, targets).double().cpu().numpy()
+
+    def token_losses_on_device(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(K,) float32 cross-entropy of each target, left on the model's device (no host sync)."""
         out = []
         for i in range(0, hidden.shape[0], self.chunk_rows):
             logits = self.logits(hidden[i : i + self.chunk_rows]).float()  # (k, V)
-            ce = torch.nn.functional.cross_entropy(logits, targets[i : i + self.chunk_rows], reduction="none")
-            out.append(ce.double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+            out.append(torch.nn.functional.cross_entropy(logits, targets[i : i + self.chunk_rows], reduction="none"))
+        return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)

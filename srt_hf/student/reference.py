@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .templates import format_prompt, format_reverse_prompt
+from ..templates import format_prompt, format_reverse_prompt
 
 
 def reference_losses(
