@@ -31,6 +31,7 @@ from .spans import (
     by_group,
     cache_argument,
     means,
+    padded_batches,
     prefix_cache,
     scored_positions,
     shared_prefix_len,
@@ -125,7 +126,7 @@ def _run(model, spans: Sequence[Span], path: ScoringPath, max_batch_tokens: int,
                         result[unique[span]] = loss
                     step(sum(len(span.ids) for span in pack))
             else:
-                for batch in _padded_batches(order, prefix_len, max_batch_tokens, max_batch_size, max_padding):
+                for batch in padded_batches(order, prefix_len, max_batch_tokens, max_batch_size, max_padding):
                     for span, loss in zip(batch, _padded_losses(model, head, batch, prefix_len, prefix_kv)):
                         result[unique[span]] = loss
                     step(sum(len(span.ids) for span in batch))
@@ -145,20 +146,6 @@ def _packs(order: list[Span], prefix_len: int, max_tokens: int) -> Iterator[list
     if pack:
         yield pack
 
-
-def _padded_batches(order: list[Span], prefix_len: int, max_tokens: int, max_size: int, max_padding: float) -> Iterator[list[Span]]:
-    batch: list[Span] = []
-    for span in order:
-        if batch:
-            width = len(batch[0].ids) - prefix_len  # the longest of the batch: spans come longest first
-            full = (len(batch) + 1) * width > max_tokens or len(batch) == max_size
-            wasteful = width - (len(span.ids) - prefix_len) > max_padding * width
-            if full or wasteful:
-                yield batch
-                batch = []
-        batch.append(span)
-    if batch:
-        yield batch
 
 
 def _packed_losses(model, head, pack: list[Span], prefix_len: int, prefix_kv, path: ScoringPath, inner: str) -> list[float]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -40,7 +40,16 @@ import torch
 
 from ..errors import ConfigError
 from .base import Budget, Engine, Step, no_step
-from .spans import Span, by_group, cache_argument, prefix_cache, scored_positions, shared_prefix_len, unique_spans
+from .spans import (
+    Span,
+    by_group,
+    cache_argument,
+    padded_batches,
+    prefix_cache,
+    scored_positions,
+    shared_prefix_len,
+    unique_spans,
+)
 
 logger = logging.getLogger("srt_hf.student")
 
@@ -96,7 +105,7 @@ class GpuEngine(Engine):
                 prefix_len = shared_prefix_len(members) if self.share_prefix and len(members) > 1 else 0
                 prefix_kv = prefix_cache(model, members[0].ids[:prefix_len], None) if prefix_len else None
                 order = sorted(members, key=lambda s: len(s.ids), reverse=True)
-                queue = deque(_batches(order, prefix_len, self.batch_tokens, rows, padding))
+                queue = deque(padded_batches(order, prefix_len, self.batch_tokens, rows, padding))
                 while queue:
                     batch = queue.popleft()
                     try:
@@ -105,7 +114,7 @@ class GpuEngine(Engine):
                     except torch.OutOfMemoryError:  # this batch and the rest of the group, again at half the budget
                         self._shrink(batch, prefix_len)
                         rest = [span for b in (batch, *queue) for span in b]  # still longest first
-                        queue = deque(_batches(rest, prefix_len, self.batch_tokens, rows, padding))
+                        queue = deque(padded_batches(rest, prefix_len, self.batch_tokens, rows, padding))
         counts = np.array([s.n_scored for s in items], dtype=np.float64)
         means = sums.cpu().numpy() / np.maximum(counts, 1)  # the one host sync
         result = np.full(len(spans), np.nan)
@@ -151,21 +160,6 @@ def tokens_for_memory(text_config, free_bytes: int, dtype_bytes: int) -> int:
     usable = free_bytes * MEMORY_SHARE - CHUNK_BYTES["cuda"]
     return int(min(max(usable // per_token, MIN_BATCH_TOKENS), MAX_BATCH_TOKENS))
 
-
-def _batches(order: list[Span], prefix_len: int, max_tokens: int, max_rows: int, max_padding: float) -> Iterator[list[Span]]:
-    """Longest-first spans cut into batches of at most ``max_tokens`` padded tokens and ``max_rows`` rows."""
-    batch: list[Span] = []
-    for span in order:
-        if batch:
-            width = len(batch[0].ids) - prefix_len
-            full = (len(batch) + 1) * width > max_tokens or len(batch) == max_rows
-            wasteful = width - (len(span.ids) - prefix_len) > max_padding * width
-            if full or wasteful:
-                yield batch
-                batch = []
-        batch.append(span)
-    if batch:
-        yield batch
 
 
 def _to_device(values: list[int], device) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,3 +120,20 @@ def by_group(spans) -> list[list[Span]]:
     for span in spans:
         groups.setdefault(span.group, []).append(span)
     return list(groups.values())
+
+
+def padded_batches(order: list[Span], prefix_len: int, max_tokens: int, max_rows: int, max_padding: float) -> Iterator[list[Span]]:
+    """Longest-first spans cut into batches of at most ``max_tokens`` padded tokens and ``max_rows`` rows, a new
+    batch wherever a span would be padded by more than ``max_padding`` of the batch's width."""
+    batch: list[Span] = []
+    for span in order:
+        if batch:
+            width = len(batch[0].ids) - prefix_len  # the longest of the batch: spans come longest first
+            full = (len(batch) + 1) * width > max_tokens or len(batch) == max_rows
+            wasteful = width - (len(span.ids) - prefix_len) > max_padding * width
+            if full or wasteful:
+                yield batch
+                batch = []
+        batch.append(span)
+    if batch:
+        yield batch
