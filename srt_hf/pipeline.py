@@ -29,7 +29,6 @@ A comparison needs both scores: a side the student could not score never wins ov
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -46,6 +45,7 @@ from .chunks import column_kinds, map_in_chunks, part_digest, row_digests
 from .errors import ConfigError
 from .formats import ColumnMapping, RowProblem, detect_format, read_batch
 from .locks import output_lock
+from .progress import quiet_foreign_bars
 from .reflection import (
     LAYOUT_JSON,
     LAYOUT_MARKERS,
@@ -193,7 +193,7 @@ def recycle(
             mode.start()
             teacher = mode.teacher
         stages = _Stages(config, teacher)
-        with _quiet_datasets():  # the stage bars say what happens; datasets' own bars would repeat it
+        with quiet_foreign_bars():  # the stage bars say what happens; datasets' own bars would repeat it
             current = ds.map(stages.canonical, batched=True, with_indices=True)
             inputs = row_digests(current, config.chunk_rows)
             try:
@@ -235,18 +235,6 @@ def _stage_usage(teacher: Teacher, run_id: str, stages: list[str]) -> dict[str, 
     empty = {"replies": 0, "prompt_tokens": 0, "completion_tokens": 0}
     return {stage: {source: dict(found.get(stage, {}).get(source, empty)) for source in ("batch", "online")} for stage in stages}
 
-
-@contextlib.contextmanager
-def _quiet_datasets():
-    import datasets
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
 
 
 class _Stages:
