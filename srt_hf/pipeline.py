@@ -123,7 +123,7 @@ class RecycleConfig(ColumnMapping):
     instruction_template_with_input: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt for rows with input."})
     response_template: str | None = field(default=None, metadata={"help": "Response-reflection prompt (Jinja text or .jinja file), rows without input."})
     response_template_with_input: str | None = field(default=None, metadata={"help": "Response-reflection prompt for rows with input."})
-    retry_parse_failures: bool = field(default=True, metadata={"help": "Ask the teacher once more when a reply cannot be parsed."})
+    retry_parse_failures: bool = field(default=True, metadata={"help": "Ask the teacher once more when a reply cannot be parsed or is a meta reply (commentary about the text instead of a new one)."})
     structured: str = field(default="auto", metadata={"help": "Teacher reply layout. auto: a JSON object (review first, then the new texts) where the teacher can enforce a schema, else the [marker] layout; json: JSON only; off: markers."})
     instruction_json_template: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt of the JSON layout (Jinja text or .jinja file)."})
     instruction_json_template_with_input: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt of the JSON layout for rows with input."})

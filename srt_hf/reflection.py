@@ -15,14 +15,17 @@ columns (so they never hold None) and says why in its status:
 * ``request_failed: <reason>`` — the teacher could not be reached after its retries (see teachers.py);
 * ``empty_input: <what>`` — nothing to reflect on (empty instruction);
 * ``invalid: <reason>`` — the row could not be read (the reflected columns are "");
-* ``pending: <where>`` — the request (or its parse retry) went into a batch file; the next run fills it in.
+* ``pending: <where>`` — the request (or its retry) went into a batch file; the next run fills it in.
 
-A parse failure or placeholder is retried once as a new request (``seed + 1``, and ``retry_temperature``
-when the teacher is greedy, since a greedy retry would repeat itself); the status then ends with
-``(after retry)``. Statuses are made and read through :mod:`srt_hf.status`.
+A parse failure, placeholder or meta reply is retried once as a new request (``seed + 1``, and
+``retry_temperature`` when the teacher is greedy, since a greedy retry would repeat itself): the second reply
+is used when it is usable, else the row keeps its original and its status (the second reply's) ends with
+``(after retry)``. A meta reply to the JSON probe is not used: the row is asked in the marker layout.
+Statuses are made and read through :mod:`srt_hf.status`.
 
 ``transform.counts`` counts the status kinds of the rows it has reflected in this process, and
-``parse_retries``; the teacher's own counters are in ``transform.teacher.stats``.
+``parse_retries`` (rows asked once more, whatever their first reply lacked); the teacher's own counters are in
+``transform.teacher.stats``.
 
 Both transforms pickle as (class, srt_hf version, config, prompt texts, teacher identity, teacher
 settings), never a client or a model, so ``datasets`` fingerprints are stable and change with the prompt,
@@ -54,7 +57,7 @@ from .parsing import (
     parse_reflection,
     parse_response_reflection,
 )
-from .status import EMPTY_INPUT, INVALID, OK, REJECTED, is_pending, kind_of, make
+from .status import EMPTY_INPUT, INVALID, OK, REJECTED, is_ok, is_pending, kind_of, make
 from .teachers import Teacher, TeacherSession, run_sync
 from .teachers.base import StructuredOutputUnsupported, gather_or_cancel
 from .teachers.structured import UNSUPPORTED
@@ -114,7 +117,7 @@ class ReflectionConfig(ColumnMapping):
     structured: str = field(default="auto", metadata={"help": "auto: the teacher answers a JSON object (review first, then the new texts) where it can enforce a schema, else the marker layout; json: JSON only (stop if the teacher cannot); off: the marker layout."})
     json_template: str | None = field(default=None, metadata={"help": "Prompt template of the JSON layout for rows without input. Default: the built-in one."})
     json_template_with_input: str | None = field(default=None, metadata={"help": "Prompt template of the JSON layout for rows with input. Default: `json_template` when given, else the built-in one."})
-    retry_parse_failures: bool = field(default=True, metadata={"help": "Ask once more when a reply cannot be parsed or holds a placeholder."})
+    retry_parse_failures: bool = field(default=True, metadata={"help": "Ask once more when a reply cannot be parsed, holds a placeholder or is a meta reply (commentary about the text instead of a new one)."})
     retry_temperature: float = field(default=0.7, metadata={"help": "Temperature of that retry when the teacher is greedy (a greedy retry would repeat the same reply)."})
     keep_raw_reply: bool = field(default=False, metadata={"help": "Also output the teacher's last raw reply (column <kind>_reflection_raw)."})
     record_layout: bool = field(default=False, metadata={"help": "Also output how each row was asked (column <kind>_reflection_layout: 'json (<dialect>)', 'markers', or 'markers, reply to the JSON probe'; empty when the teacher was not asked)."})
@@ -288,24 +291,30 @@ class _Reflection:
 
     def _from_probe(self, replies: list[str], ex: Example, original: dict[str, str]) -> _RowOutcome | None:
         """A reply the server gave to a JSON probe while ignoring its format, when it reads in the marker layout
-        (or as the JSON object asked for): used as this row's reflection instead of asking again."""
+        (or as the JSON object asked for) and is no meta reply: used as this row's reflection instead of asking
+        again. None: the row is asked in the marker layout (where a meta reply gets its retry)."""
         skeleton = self._templates(json=True)[3 if ex.input.strip() else 2]
         for reply in replies:
             for json in (False, True):
-                parsed = self._parse(reply, skeleton, json)
-                if parsed.ok:
-                    return self._outcome(parsed, original, reply, False, LAYOUT_PROBE)
+                outcome = self._read(reply, skeleton, json, original, reply, False, LAYOUT_PROBE)
+                if is_ok(outcome.status):
+                    return outcome
         return None
 
-    def _outcome(self, parsed: ParsedReflection, original: dict[str, str], raw: str, retried: bool, layout: str) -> _RowOutcome:
-        """A parsed reflection's row: its new texts, or the original when a new text is a meta reply."""
+    def _read(self, reply: str | None, skeleton: str, json: bool, original: dict[str, str], raw: str, retried: bool,
+              layout: str) -> _RowOutcome:
+        """A reply's row: its new texts, or the original and why not (parse failure, placeholder, meta reply)."""
+        parsed = self._parse(reply, skeleton, json)
+        if not parsed.ok:
+            return _RowOutcome(original, parsed.status, raw, retried, layout)
         why = first_meta_reason(parsed.sections, self.sections)
         if why:
             return _RowOutcome(original, make(REJECTED, f"meta reply: {why}"), raw, retried, layout)
         return _RowOutcome(self._reflected(parsed.sections), OK, raw, retried, layout)
 
     async def _ask(self, session: TeacherSession, ex: Example, original: dict[str, str], *, json: bool) -> _RowOutcome:
-        """One request in one layout, parsed; a failed parse is asked once more (``retry_parse_failures``)."""
+        """One request in one layout, read; a reply with no usable text (parse failure, placeholder, meta reply)
+        is asked once more (``retry_parse_failures``)."""
         messages = self.render(ex, json=json)
         skeleton = self._templates(json=json)[3 if ex.input.strip() else 2]
         schema = json_schema(self.kind, review_max_length=self.teacher.review_max_length) if json else None
@@ -314,23 +323,18 @@ class _Reflection:
         layout = (f"{LAYOUT_JSON} ({dialect})" if dialect else LAYOUT_JSON) if json else LAYOUT_MARKERS
         if not completion.ok:
             return _RowOutcome(original, completion.status, completion.text or "", layout=layout)
-        parsed = self._parse(completion.text, skeleton, json)
-        raw = completion.text or ""
-        retried = False
-        if not parsed.ok and self.config.retry_parse_failures:
-            retried = True
-            retry = await session.complete(messages, self._retry_overrides(), schema=schema)
-            if is_pending(retry.status):  # the retry went into a batch file: the row waits for it
-                return _RowOutcome(original, retry.status, raw, retried, layout)
-            if not retry.ok:
-                return _RowOutcome(original, f"{parsed.status} (retry {retry.status})", raw, retried, layout)
-            raw = retry.text or ""
-            parsed = self._parse(retry.text, skeleton, json)
-            if not parsed.ok:
-                return _RowOutcome(original, f"{parsed.status} (after retry)", raw, retried, layout)
-        if not parsed.ok:
-            return _RowOutcome(original, parsed.status, raw, retried, layout)
-        return self._outcome(parsed, original, raw, retried, layout)
+        first = self._read(completion.text, skeleton, json, original, completion.text or "", False, layout)
+        if is_ok(first.status) or not self.config.retry_parse_failures:
+            return first
+        retry = await session.complete(messages, self._retry_overrides(), schema=schema)
+        if is_pending(retry.status):  # the retry went into a batch file: the row waits for it
+            return _RowOutcome(original, retry.status, first.raw, True, layout)
+        if not retry.ok:
+            return _RowOutcome(original, f"{first.status} (retry {retry.status})", first.raw, True, layout)
+        second = self._read(retry.text, skeleton, json, original, retry.text or "", True, layout)
+        if not is_ok(second.status):
+            second.status = f"{second.status} (after retry)"
+        return second
 
     def _original(self, ex: Example) -> dict[str, str]:
         raise NotImplementedError
