@@ -8,7 +8,7 @@
 #   DEVICE=cpu SMALL=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh   # the same steps on a CPU, small (a dry run)
 #
 # ONLY: the steps to run (shell patterns, space-separated; default all). BUDGET: seconds for the whole call
-# (default 560, inside one device command's 600): a step gets at most what is left, a step that would get under
+# (default 560, inside one device command's 600; 1800 for SMALL=1): a step gets at most what is left, a step that would get under
 # 30 s is skipped, and the last line names what was skipped as an ONLY= for the next call.
 # The GPU machine has no network: .gpu/env.sh installs the kit's wheels once and sets the offline variables; the
 # `prep` step adds what benchmarks/gpu_extras.txt lists where an import is missing there.
@@ -19,7 +19,7 @@ DEVICE=${DEVICE:-cuda}
 SMALL=${SMALL:-0}
 OUT=${OUT:-/tmp/gpu_check}
 ONLY=${ONLY:-*}
-BUDGET=${BUDGET:-560}
+if [ "$SMALL" = 1 ]; then slow=5; BUDGET=${BUDGET:-1800}; else slow=1; BUDGET=${BUDGET:-560}; fi  # a dry run: 2 cores
 mkdir -p "$OUT"
 if [ -f .gpu/env.sh ] && [ "$DEVICE" != cpu ]; then source .gpu/env.sh; fi  # not on a CPU dry run: cp312 wheels
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} SRT_HF_TEST_DEVICE=$DEVICE TOKENIZERS_PARALLELISM=false
@@ -38,7 +38,7 @@ selected() {  # selected NAME...: whether ONLY names any of them
   return 1
 }
 write_summary() {
-  { printf '%-28s %-14s %6s  %s\n' step verdict time result; printf '%s\n' "${summary[@]}"
+  { printf '%-36s %-14s %6s  %s\n' step verdict time result; printf '%s\n' "${summary[@]}"
     [ ${#skipped[@]} -eq 0 ] || echo "skipped for time: ONLY='prep ${skipped[*]}'"; } >"$OUT/summary.txt"
 }
 # step NAME SECONDS COMMAND...: runs COMMAND under min(SECONDS, what BUDGET leaves), output to $OUT/NAME.log, one row.
@@ -54,7 +54,7 @@ step() {
   local rc=$?
   local verdict=ok; [ $rc -ne 0 ] && verdict="FAILED rc=$rc"; [ $rc -eq 124 ] && verdict="TIMED OUT"
   tail -n 15 "$OUT/$name.log"
-  summary+=("$(printf '%-28s %-14s %5ss  %s' "$name" "$verdict" $((SECONDS - start)) \
+  summary+=("$(printf '%-36s %-14s %5ss  %s' "$name" "$verdict" $((SECONDS - start)) \
     "$(grep '^RESULT' "$OUT/$name.log" | cut -c8- | paste -sd ';')")")
   write_summary
 }
@@ -88,37 +88,40 @@ step prep 120 bash -c prep
 
 # ---- the scoring engine (issue 19): ~6 min on an H200 (estimated)
 # exactness: every architecture, both engines (auto = gpu on CUDA; forced cpu packed/padded), fp32 within 1e-5
-if [ "$SMALL" = 1 ]; then pick=(-k "llama or gpu_engine or falls_back or flash"); SLOW=3; else pick=(); fi
+if [ "$SMALL" = 1 ]; then pick=(-k "llama or gpu_engine or falls_back or flash"); else pick=(); fi
 run_tests() {  # run_tests PYTEST_ARGS...: pytest's last line becomes the step's RESULT row
   local log rc; log=$(python3 -m pytest -q -p no:cacheprovider "$@" 2>&1)
   rc=$?; echo "$log"; echo "RESULT $(echo "$log" | tail -n 1)"; return $rc
 }
 export -f run_tests
-step exactness $((150 * ${SLOW:-1})) bash -c 'run_tests "$@"' _ tests/test_architectures.py tests/test_gpu_engine.py "${pick[@]}"
-# speed: random students of the four real shapes (kit tokenizer), bf16, vs the reference loop and the batched user;
-# the 1B shape first (it carries the profile), the 8B second (the memory goal)
-# SMALL=1 (a dry run on a CPU): the tiny shape, the GPU engine forced so its code runs, generous limits
-if [ "$SMALL" = 1 ]; then
-  shapes=(tiny:4:1); fp32_shapes=(tiny:4:1); rounds=1; engine=(--engine gpu); slow=5
-else  # shape:rows:reference rows
-  shapes=(llama-3.2-1b:512:32 llama-3.1-8b:128:16 smollm2-135m:1024:32 qwen2.5-0.5b:512:32)
-  fp32_shapes=(smollm2-135m:1024:8 llama-3.2-1b:512:8); rounds=2; engine=(); slow=1
-fi
-for spec in "${shapes[@]}"; do
-  IFS=: read -r shape n ref <<<"$spec"
-  extra=(); [ "$shape" = llama-3.2-1b ] && extra=(--profile)
-  step "scoring_${shape}_bf16" $((100 * slow)) python3 benchmarks/bench_scoring.py --shape "$shape" --device "$DEVICE" \
-    --dtype bfloat16 --data "$DATA" --rows "$n" --ref-rows "$ref" --rounds "$rounds" "${engine[@]}" "${extra[@]}"
-done
-# bf16 never slower than fp32: the same shapes in float32 (srt_hf's side is what matters; few reference rows)
-for spec in "${fp32_shapes[@]}"; do
-  IFS=: read -r shape n ref <<<"$spec"
-  step "scoring_${shape}_fp32" $((75 * slow)) python3 benchmarks/bench_scoring.py --shape "$shape" --device "$DEVICE" \
-    --dtype float32 --data "$DATA" --rows "$n" --ref-rows "$ref" --rounds 1 "${engine[@]}"
-done
+step exactness $((150 * slow)) bash -c 'run_tests "$@"' _ tests/test_architectures.py tests/test_gpu_engine.py "${pick[@]}"
+# speed: random students of the four real shapes (kit tokenizer) vs the reference loop and the batched user, most
+# telling first: bf16 on every shape (the 1B shape carries the profile, the 8B one the memory goal), then float32
+# (bf16 must never be slower), the dtype table, and last the 1B shape through the CPU engine, profiled (the "before").
+# SMALL=1 (a dry run on a CPU): each kind of step once, on the tiny shape, the GPU engine forced, generous limits.
+declare -A small_done=()
+scoring() {  # scoring NAME DTYPE SHAPE ROWS REF_ROWS ROUNDS LIMIT [EXTRA...]: one bench_scoring.py step
+  local name=$1 dtype=$2 shape=$3 rows=$4 ref=$5 rounds=$6 limit=$7; shift 7
+  local engine=()
+  if [ "$SMALL" = 1 ]; then
+    local kind=$dtype; [[ " $* " == *" --engine "* ]] && kind+=" engine"; [ -n "${small_done[$kind]:-}" ] && return 0; small_done[$kind]=1
+    shape=tiny rows=4 ref=1 rounds=1 limit=$((limit * slow)); [[ " $* " == *" --engine "* ]] || engine=(--engine gpu)
+  fi
+  step "$name" "$limit" python3 benchmarks/bench_scoring.py --shape "$shape" --device "$DEVICE" --dtype "$dtype" \
+    --data "$DATA" --rows "$rows" --ref-rows "$ref" --rounds "$rounds" "${engine[@]}" "$@"
+}
+scoring scoring_llama-3.2-1b_bf16 bfloat16 llama-3.2-1b 512 32 2 100 --profile
+scoring scoring_llama-3.1-8b_bf16 bfloat16 llama-3.1-8b 128 16 2 100
+scoring scoring_smollm2-135m_bf16 bfloat16 smollm2-135m 1024 32 2 90
+scoring scoring_qwen2.5-0.5b_bf16 bfloat16 qwen2.5-0.5b 512 32 2 90
+scoring scoring_llama-3.2-1b_fp32 float32 llama-3.2-1b 512 8 1 75
+scoring scoring_smollm2-135m_fp32 float32 smollm2-135m 1024 8 1 75
 # bf16 / fp16 against fp32 on this device (README's dtype table)
 if [ "$SMALL" = 1 ]; then tol=(--shape tiny --rows 2 --dtypes bfloat16); else tol=(--shape smollm2-135m --rows 128); fi
 step scoring_dtype_tolerance $((75 * slow)) python3 benchmarks/bench_dtype_tolerance.py --device "$DEVICE" --data "$DATA" "${tol[@]}"
+scoring scoring_llama-3.1-8b_fp32 float32 llama-3.1-8b 64 4 1 90
+scoring scoring_qwen2.5-0.5b_fp32 float32 qwen2.5-0.5b 512 8 1 75
+scoring scoring_llama-3.2-1b_bf16_cpu_engine bfloat16 llama-3.2-1b 256 8 1 90 --engine cpu --profile
 
 # ---- the whole job on a GPU (issue 20): ~5 min on one H200 (estimated)
 # Random models of real shapes with the kit's tokenizer, saved as local folders under $SRT_HF_BENCH_CACHE;
