@@ -15,7 +15,7 @@ for the share.
 
 ``--layouts`` also reflects on the demo set with the embedded teacher, once in the structured JSON layout
 (decoding constrained by llguidance) and once in the marker layout, and prints requests per row and the share
-of reflections without a usable result (parse_failed, placeholder, truncated) for each, with their ratio.
+of reflections without a usable result (parse_failed, placeholder, truncated, rejected meta reply) for each, with their ratio.
 No assertions: the figures are for reading.
 
     python benchmarks/bench_reflection.py [--requests 300] [--concurrency 10] [--layouts --max-new-tokens 200]
@@ -111,7 +111,7 @@ def layouts(max_new_tokens: int, batch_size: int) -> dict[str, dict[str, float]]
 
     from srt_hf.dataio import demo_path
     from srt_hf.reflection import InstructionReflection, ResponseReflection
-    from srt_hf.status import PARSE_FAILED, PLACEHOLDER, TRUNCATED, kind_of
+    from srt_hf.status import PARSE_FAILED, PLACEHOLDER, REJECTED, TRUNCATED, kind_of
     from srt_hf.teachers import LocalTeacher
 
     ds = load_dataset("json", data_files=str(demo_path()), split="train")
@@ -124,7 +124,7 @@ def layouts(max_new_tokens: int, batch_size: int) -> dict[str, dict[str, float]]
             transform = cls(teacher, structured=layout)
             statuses += transform(ds[:])[transform.status_column]
         seconds = time.perf_counter() - t0
-        unusable = sum(kind_of(s) in (PARSE_FAILED, PLACEHOLDER, TRUNCATED) for s in statuses)
+        unusable = sum(kind_of(s) in (PARSE_FAILED, PLACEHOLDER, TRUNCATED, REJECTED) for s in statuses)
         out[layout] = {"reflections": len(statuses), "requests_per_row": teacher.stats.requests_sent / len(ds),
                        "unusable": unusable / len(statuses), "seconds": seconds}
     return out
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{r['ceiling_rps']:.1f} req/s; srt_hf reaches {r['srt_rps'] / r['ceiling_rps']:.0%} of it")
     if args.layouts:
         res = layouts(args.max_new_tokens, args.batch_size)
-        print(f"demo set, embedded teacher, max_new_tokens {args.max_new_tokens}, both reflections, one parse retry:")
+        print(f"demo set, embedded teacher, max_new_tokens {args.max_new_tokens}, both reflections, one retry of an unusable reply:")
         for name, label in (("json", "structured JSON (llguidance)"), ("off", "marker layout")):
             r = res[name]
             print(f"  {label:30s} requests/row {r['requests_per_row']:.2f}  without a usable result "

@@ -3,6 +3,7 @@
     enc = Encoder(tokenizer)
     plan = plan_row(example, enc, preset, max_length=2048, rifd=True)   # a RowPlan, or the row's status
     spans = plan.spans()                                                   # A_cond, A_direct (, Q_cond, Q_direct)
+    plans = plan_rows(examples, enc, preset, 2048, True)                 # the same, texts tokenized in one call
 
 What each reference script scores for a row: the preset's prompt texts, each pass truncated as
 ``tokenizer.encode(text, truncation=True, max_length=...)`` does, labels from the *last* occurrence of
@@ -11,6 +12,9 @@ the target text. No model here: engines turn spans into losses.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -57,6 +61,22 @@ def plan_row(ex: Example | RowProblem, enc: Encoder, preset: Preset, max_length:
     return plan
 
 
+def plan_rows(examples: Sequence[Example | RowProblem], enc: Encoder, preset: Preset, max_length: int,
+              rifd: bool) -> list[RowPlan | str]:
+    """:func:`plan_row` for every example, with all their texts tokenized first in one batch call.
+
+    One call per text costs the tokenizer's per-call overhead thousands of times and keeps its Rust threads idle;
+    on a GPU that scores hundreds of rows a second, tokenizing text by text would set the pace. The texts a row
+    needs do not depend on token counts, so a first pass records them (:meth:`Encoder.recording`) and the second
+    plans from the filled cache: one plan, written once.
+    """
+    with enc.recording() as texts:
+        for ex in examples:
+            plan_row(ex, enc, preset, max_length, rifd)
+    enc.prefetch(texts)
+    return [plan_row(ex, enc, preset, max_length, rifd) for ex in examples]
+
+
 def _reverse_request(response: str) -> str:
     return REVERSE_INSTRUCTION.format_map({"response": response})
 
@@ -91,6 +111,8 @@ class Encoder:
         # Chat prompts already hold their special tokens as text.
         self.add_special = not chat
         self._cache: dict[str, tuple[int, ...]] = {}
+        self._chat: dict[str, str] = {}
+        self._recorded: list[str] | None = None  # texts asked for while recording (ids not computed)
         probe = tokenizer("", add_special_tokens=self.add_special)["input_ids"]
         with_text = tokenizer("a", add_special_tokens=self.add_special)["input_ids"]
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -99,10 +121,29 @@ class Encoder:
 
     def __call__(self, text: str) -> tuple[int, ...]:
         ids = self._cache.get(text)
+        if ids is None and self._recorded is not None:
+            self._recorded.append(text)
+            return ()
         if ids is None:
             ids = tuple(self.tokenizer(text, add_special_tokens=self.add_special)["input_ids"])
             self._cache[text] = ids
         return ids
+
+    @contextmanager
+    def recording(self) -> Iterator[list[str]]:
+        """Within the block, texts not yet tokenized are collected in the yielded list and stand as no tokens."""
+        self._recorded = recorded = []
+        try:
+            yield recorded
+        finally:
+            self._recorded = None
+
+    def prefetch(self, texts: Sequence[str]) -> None:
+        """Tokenize the texts not cached yet in one batch call (ids as one call per text gives them)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if todo:
+            batch = self.tokenizer(todo, add_special_tokens=self.add_special)["input_ids"]
+            self._cache.update(zip(todo, map(tuple, batch)))
 
     def truncate(self, ids: tuple[int, ...], max_length: int) -> tuple[int, ...]:
         if len(ids) <= max_length:
@@ -119,4 +160,7 @@ class Encoder:
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError("The student has no chat template; set `preset` to 'reflection', 'cherry' or 'superfiltering'.")
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        key = json.dumps(messages, sort_keys=True)
+        if key not in self._chat:  # plan_rows renders each row's prompts twice
+            self._chat[key] = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self._chat[key]

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..formats import ColumnMapping, Example, RowProblem, detect_format, read_batch
 from ..status import INVALID, OK, SKIPPED, make
 from ..templates import Preset, get_preset
-from .plan import Encoder, RowPlan, plan_row
+from .plan import Encoder, RowPlan, plan_rows
 
 DTYPES = ("float32", "bfloat16", "float16")
 SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
@@ -134,7 +134,7 @@ class IFDScorer(models.LazyModel):
 
         encoder = Encoder(self.tokenizer, chat=self.preset.name == "chat")
         L, rifd = self.max_length(), self.config.rifd_enabled()
-        plans = [plan_row(ex, encoder, self.preset, L, rifd) for ex in examples]
+        plans = plan_rows(examples, encoder, self.preset, L, rifd)
         spans = [span for p in plans if isinstance(p, RowPlan) for span in p.spans()]
         losses = iter(
             span_losses(
