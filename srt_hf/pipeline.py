@@ -29,6 +29,7 @@ A comparison needs both scores: a side the student could not score never wins ov
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -177,8 +178,9 @@ def recycle(
     if not len(ds):
         raise ConfigError("the dataset has no rows: nothing to recycle (check the input, --split and --limit)")
     paths = RunPaths(run_dir)
-    with output_lock(run_dir, folder=True, command="srt-hf recycle"):
-        teacher = _with_cache(teacher, paths.cache)
+    teacher = _with_cache(teacher, paths.cache)  # opens no file yet
+    # Closing the run's cache connections (every thread's) when it ends folds the WAL into cache.sqlite: no -wal / -shm.
+    with output_lock(run_dir, folder=True, command="srt-hf recycle"), _closing(teacher.cache):
         probed = teacher  # the endpoint teacher whose structured-output probe is kept in the run folder
         if restore_probe(probed, run_dir):
             logger.info("teacher: structured output as probed before (%s)", paths.root / "teacher_probe.json")
@@ -391,6 +393,11 @@ def _with_cache(teacher: Teacher, path: Path) -> Teacher:
     teacher = copy.copy(teacher)
     teacher.cache_path, teacher.cache = str(path), ResponseCache(path)
     return teacher
+
+
+def _closing(cache) -> contextlib.AbstractContextManager:
+    """Close ``cache`` (all its connections) on leaving the block, if there is one."""
+    return contextlib.closing(cache) if cache is not None else contextlib.nullcontext()
 
 
 #: Settings that say how to resume, not what to compute: changing them keeps the finished work.

@@ -109,6 +109,22 @@ def test_bad_rows_flow_through_with_their_reason(tmp_path, tiny_model_dir):
     assert not rows[1]["selected"] and not rows[2]["selected"]
 
 
+def test_an_in_process_run_leaves_only_cache_sqlite(tmp_path, tiny_model_dir):
+    import sqlite3
+
+    from srt_hf.cli import main
+
+    run = tmp_path / "run"
+    with FaultServer() as server:
+        argv = ["recycle", "demo", "--limit", "4", "--teacher", server.url, "--teacher-model", "fake", "--student",
+                str(tiny_model_dir), "--out", str(run), "--chunk-rows", "2", "--max-concurrency", "2"]
+        assert main(argv) == 0
+        asked = server.stats()["requests"]
+    assert not list(run.glob("cache.sqlite-*"))  # no -wal / -shm beside the cache
+    with sqlite3.connect(run / "cache.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == asked == 8  # 4 rows x 2 reflections
+
+
 def test_final_filter_rules():
     ifd, rifd = [0.5, 1.2, 0.4, float("nan"), 0.9], [0.5, 0.5, 1.1, 0.2, 0.3]
     status = ["ok", "ok", "ok", "skipped: empty response", "ok"]
