@@ -58,7 +58,7 @@ from .reflection import (
 from .runs import RunPaths
 from .scoring import IFDScorer, ScoringConfig
 from .status import INVALID, OK, PENDING, REJECTED, RETRYABLE, SKIPPED, is_ok, kind_of, make
-from .teachers import GenerationConfig, Teacher, load_teacher
+from .teachers import GenerationConfig, LocalTeacher, Teacher, load_teacher
 from .teachers.batch_teacher import BatchConfig, BatchMode
 from .teachers.probe_store import restore_probe, save_probe
 
@@ -438,11 +438,13 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
     meta = {
         "kind": "recycle",
         "source": {"name": source},
-        "teacher": {"model": teacher.scope().get("model"), **teacher.identity().get("generation", {})},
+        "teacher": {"model": teacher.scope().get("model"), **teacher.identity().get("generation", {}),
+                    **(teacher.placement() if isinstance(teacher, LocalTeacher) else {})},  # a local one: dtype, device
         **({"smoke_test": SMOKE_TEST} if _embedded_teacher(teacher) else {}),
         "reflection_layout": layouts,
         "layouts_sent": _layouts_line(layouts),
-        "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student)},
+        "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student),
+                    **_engine_used(stages, run_dir)},
         "scoring": {"preset": config.preset, "template": stages.scorers["original_"].preset.template},
         "prompts": _prompts_sent(stages, layouts),
         "selection": rule,
@@ -464,6 +466,18 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
     write_report(run_dir)  # RUN/report.html: every row, what the teacher changed and why it was kept
     paths = RunPaths(run_dir)
     return RecycleResult(run_dir, _read(paths.rows, paths), _read(paths.selected, paths), _read(paths.sft, paths), meta)
+
+
+def _engine_used(stages: _Stages, run_dir: Path) -> dict[str, str]:
+    """Which student engine scored: as this process's scorers saw it, else (every chunk resumed) as run.json said."""
+    for scorer in stages.scorers.values():
+        if scorer.engine_used is not None:
+            return dict(scorer.engine_used)
+    try:
+        before = json.loads(RunPaths(run_dir).meta.read_text()).get("student", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {key: before[key] for key in ("engine", "engine_variant") if isinstance(before.get(key), str)}
 
 
 def _read(path: Path, paths: RunPaths):
