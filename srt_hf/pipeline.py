@@ -118,6 +118,7 @@ class RecycleConfig(ColumnMapping):
     max_length: int | None = field(default=None, metadata={"help": "Token budget of the student's scoring. Default: the preset's."})
     dtype: str = field(default="float32", metadata={"help": "Student dtype."})
     device: str | None = field(default=None, metadata={"help": "Student device. Default: cuda when available, else cpu."})
+    engine: str | None = field(default=None, metadata={"help": ScoringConfig.__dataclass_fields__["engine"].metadata["help"]})
     top_share: float | None = field(default=None, metadata={"help": "After the ifd<1 and rifd<1 filter, keep only this share with the highest IFD (0-1)."})
     chunk_rows: int = field(default=64, metadata={"help": "Rows per resumable chunk of each stage."})
     instruction_template: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt (Jinja text or .jinja file), rows without input."})
@@ -246,7 +247,7 @@ class _Stages:
         self.config, self.teacher = config, teacher
         self.fmt = None
         score = dict(student=config.student, preset=config.preset, template=config.template, max_length=config.max_length,
-                     dtype=config.dtype, device=config.device, rifd=True)
+                     dtype=config.dtype, device=config.device, engine=config.engine, rifd=True)
         self.scorers = {
             prefix: IFDScorer(ScoringConfig(**score, output_prefix=prefix, **_mapping(cols)))
             for prefix, cols in (("original_", ORIGINAL), ("reflected_pair_", REFLECTED_PAIR), ("better_", (*CHOSEN[:2], "better_response")))
@@ -400,8 +401,9 @@ def _closing(cache) -> contextlib.AbstractContextManager:
     return contextlib.closing(cache) if cache is not None else contextlib.nullcontext()
 
 
-#: Settings that say how to resume, not what to compute: changing them keeps the finished work.
-_RESUME_SETTINGS = ("retry_failed",)
+#: Settings that say how to resume or which exact engine computes, not what to compute: changing them keeps the
+#: finished work.
+_RESUME_SETTINGS = ("retry_failed", "engine")
 
 
 def _digest(config: RecycleConfig, teacher: Teacher, extra: str) -> str:

@@ -144,6 +144,19 @@ def test_run_json_records_the_local_teachers_placement_and_the_student_engine(tm
     assert json.loads((run / "run.json").read_text())["student"] == first
 
 
+def test_recycle_can_force_the_student_engine(tmp_path, tiny_model_dir):
+    from srt_hf.cli import main
+
+    run = tmp_path / "run"
+    with FaultServer() as server:
+        argv = ["recycle", "demo", "--limit", "2", "--teacher", server.url, "--teacher-model", "fake", "--student",
+                str(tiny_model_dir), "--out", str(run), "--engine", "plain"]
+        assert main(argv) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["config"]["engine"] == "plain"
+    assert meta["student"]["engine"] == "plain"  # not cpu, which a CPU student gets by itself
+
+
 def test_final_filter_rules():
     ifd, rifd = [0.5, 1.2, 0.4, float("nan"), 0.9], [0.5, 0.5, 1.1, 0.2, 0.3]
     status = ["ok", "ok", "ok", "skipped: empty response", "ok"]
