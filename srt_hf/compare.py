@@ -211,11 +211,13 @@ def _run(model_a: str, model_b: str, out: Path, config: CompareConfig) -> Compar
         teacher = _teacher(name, served, config, cache, for_judge=False)
         replies = _ask(teacher, [[{"role": "user", "content": r["prompt"]}] for r in asked], f"answers of model {side.upper()}")
         answers[side] = dict(zip((r["id"] for r in asked), replies))
+        teacher.cache.close()  # each teacher's own connections: once all are closed, no cache.sqlite-wal / -shm stays
         del teacher  # a local model leaves memory before the next one loads
 
     judge_teacher = _teacher(config.judge, config.judge_model, config, cache, for_judge=True)
     pairs = [r for r in asked if _usable(answers["a"][r["id"]]) and _usable(answers["b"][r["id"]])]
     replies, mode = _verdicts(judge_teacher, pairs, answers, config)
+    judge_teacher.cache.close()
     verdicts = {r["id"]: (replies[2 * i], replies[2 * i + 1]) for i, r in enumerate(pairs)}
 
     records = [_record(r, answers, verdicts) for r in prompts]

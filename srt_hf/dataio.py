@@ -246,7 +246,13 @@ def _first_bad_json_line(path: Path) -> str | None:
 
 
 def _json_text_columns(ds, path: Path, text_columns: list[str]):
-    """Text columns that JSON typed as numbers (or mixed), replaced by the values as written in the file."""
+    """Text columns that JSON typed as numbers (or mixed), replaced by the values as written in the file.
+
+    A column of whole numbers (alone or beside texts) is converted in memory: JSON writes an integer one way
+    only, so ``str(7)`` is what the file says and the file is not read again. A float's spelling is only in the
+    file (``7`` beside ``2.5`` loads as ``7.0``; ``2.50`` as ``2.5``): only then is the file read once more. A column
+    that also holds booleans, objects or lists is left as loaded (``formats`` says why such a row is not text).
+    """
     from datasets import Value
 
     def typed_otherwise(feature) -> bool:  # a number, a bool, or values of mixed types (datasets' Json feature)
@@ -257,14 +263,22 @@ def _json_text_columns(ds, path: Path, text_columns: list[str]):
     wanted = [c for c in ds.column_names if c in text_columns and typed_otherwise(ds.features[c])]
     if not wanted:
         return ds
-    records = _json_records_as_written(path)
-    if records is None or len(records) != len(ds):
-        return ds  # formats._text still turns a number into text; only its written form may differ (12.0)
     order = ds.column_names
+    spelled: list[str] = []  # columns holding floats: their text comes from the file
     for column in wanted:
-        values = [r.get(column) if isinstance(r, dict) else None for r in records]
-        if all(v is None or isinstance(v, str) for v in values):
-            ds = ds.remove_columns(column).add_column(column, values)
+        values = ds[column]
+        if any(isinstance(v, (bool, dict, list)) for v in values):
+            continue
+        if any(isinstance(v, float) for v in values):
+            spelled.append(column)
+            continue
+        ds = ds.remove_columns(column).add_column(column, [v if v is None or isinstance(v, str) else str(v) for v in values])
+    records = _json_records_as_written(path) if spelled else None
+    if records is not None and len(records) == len(ds):  # else formats._text still turns a number into text (12.0)
+        for column in spelled:
+            values = [r.get(column) if isinstance(r, dict) else None for r in records]
+            if all(v is None or isinstance(v, str) for v in values):
+                ds = ds.remove_columns(column).add_column(column, values)
     return ds.select_columns(order)
 
 

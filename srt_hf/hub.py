@@ -183,7 +183,9 @@ def push_dataset(
     check_online()
     license = require_license(run_dir, license)
     _check_run_folder(run_dir)
-    with output_lock(run_dir, folder=True, command="srt-hf push"):  # no run writes the folder while it goes up
+    # No run writes the folder while it goes up; the folder is push's input, so there is no other --out to name.
+    with output_lock(run_dir, folder=True, command="srt-hf push", then="push again: the folder goes up as that run left it",
+                     elsewhere=None):
         _remember(run_dir, source_license=license)
         write_publish_files(run_dir, repo_id=repo_id)  # the license and its origin come from run.json
         url = upload(run_dir, repo_id, repo_type="dataset", private=private, revision=revision,

@@ -9,7 +9,9 @@ covers too). It is held with ``flock``, which the kernel releases when its holde
 SIGKILL; so a lock file left by a dead process is simply taken over, with a notice. Where ``flock`` is
 not available the file itself is the lock and the PID it records decides whether its holder still runs.
 The file records the holder's PID, host, start time and command, so a refused run can say who holds the
-output and how to proceed. Under ``accelerate launch`` only the main process (RANK 0) locks.
+output and how to proceed: wait, then what the caller names (``then``; by default a rerun, which resumes), or
+write to another output (``elsewhere``: the option that names one; None where the locked folder is the command's
+input, as for ``srt-hf push``). Under ``accelerate launch`` only the main process (RANK 0) locks.
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ def is_main_process() -> bool:
 
 
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike, *, folder: bool, command: str = "srt-hf") -> Iterator[Path | None]:
+def output_lock(output: str | os.PathLike, *, folder: bool, command: str = "srt-hf",
+                then: str = "rerun this command, which resumes", elsewhere: str | None = "--out") -> Iterator[Path | None]:
     """Hold the exclusive lock of ``output`` for the block; raise :class:`LockedError` at once if another run holds it.
 
-    Yields the lock file (None in a non-main process, which does not lock).
+    The refusal's fix reads "wait for that run to finish ... and ``then``; or write somewhere else with another
+    ``elsewhere``" (no second half when ``elsewhere`` is None). Yields the lock file (None in a non-main process,
+    which does not lock).
     """
     if not is_main_process():
         yield None
@@ -60,7 +65,7 @@ def output_lock(output: str | os.PathLike, *, folder: bool, command: str = "srt-
     output = Path(output)
     path = lock_path(output, folder=folder)
     try:
-        handle = _acquire(path, output, command)
+        handle = _acquire(path, output, command, fix=(then, elsewhere))
     except OSError as err:
         if disk_errno(err) is None:
             raise
@@ -79,10 +84,10 @@ def _holder_info(command: str) -> dict[str, Any]:
     }
 
 
-def _acquire(path: Path, output: Path, command: str) -> int:
+def _acquire(path: Path, output: Path, command: str, fix: tuple[str, str | None]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
-        return _acquire_by_pid(path, output, command)
+        return _acquire_by_pid(path, output, command, fix)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -90,10 +95,10 @@ def _acquire(path: Path, output: Path, command: str) -> int:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise _refusal(output, holder) from None
+            raise _refusal(output, holder, fix) from None
         except OSError:  # a file system without flock (some network mounts): fall back to the PID file
             os.close(fd)
-            return _acquire_by_pid(path, output, command)
+            return _acquire_by_pid(path, output, command, fix)
         # The previous holder removes the file when it finishes: make sure we locked the file now at ``path``.
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -116,7 +121,7 @@ def _take_over(fd: int, path: Path, command: str) -> None:
     os.write(fd, json.dumps(_holder_info(command)).encode())
 
 
-def _acquire_by_pid(path: Path, output: Path, command: str) -> int:
+def _acquire_by_pid(path: Path, output: Path, command: str, fix: tuple[str, str | None]) -> int:
     """The lock without flock: create the file exclusively; a file naming a dead PID on this host is stale."""
     for _ in range(3):
         try:
@@ -127,7 +132,7 @@ def _acquire_by_pid(path: Path, output: Path, command: str) -> int:
             except (OSError, ValueError):
                 holder = {}
             if _alive(holder):
-                raise _refusal(output, holder) from None
+                raise _refusal(output, holder, fix) from None
             logger.warning("srt_hf: taking over the lock %s left by PID %s, which no longer runs", path, holder.get("pid", "?"))
             path.unlink(missing_ok=True)
             continue
@@ -160,17 +165,18 @@ def _read(fd: int) -> dict[str, Any]:
         return {}
 
 
-def _refusal(output: Path, holder: dict[str, Any]) -> LockedError:
+def _refusal(output: Path, holder: dict[str, Any], fix: tuple[str, str | None]) -> LockedError:
     pid = holder.get("pid", "?")
     who = f"PID {pid}" + (f" on {holder['host']}" if holder.get("host") else "")
     since = f" since {holder['started']}" if holder.get("started") else ""
     argv = str(holder.get("argv") or "")
     command = argv if len(argv.split()) > 1 else holder.get("command")  # `python -c` leaves only "-c" in argv
     what = f" ({command})" if command else ""
+    then, elsewhere = fix
     return LockedError(
         f"{output} is in use by another run: {who}{since}{what}. Two runs into one output would mix their results. "
-        f"Fix: wait for that run to finish (or stop it: kill {pid}) and rerun this command, which resumes; "
-        "or write somewhere else with another --out"
+        f"Fix: wait for that run to finish (or stop it: kill {pid}) and {then}"
+        + (f"; or write somewhere else with another {elsewhere}" if elsewhere else "")
     )
 
 

@@ -29,6 +29,7 @@ A comparison needs both scores: a side the student could not score never wins ov
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -57,7 +58,7 @@ from .reflection import (
 from .runs import RunPaths
 from .scoring import IFDScorer, ScoringConfig
 from .status import INVALID, OK, PENDING, REJECTED, RETRYABLE, SKIPPED, is_ok, kind_of, make
-from .teachers import GenerationConfig, Teacher, load_teacher
+from .teachers import GenerationConfig, LocalTeacher, Teacher, load_teacher
 from .teachers.batch_teacher import BatchConfig, BatchMode
 from .teachers.probe_store import restore_probe, save_probe
 
@@ -117,6 +118,7 @@ class RecycleConfig(ColumnMapping):
     max_length: int | None = field(default=None, metadata={"help": "Token budget of the student's scoring. Default: the preset's."})
     dtype: str = field(default="float32", metadata={"help": "Student dtype."})
     device: str | None = field(default=None, metadata={"help": "Student device. Default: cuda when available, else cpu."})
+    engine: str | None = field(default=None, metadata={"help": ScoringConfig.__dataclass_fields__["engine"].metadata["help"]})
     top_share: float | None = field(default=None, metadata={"help": "After the ifd<1 and rifd<1 filter, keep only this share with the highest IFD (0-1)."})
     chunk_rows: int = field(default=64, metadata={"help": "Rows per resumable chunk of each stage."})
     instruction_template: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt (Jinja text or .jinja file), rows without input."})
@@ -177,8 +179,9 @@ def recycle(
     if not len(ds):
         raise ConfigError("the dataset has no rows: nothing to recycle (check the input, --split and --limit)")
     paths = RunPaths(run_dir)
-    with output_lock(run_dir, folder=True, command="srt-hf recycle"):
-        teacher = _with_cache(teacher, paths.cache)
+    teacher = _with_cache(teacher, paths.cache)  # opens no file yet
+    # Closing the run's cache connections (every thread's) when it ends folds the WAL into cache.sqlite: no -wal / -shm.
+    with output_lock(run_dir, folder=True, command="srt-hf recycle"), _closing(teacher.cache):
         probed = teacher  # the endpoint teacher whose structured-output probe is kept in the run folder
         if restore_probe(probed, run_dir):
             logger.info("teacher: structured output as probed before (%s)", paths.root / "teacher_probe.json")
@@ -244,7 +247,7 @@ class _Stages:
         self.config, self.teacher = config, teacher
         self.fmt = None
         score = dict(student=config.student, preset=config.preset, template=config.template, max_length=config.max_length,
-                     dtype=config.dtype, device=config.device, rifd=True)
+                     dtype=config.dtype, device=config.device, engine=config.engine, rifd=True)
         self.scorers = {
             prefix: IFDScorer(ScoringConfig(**score, output_prefix=prefix, **_mapping(cols)))
             for prefix, cols in (("original_", ORIGINAL), ("reflected_pair_", REFLECTED_PAIR), ("better_", (*CHOSEN[:2], "better_response")))
@@ -393,8 +396,14 @@ def _with_cache(teacher: Teacher, path: Path) -> Teacher:
     return teacher
 
 
-#: Settings that say how to resume, not what to compute: changing them keeps the finished work.
-_RESUME_SETTINGS = ("retry_failed",)
+def _closing(cache) -> contextlib.AbstractContextManager:
+    """Close ``cache`` (all its connections) on leaving the block, if there is one."""
+    return contextlib.closing(cache) if cache is not None else contextlib.nullcontext()
+
+
+#: Settings that say how to resume or which exact engine computes, not what to compute: changing them keeps the
+#: finished work.
+_RESUME_SETTINGS = ("retry_failed", "engine")
 
 
 def _digest(config: RecycleConfig, teacher: Teacher, extra: str) -> str:
@@ -431,11 +440,13 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
     meta = {
         "kind": "recycle",
         "source": {"name": source},
-        "teacher": {"model": teacher.scope().get("model"), **teacher.identity().get("generation", {})},
+        "teacher": {"model": teacher.scope().get("model"), **teacher.identity().get("generation", {}),
+                    **(teacher.placement() if isinstance(teacher, LocalTeacher) else {})},  # a local one: dtype, device
         **({"smoke_test": SMOKE_TEST} if _embedded_teacher(teacher) else {}),
         "reflection_layout": layouts,
         "layouts_sent": _layouts_line(layouts),
-        "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student)},
+        "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student),
+                    **_engine_used(stages, run_dir)},
         "scoring": {"preset": config.preset, "template": stages.scorers["original_"].preset.template},
         "prompts": _prompts_sent(stages, layouts),
         "selection": rule,
@@ -457,6 +468,18 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
     write_report(run_dir)  # RUN/report.html: every row, what the teacher changed and why it was kept
     paths = RunPaths(run_dir)
     return RecycleResult(run_dir, _read(paths.rows, paths), _read(paths.selected, paths), _read(paths.sft, paths), meta)
+
+
+def _engine_used(stages: _Stages, run_dir: Path) -> dict[str, str]:
+    """Which student engine scored: as this process's scorers saw it, else (every chunk resumed) as run.json said."""
+    for scorer in stages.scorers.values():
+        if scorer.engine_used is not None:
+            return dict(scorer.engine_used)
+    try:
+        before = json.loads(RunPaths(run_dir).meta.read_text()).get("student", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {key: before[key] for key in ("engine", "engine_variant") if isinstance(before.get(key), str)}
 
 
 def _read(path: Path, paths: RunPaths):

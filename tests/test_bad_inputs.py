@@ -80,6 +80,27 @@ def test_csv_and_json_text_is_read_as_written(tmp_path):
     assert load_input(str(jsonl), text_columns=["instruction"])["instruction"] == ["a", "b", "c"]
 
 
+def test_json_with_numbers_in_text_columns_is_read_once(tmp_path, monkeypatch):
+    import datasets
+
+    from srt_hf import dataio
+
+    loads, rereads = [], []
+    real_load, real_reread = datasets.load_dataset, dataio._json_records_as_written
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(dataio, "_json_records_as_written", lambda path: rereads.append(path) or real_reread(path))
+    whole = write(tmp_path / "whole.jsonl", "".join(json.dumps(r) + "\n" for r in (
+        {"instruction": "Add", "input": 5, "output": 7}, {"instruction": "Name it", "input": "", "output": "seven"},
+        {"instruction": "Negate", "input": -12, "output": 12})))
+    ds = load_input(str(whole))
+    assert (ds["input"], ds["output"]) == (["5", "", "-12"], ["7", "seven", "12"])  # text, as written
+    assert len(loads) == 1 and rereads == []  # whole numbers: converted in memory, the file is parsed once
+    # a float's spelling is only in the file (7 beside 2.50 loads as 7.0, 2.50 as 2.5): read once more for it
+    floats = write(tmp_path / "floats.json", json.dumps([{"instruction": "Add", "output": 7},
+                                                         {"instruction": "Halve", "output": 2.50}]).replace("2.5", "2.50"))
+    assert load_input(str(floats))["output"] == ["7", "2.50"] and len(rereads) == 1
+
+
 @pytest.mark.slow
 def test_numeric_answers_in_a_csv_are_scored(tmp_path, tiny_model_dir, capsys):
     csv_file = write(tmp_path / "in.csv", "instruction,input,output\nWhat is 1000 plus 24?,,1024\nHow many days has a year?,,365\n")

@@ -150,6 +150,7 @@ def test_compare_writes_every_answer_both_verdicts_and_outcome(tmp_path):
     assert summary["by_category"] == {"writing": {"win": 6, "tie": 0, "loss": 0, "not_judged": 0}}
     assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert ComparisonResult.load(tmp_path / "cmp").counts == result.counts
+    assert not list((tmp_path / "cmp").glob("cache.sqlite-*"))  # every teacher closed its cache: no -wal / -shm
 
 
 def test_rerun_resumes_asking_only_what_failed(tmp_path):

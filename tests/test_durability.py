@@ -140,6 +140,34 @@ def test_a_damaged_cache_is_moved_aside(tmp_path, caplog):
     assert "cannot be read" in caplog.text and "moved it to cache.sqlite.corrupt-" in caplog.text
 
 
+def test_closing_the_cache_closes_every_threads_connection_and_leaves_only_the_file(tmp_path):
+    import threading
+
+    path = tmp_path / "cache.sqlite"
+    cache = ResponseCache(path)
+    wrote, release = threading.Event(), threading.Event()
+
+    def worker():  # a thread that wrote and still holds its connection when the run ends
+        cache.put("from-thread", "reply 1")
+        wrote.set()
+        release.wait(30)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert wrote.wait(30)
+        cache.put("from-main", "reply 2")
+        assert (tmp_path / "cache.sqlite-wal").exists()  # WAL mode: replies sit in the -wal file until a checkpoint
+        cache.close()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.sqlite"]
+    finally:
+        release.set()
+        thread.join()
+    assert cache.get("from-thread") == "reply 1" and cache.get("from-main") == "reply 2"  # usable again after close
+    cache.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.sqlite"]
+
+
 def test_push_never_uploads_what_a_killed_run_left(tmp_path):
     run = make_run(tmp_path / "run")
     leftovers = ["cache.sqlite-wal", "cache.sqlite-shm", ".srt-hf.lock", "rows.parquet.tmp", "notes.txt",

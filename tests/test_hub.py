@@ -245,8 +245,11 @@ def test_a_push_never_uploads_a_folder_a_run_is_writing(tmp_path, uploads):
 
     run = make_run(tmp_path / "run")
     with output_lock(run, folder=True, command="srt-hf recycle"):
-        with pytest.raises(LockedError, match="is in use by another run"):
+        with pytest.raises(LockedError, match="is in use by another run") as err:
             hub.push_dataset(run, "me/run")
+    # push writes no --out: the fix names what a push can do, not another output folder
+    assert "--out" not in str(err.value) and "somewhere else" not in str(err.value)
+    assert str(err.value).endswith("and push again: the folder goes up as that run left it")
     assert uploads == []
     hub.push_dataset(run, "me/run")  # the run finished: the push goes through, without the lock file
     assert len(uploads) == 1 and not any(".srt-hf.lock" in f for f in uploads[0]["files"])

@@ -56,7 +56,7 @@ def test_a_held_lock_is_refused_and_a_dead_holders_is_taken_over(tmp_path, caplo
                 pass
         message = str(err.value)
         assert f"PID {holder.pid}" in message and f"kill {holder.pid}" in message and "srt-hf holder" in message
-        assert "--out" in message
+        assert message.endswith("rerun this command, which resumes; or write somewhere else with another --out")
     finally:
         holder.kill()
     assert lock_path(out, folder=True).exists()  # SIGKILL left the file behind
@@ -140,6 +140,7 @@ def test_a_recipe_into_a_locked_output_dir_stops_at_once(tmp_path, capsys, recip
         assert load_recipe(recipe).main(argv) == 2
         err = capsys.readouterr().err
         assert f"PID {holder.pid}" in err and "is in use by another run" in err and "Traceback" not in err
+        assert "another --output_dir" in err and "--out " not in err  # the recipe's own option
         assert sorted(p.name for p in out.iterdir()) == [".srt-hf.lock"]  # nothing written
     finally:
         holder.kill()

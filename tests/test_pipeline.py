@@ -61,6 +61,8 @@ def test_pipeline_through_a_faulty_server(tmp_path, tiny_model_dir, demo):
     meta = json.loads((run / "run.json").read_text())
     assert meta["kind"] == "recycle" and meta["counts"]["input"] == 8
     assert meta["methods"] == ["selective-reflection-tuning", "reflection-tuning", "ifd"]  # the card cites these
+    assert not {"dtype", "device"} & set(meta["teacher"])  # an HTTP teacher has no local placement to record
+    assert meta["student"]["engine"] == "cpu" and meta["student"]["engine_variant"].startswith("the cpu engine")
 
 
 def test_a_failing_teacher_keeps_every_row_with_the_reason(tmp_path, tiny_model_dir, demo):
@@ -107,6 +109,52 @@ def test_bad_rows_flow_through_with_their_reason(tmp_path, tiny_model_dir):
     assert rows[1]["instruction_reflection_status"] == "empty_input: empty instruction"
     assert rows[2]["original_score_status"] == "skipped: empty response"
     assert not rows[1]["selected"] and not rows[2]["selected"]
+
+
+def test_an_in_process_run_leaves_only_cache_sqlite(tmp_path, tiny_model_dir):
+    import sqlite3
+
+    from srt_hf.cli import main
+
+    run = tmp_path / "run"
+    with FaultServer() as server:
+        argv = ["recycle", "demo", "--limit", "4", "--teacher", server.url, "--teacher-model", "fake", "--student",
+                str(tiny_model_dir), "--out", str(run), "--chunk-rows", "2", "--max-concurrency", "2"]
+        assert main(argv) == 0
+        asked = server.stats()["requests"]
+    assert not list(run.glob("cache.sqlite-*"))  # no -wal / -shm beside the cache
+    with sqlite3.connect(run / "cache.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == asked == 8  # 4 rows x 2 reflections
+
+
+def test_run_json_records_the_local_teachers_placement_and_the_student_engine(tmp_path, tiny_model_dir):
+    from srt_hf.cli import main
+
+    run = tmp_path / "run"
+    argv = ["recycle", "demo", "--limit", "2", "--teacher", str(tiny_model_dir), "--teacher-dtype", "bfloat16",
+            "--teacher-device", "cpu", "--max-new-tokens", "8", "--structured", "off", "--student", str(tiny_model_dir),
+            "--out", str(run)]
+    assert main(argv) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["teacher"]["dtype"] == "bfloat16" and meta["teacher"]["device"] == "cpu"
+    assert meta["student"]["engine"] == "cpu"  # the engine picked for a CPU student
+    assert "Teacher:" in (run / "README.md").read_text() and (run / "report.html").stat().st_size > 0
+    first = meta["student"]
+    assert main(argv) == 0  # every chunk resumed: nothing is scored again, the engine stays recorded
+    assert json.loads((run / "run.json").read_text())["student"] == first
+
+
+def test_recycle_can_force_the_student_engine(tmp_path, tiny_model_dir):
+    from srt_hf.cli import main
+
+    run = tmp_path / "run"
+    with FaultServer() as server:
+        argv = ["recycle", "demo", "--limit", "2", "--teacher", server.url, "--teacher-model", "fake", "--student",
+                str(tiny_model_dir), "--out", str(run), "--engine", "plain"]
+        assert main(argv) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["config"]["engine"] == "plain"
+    assert meta["student"]["engine"] == "plain"  # not cpu, which a CPU student gets by itself
 
 
 def test_final_filter_rules():

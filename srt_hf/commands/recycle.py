@@ -29,7 +29,7 @@ GROUPS = {
     "teacher transport (servers)": ["timeout", "max_retries", "max_concurrency", "backoff_base", "backoff_max",
                                     "max_retry_after", "breaker_failures", "breaker_seconds"],
     "teacher batch files": ["teacher_batch", "submit", "completion_window"],
-    "student (scoring)": ["student", "preset", "template", "max_length", "dtype", "device"],
+    "student (scoring)": ["student", "preset", "template", "max_length", "dtype", "device", "engine"],
     "selection": ["top_share"],
     "output and resume": ["chunk_rows", "retry_failed"],
 }

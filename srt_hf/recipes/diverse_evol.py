@@ -61,7 +61,8 @@ def run(args: DiverseEvolArguments, training_args) -> dict:
     """The whole DiverseEvol loop; returns the final metadata (also in output_dir/data/run.json)."""
     from srt_hf.locks import output_lock
 
-    with output_lock(Path(training_args.output_dir), folder=True, command="recipes/diverse_evol.py"):  # one run per output_dir
+    with output_lock(Path(training_args.output_dir), folder=True, command="recipes/diverse_evol.py",
+                     then="rerun this command", elsewhere="--output_dir"):  # one run per output_dir
         return _run(args, training_args)
 
 

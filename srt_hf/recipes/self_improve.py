@@ -75,7 +75,8 @@ def run(args: SelfImproveArguments, training_args) -> dict:
     """Sample, vote, DS-filter, SFT; returns the metadata written to output_dir/data/run.json."""
     from srt_hf.locks import output_lock
 
-    with output_lock(Path(training_args.output_dir), folder=True, command="recipes/self_improve.py"):  # one run per output_dir
+    with output_lock(Path(training_args.output_dir), folder=True, command="recipes/self_improve.py",
+                     then="rerun this command", elsewhere="--output_dir"):  # one run per output_dir
         return _run(args, training_args)
 
 

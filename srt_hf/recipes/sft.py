@@ -200,7 +200,8 @@ def train(script_args: ScriptArguments, training_args, model_args):
     if getattr(training_args, "completion_only_loss", None) is False:
         raise ConfigError("completion_only_loss is false: srt-hf recipes train on the completion only; remove the setting or set it to true")
 
-    with output_lock(Path(training_args.output_dir), folder=True, command="recipes/sft.py"):  # one run per output_dir
+    with output_lock(Path(training_args.output_dir), folder=True, command="recipes/sft.py",
+                     then="rerun this command", elsewhere="--output_dir"):  # one run per output_dir
         trainer = _train_locked(script_args, training_args, model_args, push=push, repo_id=repo_id)
     training_args.push_to_hub = trainer.args.push_to_hub = push
     return trainer

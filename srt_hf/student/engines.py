@@ -64,14 +64,20 @@ def span_losses(
     """
     budget = Budget(max_batch_tokens, max_batch_size, max_padding)
     step = progress.steps(sum(len(span.ids) for span in spans if span.n_scored > 0))  # a chunk's bar moves per batch
+    return pick_engine(model, engine, share_prefix, packing).losses(spans, budget, step)
+
+
+def pick_engine(model, engine: str | None = None, share_prefix: bool = True, packing: bool | None = None) -> Engine:
+    """The engine (variant) :func:`span_losses` runs with these settings; its ``name`` and ``describe()`` say which
+    scored (run.json). ``packing`` True / False: the CPU engine's packed / padded path, unprobed."""
     if packing is not None:
         if engine not in (None, "cpu"):
             raise ConfigError(f"`packing` is a setting of the cpu engine; drop it or set engine='cpu' (not {engine!r}).")
         path = packed_path(model, share_prefix) if packing else ScoringPath("padded", share_prefix=share_prefix)
         if path is None:
             raise ValueError(f"{type(model).__name__} cannot run packed here (attention {model.config._attn_implementation!r})")
-        return CpuEngine(model, path.share_prefix, path).losses(spans, budget, step)
-    return choose_engine(model, engine, share_prefix).losses(spans, budget, step)
+        return CpuEngine(model, path.share_prefix, path)
+    return choose_engine(model, engine, share_prefix)
 
 
 _CHOSEN: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()

@@ -86,7 +86,13 @@ class ScoringConfig(ColumnMapping):
 
 
 class IFDScorer(models.LazyModel):
-    """``Dataset.map`` transform: IFD / reverse IFD of every row under a student model."""
+    """``Dataset.map`` transform: IFD / reverse IFD of every row under a student model.
+
+    ``engine_used``: which engine scored in this process (``{"engine": "cpu", "engine_variant": …}``, for run.json);
+    None until a row is scored.
+    """
+
+    engine_used: dict[str, str] | None = None
 
     def __init__(self, config: ScoringConfig | None = None, **kwargs: Any):
         if config is not None and kwargs:
@@ -130,7 +136,7 @@ class IFDScorer(models.LazyModel):
     # -- scoring --------------------------------------------------------------------------------
     def score_examples(self, examples: list[Example | RowProblem]) -> dict[str, Any]:
         """Score canonical examples; returns the output columns (numpy float64 arrays + statuses)."""
-        from .engines import span_losses  # torch loads only when a model is scored, so `srt-hf --help` stays fast
+        from .engines import pick_engine, span_losses  # torch loads only when a model is scored: `--help` stays fast
 
         encoder = Encoder(self.tokenizer, chat=self.preset.name == "chat")
         L, rifd = self.max_length(), self.config.rifd_enabled()
@@ -142,6 +148,9 @@ class IFDScorer(models.LazyModel):
                 share_prefix=self.config.share_prefix, packing=self.config.packing,
             )
         )
+        if spans and self.engine_used is None:  # the same pick span_losses made (remembered per model)
+            engine = pick_engine(self.model, self.config.engine, self.config.share_prefix, self.config.packing)
+            self.engine_used = {"engine": engine.name, "engine_variant": engine.describe()}
         out = {c: np.full(len(examples), np.nan) for c in SCORE_COLUMNS}
         status = []
         for i, plan in enumerate(plans):

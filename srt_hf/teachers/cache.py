@@ -8,7 +8,9 @@ restarted repeats no finished request. WAL mode lets readers and one writer at a
 together; writers from other processes wait (``busy_timeout``) instead of failing. Each commit is
 atomic: a crash, even a power cut, leaves the cache as it was before or after a reply, never half-written.
 A cache that cannot be read (a damaged file) is moved aside with a notice and a new one is started: its
-entries are only a speed-up, so the replies are asked again.
+entries are only a speed-up, so the replies are asked again. A run calls :meth:`ResponseCache.close` when it ends:
+the last connection to close folds the WAL into ``cache.sqlite`` and removes ``cache.sqlite-wal`` / ``-shm``
+(a killed run leaves them, and SQLite reads them back on the next open).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +45,31 @@ def cache_key(scope: dict[str, Any], messages: list[dict[str, Any]], settings: d
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that remembers the process that opened it and can be held by a weak reference."""
+
+    pid: int
+
+
 class ResponseCache:
     """Completion cache at ``path``. Picklable (only the path travels); connections open per thread."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._local = threading.local()
+        # Every connection this cache opened and that is still alive, in any thread, so close() reaches them all.
+        # Weak: a thread's connection still closes when its thread ends.
+        self._opened: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._generation = 0  # raised by close(): a thread holding an older connection opens a new one
 
     def __reduce__(self):
         return (ResponseCache, (str(self.path),))
 
     def _conn(self) -> sqlite3.Connection:
         # A connection must not cross threads or a fork: keep one per thread, reopened in a child process.
-        pid, conn = getattr(self._local, "conn", (None, None))
-        if conn is None or pid != os.getpid():
+        generation, conn = getattr(self._local, "conn", (None, None))
+        if conn is None or conn.pid != os.getpid() or generation != self._generation:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 conn = self._open()
@@ -64,11 +78,14 @@ class ResponseCache:
                     raise
                 self._move_aside(err)
                 conn = self._open()
-            self._local.conn = (os.getpid(), conn)
+            with self._lock:
+                self._opened.add(conn)
+                self._local.conn = (self._generation, conn)
         return conn
 
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+    def _open(self) -> _Connection:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False, factory=_Connection)
+        conn.pid = os.getpid()
         try:
             conn.execute("PRAGMA busy_timeout=60000")
             conn.execute("PRAGMA journal_mode=WAL")
@@ -127,8 +144,16 @@ class ResponseCache:
         return self._conn().execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their thread ends)."""
-        pid, conn = getattr(self._local, "conn", (None, None))
-        if conn is not None and pid == os.getpid():
+        """Close every connection this cache opened in this process, whichever thread opened it.
+
+        Call it when no thread uses the cache any more (the end of a run). Closing the last connection to the file
+        checkpoints the WAL into ``cache.sqlite`` and removes ``-wal`` / ``-shm``. The cache stays usable: the next
+        call opens a new connection. Connections inherited from a parent process are left alone.
+        """
+        with self._lock:
+            self._generation += 1
+            mine = [conn for conn in self._opened if conn.pid == os.getpid()]
+            self._opened = weakref.WeakSet()
+        for conn in mine:
             conn.close()
         self._local.conn = (None, None)

@@ -98,6 +98,10 @@ class LocalTeacher(Teacher):
 
         return {"device": self.device, "structured": "llguidance" if available_locally() else None}
 
+    def placement(self) -> dict[str, str]:
+        """Where the model runs, for run.json: its dtype and the device it loaded on (else the one it would load on)."""
+        return {"dtype": self.dtype, "device": self._loaded_device or models.prepare_device(self.device, self._rank)}
+
     def bind_rank(self, rank: int | None) -> None:
         self._rank = rank
 
