@@ -68,14 +68,17 @@ def _count(counter: Counter, n: int, head: int) -> None:
     counter.attn_pairs += n * (n + 1) // 2
 
 
-def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter) -> None:
-    """Tokens srt_hf actually computes (deduplicated, shared heads once per group, head at labels only)."""
-    from srt_hf.student.plan import Encoder, plan_row
+def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter) -> float:
+    """Tokens srt_hf actually computes (deduplicated, shared heads once per group, head at labels only); returns
+    the seconds its planning (tokenization) of ``examples`` takes, a part of srt_hf's time on the CPU."""
+    from srt_hf.student.plan import Encoder, plan_rows
     from srt_hf.student.spans import shared_prefix_len
 
+    start = time.perf_counter()
     enc = Encoder(scorer.tokenizer)
     L, rifd = scorer.max_length(), scorer.config.rifd_enabled()
-    plans = [plan_row(ex, enc, scorer.preset, L, rifd) for ex in examples]
+    plans = plan_rows(examples, enc, scorer.preset, L, rifd)
+    planning = time.perf_counter() - start
     spans = {s for p in plans if not isinstance(p, str) for s in p.spans() if s.n_scored > 0}
     groups: dict[str, list] = {}
     for s in spans:
@@ -89,6 +92,7 @@ def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter) -> None:
             counter.body_tokens += n
             counter.head_tokens += s.n_scored
             counter.attn_pairs += n * p + n * (n + 1) // 2
+    return planning
 
 
 def matmul_peak(cfg, tokens: int = 1024, trials: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
@@ -262,7 +266,7 @@ def main() -> None:
             if not (math.isnan(value) and math.isnan(ours[key][i])):
                 worst = max(worst, abs(ours[key][i] - value) / max(abs(value), 1e-12))
     our_counter = Counter()
-    srt_hf_counts(scorer, examples, our_counter)
+    planning = srt_hf_counts(scorer, examples, our_counter)
     cfg = model.config
     peak = max(peak_before, matmul_peak(cfg, device=model.device, dtype=peak_dtype))
     print(f"max relative difference of the four losses: {worst:.2e} ({'OK' if worst <= bound else 'MISMATCH'}, bound {bound:g} for {args.dtype})")
@@ -277,6 +281,8 @@ def main() -> None:
         gf = c.flops(cfg) / 1e9
         mem = f"{memory[name] / 2**30:.1f} GiB" if name in memory else "-"
         print(f"{name:10}{rate[name]:>10.3f}{c.body_tokens / secs:>12.0f}{gf:>10.1f}{gf / secs:>10.1f}{100 * gf / secs / peak:>10.0f}%{mem:>10}")
+    print(f"planning (tokenizing the {n} rows' texts, on the CPU): {planning:.2f} s, {100 * planning * rate['srt_hf'] / n:.0f}% "
+          "of srt_hf's time")
     print(f"matmul peak at the model's shapes ({args.dtype} linear on {where}, best trial): {peak:.1f} GFLOP/s")
     print(f"speed-up srt_hf / baseline: {rate['srt_hf'] / rate['baseline']:.2f}x  (medians of {args.rounds} rounds; same rows, same outputs)")
     print(f"srt_hf does {our_counter.flops(cfg) / n / (base_counter.flops(cfg) / n_ref):.2f}x of the baseline's FLOPs per row")
@@ -289,7 +295,8 @@ def main() -> None:
         print(f"chip peak ({args.dtype} square matmul, best of 10): {chip / 1e3:.1f} TFLOP/s; srt_hf at {share:.1f}% of it")
         mem = f"{memory['srt_hf'] / 2**30:.1f}GiB" if "srt_hf" in memory else "-"
         print(f"RESULT {args.shape} {args.dtype}: {rate['srt_hf']:.1f} rows/s, {rate['srt_hf'] / rate['baseline']:.1f}x ref, "
-              f"{rate['srt_hf'] / rate['user']:.2f}x user, {share:.1f}% of peak, mem {mem}, diff {worst:.1e}")
+              f"{rate['srt_hf'] / rate['user']:.2f}x user, {share:.1f}% of peak, mem {mem}, diff {worst:.1e}, "
+              f"planning {100 * planning * rate['srt_hf'] / n:.0f}% of the time")
     if args.profile:
         matmul_share = profile(scorer, batch)
         print(f"bound if every operator but the matrix products took no time: {rate['srt_hf'] / rate['baseline'] / matmul_share:.2f}x "
