@@ -107,7 +107,8 @@ scoring() {  # scoring NAME DTYPE SHAPE ROWS REF_ROWS ROUNDS LIMIT [EXTRA...]: o
     local kind=$dtype; [[ " $* " == *" --engine "* ]] && kind+=" engine"; [ -n "${small_done[$kind]:-}" ] && return 0; small_done[$kind]=1
     shape=tiny rows=4 ref=1 rounds=1 limit=$((limit * slow)); [[ " $* " == *" --engine "* ]] || engine=(--engine gpu)
   fi
-  step "$name" "$limit" python3 benchmarks/bench_scoring.py --shape "$shape" --device "$DEVICE" --dtype "$dtype" \
+  # the tokenizer's threads as a user has them (the kit turns them off); planning is part of the time measured
+  step "$name" "$limit" env -u TOKENIZERS_PARALLELISM python3 benchmarks/bench_scoring.py --shape "$shape" --device "$DEVICE" --dtype "$dtype" \
     --data "$DATA" --rows "$rows" --ref-rows "$ref" --rounds "$rounds" "${engine[@]}" "$@"
 }
 scoring scoring_llama-3.2-1b_bf16 bfloat16 llama-3.2-1b 512 32 2 100 --profile
