@@ -10,6 +10,10 @@ finished chunk: one that cannot be read or holds the wrong number of rows (what 
 one computed from another input (``inputs``), or one the caller wants again (``redo``, e.g. rows whose
 teacher request failed) is redone, with a one-line notice. Under ``accelerate launch`` chunk ``i`` goes
 to process ``i % num_processes``; the parts keep the original row order.
+
+``rows_per_call`` hands ``fn`` several chunks at once (whole chunks, up to that many rows) and still writes one
+part per chunk: a GPU student scores 1024 rows in one call far faster than 16 calls of 64, while a rerun
+resumes chunk by chunk as before.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def map_in_chunks(
     schema: pa.Schema | None = None,
     inputs: Sequence[str] | None = None,
     redo: Callable[[Path], str | None] | None = None,
+    rows_per_call: int | None = None,
 ) -> list[Path]:
     """Apply ``fn`` (a batched map function returning new columns) chunk by chunk; returns the part files.
 
@@ -66,7 +71,8 @@ def map_in_chunks(
     ``schema`` pins the types of the new columns (floats default to float64, everything else is inferred).
     ``inputs`` (one digest per chunk, e.g. :func:`part_digest` of the previous stage's parts) says what each
     chunk is computed from: a finished chunk recorded with another digest is redone. ``redo(part)`` returns
-    why a finished part must be computed again (None: keep it).
+    why a finished part must be computed again (None: keep it). ``rows_per_call``: rows ``fn`` gets at once (whole
+    chunks, at least one; default one chunk).
     """
     from tqdm.auto import tqdm
 
@@ -104,29 +110,42 @@ def map_in_chunks(
         logger.warning("srt_hf: %s: redoing %d finished chunk(s) of %s: %s", desc, len(redone), work_dir, shown)
     done_rows = sum(rows_of(i) for i in mine if i not in todo)
     bar = tqdm(total=sum(rows_of(i) for i in mine), initial=done_rows, desc=desc, unit="row", disable=rank != 0)
+    calls: list[list[int]] = []  # the chunks of each call to fn
+    for i in todo:
+        if calls and sum(rows_of(j) for j in calls[-1]) + rows_of(i) <= (rows_per_call or 0):
+            calls[-1].append(i)
+        else:
+            calls.append([i])
     with quiet_foreign_bars():  # a model loading inside the first chunk prints no bar inside ours
-        for i in todo:
-            _write_chunk(ds, fn, i, chunk_rows, parts[i], bar, schema=schema, input_digest=inputs[i] if inputs is not None else None)
+        for chunks in calls:
+            _write_chunks(ds, fn, [(i * chunk_rows, i * chunk_rows + rows_of(i)) for i in chunks], [parts[i] for i in chunks],
+                          bar, schema=schema, input_digests=[inputs[i] if inputs is not None else None for i in chunks])
     bar.close()
     if state:
         state.wait_for_everyone()
     return parts
 
 
-def _write_chunk(ds, fn: Callable[[dict[str, list]], dict[str, Any]], i: int, chunk_rows: int, part: Path, bar, *,
-                 schema: pa.Schema | None, input_digest: str | None) -> None:
-    """Compute chunk ``i`` into ``part`` (atomically); the work inside moves ``bar`` as it goes."""
-    lo, hi = i * chunk_rows, min((i + 1) * chunk_rows, len(ds))
-    with chunk_progress(bar, hi - lo):
+def _write_chunks(ds, fn: Callable[[dict[str, list]], dict[str, Any]], bounds: list[tuple[int, int]], parts: list[Path],
+                  bar, *, schema: pa.Schema | None, input_digests: list[str | None]) -> None:
+    """Compute the chunks of rows ``bounds`` (lo, hi) in one call to ``fn``, then write each into its part
+    (atomically); the work inside moves ``bar`` as it goes."""
+    rows = [hi - lo for lo, hi in bounds]
+    with chunk_progress(bar, sum(rows)):
+        batches = [ds[lo:hi] for lo, hi in bounds if hi > lo]
+        batch = batches[0] if len(batches) == 1 else {k: [v for b in batches for v in b[k]] for k in batches[0]} if batches else {}
+        new = fn(batch) if batch else {}
+    start = 0
+    for (lo, hi), n, part, digest in zip(bounds, rows, parts, input_digests):
         table = ds.with_format("arrow")[lo:hi] if hi > lo else ds.with_format("arrow")[0:0]
-        new = fn(ds[lo:hi]) if hi > lo else {}
         for name, values in new.items():
-            array = _to_arrow(values, schema.field(name).type if schema and name in schema.names else None)
+            array = _to_arrow(values[start : start + n], schema.field(name).type if schema and name in schema.names else None)
             if name in table.column_names:
                 table = table.set_column(table.column_names.index(name), name, array)
             else:
                 table = table.append_column(name, array)
-        record = {"input": input_digest}
+        start += n
+        record = {"input": digest}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), CHUNK_KEY: json.dumps(record).encode()})
         with atomic_path(part) as tmp:
             pq.write_table(table, tmp)

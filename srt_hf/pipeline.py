@@ -120,7 +120,7 @@ class RecycleConfig(ColumnMapping):
     device: str | None = field(default=None, metadata={"help": "Student device. Default: cuda when available, else cpu."})
     engine: str | None = field(default=None, metadata={"help": ScoringConfig.__dataclass_fields__["engine"].metadata["help"]})
     top_share: float | None = field(default=None, metadata={"help": "After the ifd<1 and rifd<1 filter, keep only this share with the highest IFD (0-1)."})
-    chunk_rows: int = field(default=64, metadata={"help": "Rows per resumable chunk of each stage."})
+    chunk_rows: int = field(default=64, metadata={"help": "Rows per resumable chunk of each stage (a GPU student scores up to 1024 rows, whole chunks, in one call)."})
     instruction_template: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt (Jinja text or .jinja file), rows without input."})
     instruction_template_with_input: str | None = field(default=None, metadata={"help": "Instruction-reflection prompt for rows with input."})
     response_template: str | None = field(default=None, metadata={"help": "Response-reflection prompt (Jinja text or .jinja file), rows without input."})
@@ -205,7 +205,8 @@ def recycle(
                     teacher.cache_tags = {"run": run_id, "stage": name}  # each reply cached says where it belongs
                     redo = _redo_teacher_rows(status_column, config.retry_failed) if status_column else None
                     parts = map_in_chunks(current, fn, paths.work / name, key=key, chunk_rows=config.chunk_rows, desc=label,
-                                          inputs=inputs, redo=redo)
+                                          inputs=inputs, redo=redo,  # a stage without a teacher status column is the student's
+                                          rows_per_call=None if status_column else stages.rows_per_call())
                     if mode is not None and status_column:
                         mode.after_stage(name)
                     inputs = [part_digest(p) for p in parts]
@@ -259,6 +260,10 @@ class _Stages:
         self.response = ResponseReflection(teacher, ReflectionConfig(
             **_mapping(CHOSEN), template=config.response_template, template_with_input=config.response_template_with_input,
             json_template=config.response_json_template, json_template_with_input=config.response_json_template_with_input, **common))
+
+    def rows_per_call(self) -> int | None:
+        """Rows a student stage scores in one call (several chunks on a GPU; the teacher's stages go chunk by chunk)."""
+        return self.scorers["original_"].rows_per_call()
 
     def plan(self) -> list[tuple[str, Callable, str, str | None]]:
         """(work folder, map function, progress label, the teacher status column whose failures a rerun retries)."""

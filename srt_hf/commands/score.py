@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="IN", help="JSON/JSONL/CSV/Parquet file, save_to_disk folder, Hub dataset id, or 'demo'.")
     p.add_argument("--out", type=Path, required=True, help="Output file: .parquet or .jsonl.")
     p.add_argument("--split", default="train", help="Split of a Hub dataset or DatasetDict folder.")
-    p.add_argument("--chunk-rows", type=int, default=64, help="Rows per resumable chunk (the unit of resumption and of memory; the bar moves per batch inside it).")
+    p.add_argument("--chunk-rows", type=int, default=64, help="Rows per resumable chunk (the unit of resumption; the bar moves per batch inside it). A GPU student scores up to 1024 rows, whole chunks, in one call.")
     p.add_argument("--limit", type=int, default=None, help="Score only the first N rows.")
     add_dataclass_arguments(p, ScoringConfig, skip=("output_prefix",))
     p.set_defaults(run=run)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     key = f"{__version__}:{config.digest()}"  # the input is each chunk's own rows: an edit redoes the chunks it changed
     with output_lock(args.out, folder=False, command="srt-hf score"):  # covers OUT and OUT.parts
         parts = map_in_chunks(ds, scorer, work, key=key, chunk_rows=args.chunk_rows, desc=f"scoring ({config.preset})",
-                              inputs=row_digests(ds, args.chunk_rows))
+                              inputs=row_digests(ds, args.chunk_rows), rows_per_call=scorer.rows_per_call())
         state = process_state()
         if not main:
             return 0

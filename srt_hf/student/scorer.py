@@ -29,6 +29,9 @@ from ..templates import Preset, get_preset
 from .plan import Encoder, RowPlan, plan_rows
 
 DTYPES = ("float32", "bfloat16", "float16")
+#: Rows the CLI hands a GPU student at once (several resumable chunks): a GPU engine fed 64 rows a call spends
+#: its time on launches and the host, not on the arithmetic.
+GPU_ROWS_PER_CALL = 1024
 SCORE_COLUMNS = ("ifd", "rifd", "loss_A_cond", "loss_A_direct", "loss_Q_cond", "loss_Q_direct")
 STATUS_COLUMN = "score_status"
 # Descriptions of the columns IFDScorer adds, for the dataset card.
@@ -117,6 +120,12 @@ class IFDScorer(models.LazyModel):
         fmt = detect_format(list(batch), self.config)
         examples = read_batch(batch, fmt)
         return self.score_examples(examples)
+
+    def rows_per_call(self) -> int | None:
+        """Rows to score in one call where the caller chunks the data (``chunks.map_in_chunks``): many on a GPU,
+        None (one chunk) on a CPU, where a chunk already keeps the cores busy and bounds the memory."""
+        device = self._device or self.config.device or models.prepare_device(None)
+        return GPU_ROWS_PER_CALL if str(device).startswith("cuda") else None
 
     # -- model ----------------------------------------------------------------------------------
     def _model_settings(self):
