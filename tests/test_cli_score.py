@@ -102,6 +102,7 @@ def test_scored_parquet_carries_its_provenance_into_select(tmp_path, tiny_model_
     assert run_score(tiny_model_dir, scored, "--limit", "6") == 0
     provenance = read_provenance(scored)
     assert provenance["student"]["model"] == models.display_name(str(tiny_model_dir))
+    assert provenance["student"]["engine"] == "cpu" and provenance["student"]["engine_variant"]
     assert provenance["scoring"] == {"preset": "reflection", "template": "vicuna"}
     assert provenance["source"]["name"] == "demo"
 
