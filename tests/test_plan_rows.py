@@ -12,10 +12,11 @@ from srt_hf.templates import get_preset
 
 
 @pytest.fixture(scope="module")
-def tokenizer(embedded_dir):
+def tokenizer(tiny_model_dir):
+    """The embedded model's tokenizer and chat template (the GPU kit's copy where the model cannot travel)."""
     from srt_hf.models import load_tokenizer
 
-    return load_tokenizer(str(embedded_dir))
+    return load_tokenizer(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
