@@ -3,8 +3,10 @@
 # summary table rewritten after every step (a killed run still leaves it), most important steps first.
 #
 #   bash benchmarks/gpu_prepare.sh                              # here: the GPU kit + extra wheels into .gpu/
-#   device run, carry [".gpu"]:  ONLY='prep exactness scoring_*' bash benchmarks/gpu_check.sh   # the engine, ~6 min
-#   device run, carry [".gpu"]:  ONLY='prep cli_* sft_* bench_teacher bench_sft' bash benchmarks/gpu_check.sh   # ~5 min
+#   device run, carry [".gpu"]:  ONLY='prep exactness scoring_*' BUDGET=420 bash benchmarks/gpu_check.sh   # the engine
+#   device run, carry [".gpu"]:  ONLY='prep cli_* sft_* bench_teacher bench_sft' BUDGET=300 bash benchmarks/gpu_check.sh
+# (two calls back to back fit a session's 15 device-minutes with the machine's start; each step's order is its
+# importance, so what a budget cuts is the least needed; estimates: ~6 and ~5 minutes, not measured yet)
 #   DEVICE=cpu SMALL=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh   # the same steps on a CPU, small (a dry run)
 #
 # ONLY: the steps to run (shell patterns, space-separated; default all). BUDGET: seconds for the whole call
