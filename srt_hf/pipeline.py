@@ -451,7 +451,7 @@ def _finish(rows, run_dir: Path, config: RecycleConfig, teacher: Teacher, stages
         "reflection_layout": layouts,
         "layouts_sent": _layouts_line(layouts),
         "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student),
-                    **_engine_used(stages, run_dir)},
+                    "dtype": config.dtype, **_engine_used(stages, run_dir)},  # the dtype can change decisions
         "scoring": {"preset": config.preset, "template": stages.scorers["original_"].preset.template},
         "prompts": _prompts_sent(stages, layouts),
         "selection": rule,

@@ -137,8 +137,9 @@ def test_run_json_records_the_local_teachers_placement_and_the_student_engine(tm
     assert main(argv) == 0
     meta = json.loads((run / "run.json").read_text())
     assert meta["teacher"]["dtype"] == "bfloat16" and meta["teacher"]["device"] == "cpu"
-    assert meta["student"]["engine"] == "cpu"  # the engine picked for a CPU student
-    assert "Teacher:" in (run / "README.md").read_text() and (run / "report.html").stat().st_size > 0
+    assert meta["student"]["engine"] == "cpu" and meta["student"]["dtype"] == "float32"  # the engine for a CPU student
+    card = (run / "README.md").read_text()
+    assert "Teacher:" in card and "| student `dtype` | float32 |" in card and (run / "report.html").stat().st_size > 0
     first = meta["student"]
     assert main(argv) == 0  # every chunk resumed: nothing is scored again, the engine stays recorded
     assert json.loads((run / "run.json").read_text())["student"] == first

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         provenance = {
             "source": {"name": str(args.input), "split": args.split},
             "student": {"model": models.display_name(config.student), "hub_id": models.hub_id(config.student),
-                        **(scorer.engine_used or {})},  # which engine scored (nothing when every chunk was resumed)
+                        "dtype": config.dtype, **(scorer.engine_used or {})},  # which engine scored (nothing when every chunk was resumed)
             "scoring": {"preset": config.preset, "template": scorer.preset.template},
         }
         rows = write_tables(read_parts(parts), args.out, provenance=provenance)
