@@ -6,20 +6,22 @@ at every position, the loss over the 49k vocabulary everywhere). srt_hf batches 
 prompt heads once and computes logits only at labelled positions. Both must agree within 1e-4.
 
     python benchmarks/bench_scoring.py [--data FILE] [--rows 32] [--student default] [--device cuda] [--dtype bfloat16]
-    python benchmarks/bench_scoring.py --shape llama-3.2-1b --device cuda --dtype bfloat16 --rows 256 --ref-rows 32
+    python benchmarks/bench_scoring.py --shape llama-3.2-1b --device cuda --dtype bfloat16 float32 --rows 256 --ref-rows 32
     python benchmarks/bench_scoring.py --shape tiny --rows 8 --rounds 1            # a dry run on a CPU (seconds)
 
-On a GPU the reference loop runs in float32 (as the references do) and srt_hf in ``--dtype``; the
-difference bound is then the dtype's tolerance (float32 1e-4; see README "Student dtype").
+On a GPU the reference loop runs in float32 (as the references do) and srt_hf in each ``--dtype`` given
+(several in one process share the model, the reference loop and the rows: ``--dtype bfloat16 float32``
+prints the bf16/fp32 ratio); the difference bound is then the dtype's tolerance (float32 1e-4; see README
+"Student dtype").
 
 ``--shape`` (smollm2-135m, qwen2.5-0.5b, llama-3.2-1b, llama-3.1-8b, tiny) scores with a random student
 of that real shape built on the device with the GPU kit's tokenizer (``random_student.py``), so no model
 files are needed, and adds a second baseline: **what a competent user writes** — the same four texts per
-row, sorted by length, right-padded batches of 16 with an attention mask, ``--dtype``, full logits and a
+row, sorted by length, right-padded batches of 16 with an attention mask, the first ``--dtype``, full logits and a
 per-token cross-entropy. The reference loop may run on fewer rows (``--ref-rows``; rates are per row).
-Printed: each side's rows/s and FLOPs, each ratio, the chip's matrix-product peak in ``--dtype`` measured
+Printed: each side's rows/s and FLOPs, each ratio, the chip's matrix-product peak in each dtype measured
 in the same run, srt_hf's share of it, peak GPU memory per side (its model's weights plus its working memory;
-the other side's model, also resident, is not counted), and one ``RESULT`` line.
+the other side's model, also resident, is not counted), and one ``RESULT`` line per dtype.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srt_hf import IFDScorer, ScoringConfig
+from srt_hf import IFDScorer
 from srt_hf.formats import detect_format, read_batch
 from srt_hf.models import prepare_device
 from srt_hf.student.reference import reference_losses
@@ -180,6 +182,35 @@ def user_baseline(model, tokenizer, rows: list[dict], template: str, counter: Co
     return out
 
 
+DTYPE_BOUND = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}  # largest relative loss difference to the reference
+
+
+def build_scorers(args) -> tuple[dict[str, IFDScorer], torch.nn.Module, object]:
+    """One scorer per ``--dtype`` (a float32 scorer shares the reference's model), the float32 reference model, the tokenizer."""
+    scorers: dict[str, IFDScorer] = {}
+    if args.shape:
+        from random_student import kit_tokenizer, random_student
+
+        tok = kit_tokenizer()
+        model = random_student(args.shape, tok, args.device, torch.float32)
+        for dtype in args.dtype:
+            scorer = IFDScorer(student=f"random:{args.shape}", preset="reflection", template=args.template,
+                               device=args.device, dtype=dtype, engine=args.engine)
+            weights = model if dtype == "float32" else copy.deepcopy(model).to(getattr(torch, dtype))
+            scorer._tokenizer, scorer._model, scorer._device = tok, weights, prepare_device(args.device)
+            scorers[dtype] = scorer
+        return scorers, model, tok
+    if args.student.startswith("random:"):
+        from random_student import build_random_student
+
+        args.student = str(build_random_student(args.student.removeprefix("random:")))
+    for dtype in dict.fromkeys(["float32", *args.dtype]):  # the reference computes in float32: that scorer's model
+        scorers[dtype] = IFDScorer(student=args.student, preset="reflection", template=args.template, device=args.device,
+                                   dtype=dtype, engine=args.engine)
+    reference = scorers["float32"] if "float32" in args.dtype else scorers.pop("float32")
+    return scorers, reference.model, reference.tokenizer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA if SHARED_DATA.exists() else DEMO_DATA)
@@ -192,49 +223,34 @@ def main() -> None:
     parser.add_argument("--engine", default=None, help="force srt_hf's engine (gpu, cpu, plain); default: its own choice")
     parser.add_argument("--template", default="vicuna", choices=["vicuna", "alpaca"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    parser.add_argument("--profile", action="store_true", help="After the rounds, profile one srt_hf pass and print where its time goes.")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="srt_hf's student dtype; the baseline stays float32")
+    parser.add_argument("--profile", action="store_true", help="After the rounds, profile one srt_hf pass (the first dtype) and print where its time goes.")
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPE_BOUND),
+                        help="srt_hf's student dtype(s), each measured in this one process (the reference loop runs once, in "
+                        "float32; the batched user in the first dtype)")
     args = parser.parse_args()
+    args.dtype = list(dict.fromkeys(args.dtype))
 
     batch = load_rows(args.data, args.rows)
-    config = ScoringConfig(preset="reflection", template=args.template, device=args.device, dtype=args.dtype, engine=args.engine)
-    if args.shape:
-        from random_student import kit_tokenizer, random_student
-
-        tok = kit_tokenizer()
-        model = random_student(args.shape, tok, args.device, torch.float32)
-        ours_model = model if args.dtype == "float32" else copy.deepcopy(model).to(getattr(torch, args.dtype))
-        config.student = f"random:{args.shape}"
-        scorer = IFDScorer(config)
-        scorer._tokenizer, scorer._model, scorer._device = tok, ours_model, prepare_device(args.device)
-    else:
-        if args.student.startswith("random:"):
-            from random_student import build_random_student
-
-            args.student = str(build_random_student(args.student.removeprefix("random:")))
-        config.student = args.student
-        scorer = IFDScorer(config)
-        if args.dtype == "float32":
-            model, tok = scorer.model, scorer.tokenizer
-        else:  # the reference computes in float32: its own model
-            reference = IFDScorer(ScoringConfig(student=args.student, preset="reflection", template=args.template, device=args.device))
-            model, tok = reference.model, reference.tokenizer
-    bound = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}[args.dtype]
+    scorers, model, tok = build_scorers(args)
+    first = scorers[args.dtype[0]]
     examples = read_batch(batch, detect_format(list(batch)))
     rows = [{"instruction": e.instruction, "input": e.input, "response": e.response} for e in examples]
     n = len(rows)
     n_ref = min(args.ref_rows or n, n)
     cuda = model.device.type == "cuda"
     where = torch.cuda.get_device_name(model.device) if cuda else f"cpu, {torch.get_num_threads()} threads"
-    print(f"data: {args.data} ({n} rows; reference loop on {n_ref}), student: {args.shape or args.student} ({args.dtype}), device: {where}")
+    print(f"data: {args.data} ({n} rows; reference loop on {n_ref}), student: {args.shape or args.student} "
+          f"({', '.join(args.dtype)}), device: {where}")
 
-    scorer({k: v[:2] for k, v in batch.items()})  # warm-up (and the engine's probe)
-    print(f"srt_hf scoring path: {scorer_path(scorer)}")
-    peak_dtype = getattr(torch, args.dtype)
-    peak_before = matmul_peak(model.config, device=model.device, dtype=peak_dtype)
-    sides = ["baseline", "srt_hf"] + (["user"] if args.shape else [])
+    for dtype, scorer in scorers.items():
+        scorer({k: v[:2] for k, v in batch.items()})  # warm-up (and the engine's probe)
+        print(f"srt_hf scoring path ({dtype}): {scorer_path(scorer)}")
+    measured = list(dict.fromkeys([*args.dtype, "float32"]))  # the reference loop's dtype too
+    peak_before = {d: matmul_peak(model.config, device=model.device, dtype=getattr(torch, d)) for d in measured}
+    sides = ["baseline", *(f"srt_hf {d}" for d in args.dtype)] + (["user"] if args.shape else [])
     times: dict[str, list[float]] = {side: [] for side in sides}
     memory: dict[str, int] = {}
+    ours: dict[str, dict] = {}
     user_counter = Counter()
     for r in range(args.rounds):
         for side in (sides if r % 2 == 0 else sides[::-1]):
@@ -243,65 +259,88 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats(model.device)
                 resident = torch.cuda.memory_allocated(model.device)
             t = time.perf_counter()
-            if side == "srt_hf":
-                ours = scorer(batch)
+            if side.startswith("srt_hf"):
+                ours[side] = scorers[side.split()[1]](batch)
             elif side == "user":
                 user_counter = Counter()
-                user = user_baseline(ours_model, tok, rows, args.template, user_counter)
+                user = user_baseline(first.model, tok, rows, args.template, user_counter)
             else:
                 base_counter = Counter()
                 ref = reference_losses(model, tok, rows[:n_ref], args.template, on_pass=lambda k, c=base_counter: _count(c, k, k))
             _sync(model.device)
             times[side].append(time.perf_counter() - t)
             if cuda:  # the side's own footprint: its model's weights + what it allocated beyond what was resident
-                weights = sum(p.numel() * p.element_size() for p in (model if side == "baseline" else scorer.model).parameters())
-                used = weights + torch.cuda.max_memory_allocated(model.device) - resident
-                memory[side] = max(memory.get(side, 0), used)
-            print(f"round {r + 1}: {side:8} {times[side][-1]:7.2f} s", flush=True)
+                side_model = {"baseline": model, "user": first.model}.get(side) or scorers[side.split()[1]].model
+                weights = sum(p.numel() * p.element_size() for p in side_model.parameters())
+                memory[side] = max(memory.get(side, 0), weights + torch.cuda.max_memory_allocated(model.device) - resident)
+            print(f"round {r + 1}: {side:16} {times[side][-1]:7.2f} s", flush=True)
     rate = {side: (n_ref if side == "baseline" else n) / float(np.median(times[side])) for side in sides}
 
-    worst = 0.0
-    for i, r in enumerate(ref):
-        for key, value in r.items():
-            if not (math.isnan(value) and math.isnan(ours[key][i])):
-                worst = max(worst, abs(ours[key][i] - value) / max(abs(value), 1e-12))
     our_counter = Counter()
-    planning = srt_hf_counts(scorer, examples, our_counter)
+    planning = srt_hf_counts(first, examples, our_counter)
     cfg = model.config
-    peak = max(peak_before, matmul_peak(cfg, device=model.device, dtype=peak_dtype))
-    print(f"max relative difference of the four losses: {worst:.2e} ({'OK' if worst <= bound else 'MISMATCH'}, bound {bound:g} for {args.dtype})")
+    peak = {d: max(peak_before[d], matmul_peak(cfg, device=model.device, dtype=getattr(torch, d))) for d in measured}
+    worst = {}
+    for d in args.dtype:
+        worst[d] = _worst_difference(ref, ours[f"srt_hf {d}"])
+        print(f"max relative difference of the four losses, srt_hf {d}: {worst[d]:.2e} "
+              f"({'OK' if worst[d] <= DTYPE_BOUND[d] else 'MISMATCH'}, bound {DTYPE_BOUND[d]:g})")
     if args.shape:
-        user_worst = max(abs(user[i][k] - v) / max(abs(v), 1e-12) for i, r in enumerate(ref) for k, v in r.items() if not math.isnan(v))
-        print(f"batched-user baseline vs the reference loop: {user_worst:.2e} (relative, {args.dtype})")
-    print(f"{'':10}{'rows/s':>10}{'tokens/s':>12}{'GFLOP':>10}{'GFLOP/s':>10}{'% of peak':>11}{'peak mem':>10}")
-    counters = {"baseline": base_counter, "srt_hf": our_counter, "user": user_counter}
+        print(f"batched-user baseline vs the reference loop: {_worst_difference(ref, user):.2e} (relative, {args.dtype[0]})")
+    print(f"{'':16}{'rows/s':>10}{'tokens/s':>12}{'GFLOP':>10}{'GFLOP/s':>10}{'% of peak':>11}{'peak mem':>10}")
+    counters = {"baseline": base_counter, "user": user_counter, **{f"srt_hf {d}": our_counter for d in args.dtype}}
     for name in sides:
         c, rows_done = counters[name], (n_ref if name == "baseline" else n)
         secs = rows_done / rate[name]
         gf = c.flops(cfg) / 1e9
+        own_peak = peak[{"baseline": "float32", "user": args.dtype[0]}.get(name) or name.split()[1]]
         mem = f"{memory[name] / 2**30:.1f} GiB" if name in memory else "-"
-        print(f"{name:10}{rate[name]:>10.3f}{c.body_tokens / secs:>12.0f}{gf:>10.1f}{gf / secs:>10.1f}{100 * gf / secs / peak:>10.0f}%{mem:>10}")
-    print(f"planning (tokenizing the {n} rows' texts, on the CPU): {planning:.2f} s, {100 * planning * rate['srt_hf'] / n:.0f}% "
-          "of srt_hf's time")
-    print(f"matmul peak at the model's shapes ({args.dtype} linear on {where}, best trial): {peak:.1f} GFLOP/s")
-    print(f"speed-up srt_hf / baseline: {rate['srt_hf'] / rate['baseline']:.2f}x  (medians of {args.rounds} rounds; same rows, same outputs)")
+        print(f"{name:16}{rate[name]:>10.3f}{c.body_tokens / secs:>12.0f}{gf:>10.1f}{gf / secs:>10.1f}{100 * gf / secs / own_peak:>10.0f}%{mem:>10}")
+    share_of_time = 100 * planning * rate[f"srt_hf {args.dtype[0]}"] / n
+    print(f"planning (tokenizing the {n} rows' texts, on the CPU): {planning:.2f} s, {share_of_time:.0f}% of srt_hf's time "
+          f"({args.dtype[0]})")
+    for d in args.dtype:
+        print(f"matmul peak at the model's shapes ({d} linear on {where}, best trial): {peak[d]:.1f} GFLOP/s")
+        print(f"speed-up srt_hf {d} / baseline: {rate[f'srt_hf {d}'] / rate['baseline']:.2f}x  (medians of {args.rounds} rounds; "
+              "same rows, same outputs)")
+    if "float32" in args.dtype:
+        for d in args.dtype:
+            if d != "float32":
+                print(f"srt_hf {d} / srt_hf float32: {rate[f'srt_hf {d}'] / rate['srt_hf float32']:.2f}x (the goal: never below 1)")
     print(f"srt_hf does {our_counter.flops(cfg) / n / (base_counter.flops(cfg) / n_ref):.2f}x of the baseline's FLOPs per row")
     if args.shape:
-        chip = max(chip_peak(model.device, peak_dtype), peak)  # the best product seen: on a CPU the model's shapes can beat it
         per_row = {name: counters[name].flops(cfg) / (n_ref if name == "baseline" else n) for name in sides}
-        share = 100 * our_counter.flops(cfg) / (n / rate["srt_hf"]) / 1e9 / chip
-        print(f"speed-up srt_hf / batched user: {rate['srt_hf'] / rate['user']:.2f}x; FLOPs per row: srt_hf {per_row['srt_hf'] / 1e9:.2f} "
-              f"GFLOP, user {per_row['user'] / 1e9:.2f} GFLOP ({per_row['user'] / per_row['srt_hf']:.2f}x srt_hf's)")
-        print(f"chip peak ({args.dtype} matrix products, best of a square 8192 matmul and the model's shapes): {chip / 1e3:.2f} TFLOP/s; "
-              f"srt_hf at {share:.1f}% of it")
-        mem = f"{memory['srt_hf'] / 2**30:.1f}GiB" if "srt_hf" in memory else "-"
-        print(f"RESULT {args.shape} {args.dtype}: {rate['srt_hf']:.1f} rows/s, {rate['srt_hf'] / rate['baseline']:.1f}x ref, "
-              f"{rate['srt_hf'] / rate['user']:.2f}x user, {share:.1f}% of peak, mem {mem}, diff {worst:.1e}, "
-              f"planning {100 * planning * rate['srt_hf'] / n:.0f}% of the time")
+        print(f"FLOPs per row: srt_hf {per_row[sides[1]] / 1e9:.2f} GFLOP, batched user {per_row['user'] / 1e9:.2f} GFLOP "
+              f"({per_row['user'] / per_row[sides[1]]:.2f}x srt_hf's)")
+        for d in args.dtype:
+            ours_rate = rate[f"srt_hf {d}"]
+            chip = max(chip_peak(model.device, getattr(torch, d)), peak[d])  # the best product seen: on a CPU the model's shapes can beat it
+            share = 100 * our_counter.flops(cfg) / (n / ours_rate) / 1e9 / chip
+            print(f"chip peak ({d} matrix products, best of a square 8192 matmul and the model's shapes): {chip / 1e3:.2f} TFLOP/s; "
+                  f"srt_hf {d} at {share:.1f}% of it")
+            versus_fp32 = (f"{ours_rate / rate['srt_hf float32']:.2f}x fp32, "
+                           if d != "float32" and "float32" in args.dtype else "")
+            mem = f"{memory[f'srt_hf {d}'] / 2**30:.1f}GiB" if f"srt_hf {d}" in memory else "-"
+            print(f"RESULT {args.shape} {d}: {ours_rate:.1f} rows/s, {ours_rate / rate['baseline']:.1f}x ref, "
+                  + (f"{ours_rate / rate['user']:.2f}x user, " if d == args.dtype[0] else "")  # the user runs in the first dtype
+                  + f"{versus_fp32}{share:.1f}% of peak, mem {mem}, diff {worst[d]:.1e}"
+                  + (f", planning {share_of_time:.0f}% of the time" if d == args.dtype[0] else ""))
     if args.profile:
-        matmul_share = profile(scorer, batch)
-        print(f"bound if every operator but the matrix products took no time: {rate['srt_hf'] / rate['baseline'] / matmul_share:.2f}x "
+        matmul_share = profile(first, batch)
+        ratio = rate[f"srt_hf {args.dtype[0]}"] / rate["baseline"]
+        print(f"bound if every operator but the matrix products took no time: {ratio / matmul_share:.2f}x "
               f"(the matrix products alone are {100 * matmul_share:.0f}% of srt_hf's time)")
+
+
+def _worst_difference(reference: list[dict], other) -> float:
+    """Largest relative difference between the reference loop's losses and ``other``'s (a column dict or row dicts)."""
+    worst = 0.0
+    for i, r in enumerate(reference):
+        for key, value in r.items():
+            theirs = other[key][i] if isinstance(other, dict) else other[i][key]
+            if not (math.isnan(value) and math.isnan(theirs)):
+                worst = max(worst, abs(theirs - value) / max(abs(value), 1e-12))
+    return worst
 
 
 # operator name prefix -> the kind of work it is, for the profile's summary

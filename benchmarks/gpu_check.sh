@@ -2,16 +2,17 @@
 # Every GPU check of the project on a lent GPU machine, each step with its own time limit and log under $OUT, the
 # summary table rewritten after every step (a killed run still leaves it), most important steps first.
 #
-#   bash benchmarks/gpu_prepare.sh                              # here: the GPU kit + extra wheels into .gpu/
-#   device run, carry [".gpu"]:  ONLY='prep exactness scoring_*' BUDGET=420 bash benchmarks/gpu_check.sh   # the engine
-#   device run, carry [".gpu"]:  ONLY='prep cli_* sft_* bench_teacher bench_sft' BUDGET=300 bash benchmarks/gpu_check.sh
-# (two calls back to back fit a session's 15 device-minutes with the machine's start; each step's order is its
-# importance, so what a budget cuts is the least needed; estimates: ~6 and ~5 minutes, not measured yet)
+#   bash benchmarks/gpu_prepare.sh                       # here: the GPU kit + extra wheels into .gpu/
+#   device run, carry [".gpu"]:  bash benchmarks/gpu_check.sh         # every check, most important first, under 8 min
+#   device run, carry [".gpu"]:  ONLY='<printed>' BUDGET=<seconds left> bash benchmarks/gpu_check.sh   # if any was cut
+# (the first call stops within its BUDGET and names what did not fit as the ONLY= of a second call; estimates for the
+# whole: 8-11 minutes on one H200, not measured yet)
 #   DEVICE=cpu SMALL=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh   # the same steps on a CPU, small (a dry run)
 #
 # ONLY: the steps to run (shell patterns, space-separated; default all). BUDGET: seconds for the whole call
-# (default 560, inside one device command's 600; 1800 for SMALL=1): a step gets at most what is left, a step that would get under
-# 30 s is skipped, and the last line names what was skipped as an ONLY= for the next call.
+# (default 470, so that a call ends within 8 minutes; 1800 for SMALL=1): a step gets at most what is left, a step
+# that would get under half its limit (or 30 s) is skipped, and the last line names what was skipped, or cut by the
+# budget, as the ONLY= of the next call.
 # The GPU machine has no network: .gpu/env.sh installs the kit's wheels once and sets the offline variables; the
 # `prep` step adds what benchmarks/gpu_extras.txt lists where an import is missing there.
 # Students are random models of real shapes built with the kit's tokenizer (speed depends on shapes, not weights).
@@ -21,7 +22,7 @@ DEVICE=${DEVICE:-cuda}
 SMALL=${SMALL:-0}
 OUT=${OUT:-/tmp/gpu_check}
 ONLY=${ONLY:-*}
-if [ "$SMALL" = 1 ]; then slow=5; BUDGET=${BUDGET:-1800}; else slow=1; BUDGET=${BUDGET:-560}; fi  # a dry run: 2 cores
+if [ "$SMALL" = 1 ]; then slow=5; BUDGET=${BUDGET:-1800}; else slow=1; BUDGET=${BUDGET:-470}; fi  # a dry run: 2 cores
 mkdir -p "$OUT"
 if [ -f .gpu/env.sh ] && [ "$DEVICE" != cpu ]; then source .gpu/env.sh; fi  # not on a CPU dry run: cp312 wheels
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} SRT_HF_TEST_DEVICE=$DEVICE TOKENIZERS_PARALLELISM=false
@@ -49,14 +50,16 @@ write_summary() {  # the table so far; skipped steps as the ONLY= of the next ca
 step() {
   local name=$1 limit=$2; shift 2
   selected "$name" || return 0
-  local left=$((BUDGET - SECONDS))
-  if [ "$left" -lt 30 ]; then skipped+=("$name"); write_summary; return 0; fi
-  [ "$limit" -gt "$left" ] && limit=$left
+  local left=$((BUDGET - SECONDS)) cut=0
+  # under half its limit left (at least 30 s): most likely it would be cut, so it goes to the next call whole
+  if [ "$left" -lt 30 ] || [ $((2 * left)) -lt "$limit" ]; then skipped+=("$name"); write_summary; return 0; fi
+  [ "$limit" -gt "$left" ] && limit=$left cut=1
   local start=$SECONDS
   echo "== $name (limit ${limit}s, $((BUDGET - SECONDS))s left)"
   timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   local verdict=ok; [ $rc -ne 0 ] && verdict="FAILED rc=$rc"; [ $rc -eq 124 ] && verdict="TIMED OUT"
+  [ $rc -eq 124 ] && [ $cut = 1 ] && skipped+=("$name")  # cut by the budget, not by its own limit: run it again
   tail -n 15 "$OUT/$name.log"
   summary+=("$(printf '%-36s %-14s %5ss  %s' "$name" "$verdict" $((SECONDS - start)) \
     "$(grep '^RESULT' "$OUT/$name.log" | cut -c8- | paste -sd ';')")")
@@ -90,7 +93,7 @@ PY
 export -f prep  # timeout runs commands, not functions: through bash
 step prep 120 bash -c prep
 
-# ---- the scoring engine (issue 19): ~6 min on an H200 (estimated)
+# ---- the scoring engine (issue 19): ~5 min on an H200 (estimated)
 # exactness: every architecture, both engines (auto = gpu on CUDA; forced cpu packed/padded), fp32 within 1e-5
 if [ "$SMALL" = 1 ]; then pick=(-k "llama or gpu_engine or falls_back or flash"); else pick=(); fi
 run_tests() {  # run_tests PYTEST_ARGS...: pytest's last line becomes the step's RESULT row
@@ -100,33 +103,31 @@ run_tests() {  # run_tests PYTEST_ARGS...: pytest's last line becomes the step's
 export -f run_tests
 step exactness $((150 * slow)) bash -c 'run_tests "$@"' _ tests/test_architectures.py tests/test_gpu_engine.py "${pick[@]}"
 # speed: random students of the four real shapes (kit tokenizer) vs the reference loop and the batched user, most
-# telling first: bf16 on every shape (the 1B shape carries the profile, the 8B one the memory goal), then float32
-# (bf16 must never be slower), the dtype table, and last the 1B shape through the CPU engine, profiled (the "before").
+# telling first; each step measures bf16 and float32 in one process (one model, one reference loop: bf16 must never
+# be slower); the 1B shape carries the profile, the 8B one the memory goal; then the dtype table, and last the 1B
+# shape through the CPU engine, profiled (the "before").
 # SMALL=1 (a dry run on a CPU): each kind of step once, on the tiny shape, the GPU engine forced, generous limits.
 declare -A small_done=()
-scoring() {  # scoring NAME DTYPE SHAPE ROWS REF_ROWS ROUNDS LIMIT [EXTRA...]: one bench_scoring.py step
-  local name=$1 dtype=$2 shape=$3 rows=$4 ref=$5 rounds=$6 limit=$7; shift 7
+scoring() {  # scoring NAME "DTYPES" SHAPE ROWS REF_ROWS ROUNDS LIMIT [EXTRA...]: one bench_scoring.py step
+  local name=$1 dtypes=$2 shape=$3 rows=$4 ref=$5 rounds=$6 limit=$7; shift 7
   local engine=()
   if [ "$SMALL" = 1 ]; then
-    local kind=$dtype; [[ " $* " == *" --engine "* ]] && kind+=" engine"; [ -n "${small_done[$kind]:-}" ] && return 0; small_done[$kind]=1
+    local kind=$dtypes; [[ " $* " == *" --engine "* ]] && kind+=" engine"; [ -n "${small_done[$kind]:-}" ] && return 0; small_done[$kind]=1
     shape=tiny rows=4 ref=1 rounds=1 limit=$((limit * slow)); [[ " $* " == *" --engine "* ]] || engine=(--engine gpu)
   fi
   # the tokenizer's threads as a user has them (the kit turns them off); planning is part of the time measured
-  step "$name" "$limit" env -u TOKENIZERS_PARALLELISM python3 benchmarks/bench_scoring.py --shape "$shape" --device "$DEVICE" --dtype "$dtype" \
-    --data "$DATA" --rows "$rows" --ref-rows "$ref" --rounds "$rounds" "${engine[@]}" "$@"
+  # shellcheck disable=SC2086  # one dtype per word
+  step "$name" "$limit" env -u TOKENIZERS_PARALLELISM python3 benchmarks/bench_scoring.py --shape "$shape" --device "$DEVICE" \
+    --dtype $dtypes --data "$DATA" --rows "$rows" --ref-rows "$ref" --rounds "$rounds" "${engine[@]}" "$@"
 }
-scoring scoring_llama-3.2-1b_bf16 bfloat16 llama-3.2-1b 512 32 2 100 --profile
-scoring scoring_llama-3.1-8b_bf16 bfloat16 llama-3.1-8b 128 16 2 100
-scoring scoring_smollm2-135m_bf16 bfloat16 smollm2-135m 1024 32 2 90
-scoring scoring_qwen2.5-0.5b_bf16 bfloat16 qwen2.5-0.5b 512 32 2 90
-scoring scoring_llama-3.2-1b_fp32 float32 llama-3.2-1b 512 8 1 75
-scoring scoring_smollm2-135m_fp32 float32 smollm2-135m 1024 8 1 75
+scoring scoring_llama-3.2-1b "bfloat16 float32" llama-3.2-1b 384 32 2 110 --profile
+scoring scoring_llama-3.1-8b "bfloat16 float32" llama-3.1-8b 96 16 1 120
+scoring scoring_smollm2-135m "bfloat16 float32" smollm2-135m 1024 32 1 90
+scoring scoring_qwen2.5-0.5b "bfloat16 float32" qwen2.5-0.5b 512 32 1 80
 # bf16 / fp16 against fp32 on this device (README's dtype table)
 if [ "$SMALL" = 1 ]; then tol=(--shape tiny --rows 2 --dtypes bfloat16); else tol=(--shape smollm2-135m --rows 128); fi
 step scoring_dtype_tolerance $((75 * slow)) python3 benchmarks/bench_dtype_tolerance.py --device "$DEVICE" --data "$DATA" "${tol[@]}"
-scoring scoring_llama-3.1-8b_fp32 float32 llama-3.1-8b 64 4 1 90
-scoring scoring_qwen2.5-0.5b_fp32 float32 qwen2.5-0.5b 512 8 1 75
-scoring scoring_llama-3.2-1b_bf16_cpu_engine bfloat16 llama-3.2-1b 256 8 1 90 --engine cpu --profile
+scoring scoring_llama-3.2-1b_cpu_engine bfloat16 llama-3.2-1b 256 8 1 90 --engine cpu --profile
 
 # ---- the whole job on a GPU (issue 20): ~5 min on one H200 (estimated)
 # Random models of real shapes with the kit's tokenizer, saved as local folders under $SRT_HF_BENCH_CACHE;

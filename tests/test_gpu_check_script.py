@@ -32,3 +32,11 @@ def test_steps_that_would_not_fit_the_budget_are_named_for_the_next_call(tmp_pat
     assert summary.strip().endswith(
         "skipped for time: ONLY='prep exactness scoring_dtype_tolerance sft_lora_demo sft_full_liger'")
     assert not list((tmp_path / "out").glob("*.log"))  # nothing ran, nothing was built
+
+
+def test_a_step_that_would_get_under_half_its_limit_waits_for_the_next_call(tmp_path):
+    # SMALL=1 gives `exactness` a limit of 750 s: with 100 s left it would most likely be cut, so it is not started
+    done, summary = run_script(tmp_path, ONLY="exactness", BUDGET="100")
+    assert done.returncode == 0, done.stderr
+    assert summary.strip().endswith("skipped for time: ONLY='prep exactness'")
+    assert not (tmp_path / "out" / "exactness.log").exists()

@@ -47,17 +47,6 @@ def _praise(messages: list[dict], body: dict) -> str:
     return "Review: fine.\n\n[Better Answer]\nThe answer is clear, accurate and well written.\n[End]"
 
 
-def test_a_meta_reply_is_rejected_and_keeps_the_original():
-    fast = GenerationConfig(max_retries=0, timeout=5)
-    with FaultServer(answer=_praise, structured="reject") as server:
-        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=fast), structured="off")
-        out = transform({"instruction": ["Name a prime number."], "input": [""], "output": ["7"]})
-    status = out["response_reflection_status"][0]
-    assert kind_of(status) == REJECTED and "meta reply" in status and "talks about the answer" in status
-    assert out["response_reflected"] == ["7"]
-    assert transform.counts[REJECTED] == 1
-
-
 # -- a meta reply is asked once more, as a parse failure is ------------------------------------------
 GOOD = "Review: short.\n\n[Better Answer]\n7 is prime: its only divisors are 1 and 7.\n[End]"
 ROW = {"instruction": ["Name a prime number."], "input": [""], "output": ["7"]}
@@ -90,7 +79,8 @@ def test_a_meta_reply_twice_is_rejected_after_its_retry():
         assert server.requests == 2
     status = out["response_reflection_status"][0]
     assert kind_of(status) == REJECTED and status.startswith("rejected: meta reply: ") and status.endswith(" (after retry)")
-    assert out["response_reflected"] == ["7"]
+    assert "talks about the answer" in status
+    assert out["response_reflected"] == ["7"]  # the original is kept
     assert transform.counts == {REJECTED: 1, "parse_retries": 1, "layout_markers": 1}  # one row, counted once
 
 

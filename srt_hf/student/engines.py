@@ -63,8 +63,13 @@ def span_losses(
     engine's defaults for the device.
     """
     budget = Budget(max_batch_tokens, max_batch_size, max_padding)
-    step = progress.steps(sum(len(span.ids) for span in spans if span.n_scored > 0))  # a chunk's bar moves per batch
-    return pick_engine(model, engine, share_prefix, packing).losses(spans, budget, step)
+    return run_engine(pick_engine(model, engine, share_prefix, packing), spans, budget)
+
+
+def run_engine(engine: Engine, spans: Sequence[Span], budget: Budget) -> np.ndarray:
+    """``engine.losses`` with the chunk's progress bar moving per batch (for a caller that picked the engine itself)."""
+    step = progress.steps(sum(len(span.ids) for span in spans if span.n_scored > 0))
+    return engine.losses(spans, budget, step)
 
 
 def pick_engine(model, engine: str | None = None, share_prefix: bool = True, packing: bool | None = None) -> Engine:

@@ -145,20 +145,16 @@ class IFDScorer(models.LazyModel):
     # -- scoring --------------------------------------------------------------------------------
     def score_examples(self, examples: list[Example | RowProblem]) -> dict[str, Any]:
         """Score canonical examples; returns the output columns (numpy float64 arrays + statuses)."""
-        from .engines import pick_engine, span_losses  # torch loads only when a model is scored: `--help` stays fast
+        from .base import Budget
+        from .engines import pick_engine, run_engine  # torch loads only when a model is scored: `--help` stays fast
 
         encoder = Encoder(self.tokenizer, chat=self.preset.name == "chat")
         L, rifd = self.max_length(), self.config.rifd_enabled()
         plans = plan_rows(examples, encoder, self.preset, L, rifd)
         spans = [span for p in plans if isinstance(p, RowPlan) for span in p.spans()]
-        losses = iter(
-            span_losses(
-                self.model, spans, engine=self.config.engine, max_batch_tokens=self.config.max_batch_tokens,
-                share_prefix=self.config.share_prefix, packing=self.config.packing,
-            )
-        )
-        if spans and self.engine_used is None:  # the same pick span_losses made (remembered per model)
-            engine = pick_engine(self.model, self.config.engine, self.config.share_prefix, self.config.packing)
+        engine = pick_engine(self.model, self.config.engine, self.config.share_prefix, self.config.packing)
+        losses = iter(run_engine(engine, spans, Budget(max_batch_tokens=self.config.max_batch_tokens)))
+        if spans and self.engine_used is None:
             self.engine_used = {"engine": engine.name, "engine_variant": engine.describe()}
         out = {c: np.full(len(examples), np.nan) for c in SCORE_COLUMNS}
         status = []
