@@ -7,8 +7,9 @@
 A chunk is the unit of resumption (64 rows by default); a bar that moved only per chunk sat at 0 for minutes
 on a slow teacher or a CPU student. The work inside a chunk reports through :func:`steps` (the student per
 scored batch, weighted by its tokens; the teacher per finished row), which turns done/total into rows of the
-chunk's bar, so tqdm's rows/s and ETA follow the work as it happens. With no chunk running, :func:`steps` is a
-no-op. :func:`quiet_foreign_bars` switches off transformers' and datasets' own bars (their official switches)
+chunk's bar, so tqdm's rows/s and ETA follow the work as it happens. Work that finishes no row for a long time
+(a local teacher decoding a whole batch at once) says where it is with :func:`note`, shown beside the bar. With
+no chunk running, both are no-ops. :func:`quiet_foreign_bars` switches off transformers' and datasets' own bars (their official switches)
 while srt_hf's bars run, and restores them after.
 """
 
@@ -16,18 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 _lock = threading.Lock()
 _sink: Callable[[float], None] | None = None  # takes the share (0-1) of the running chunk's work done
+_note: Callable[[str], None] | None = None  # shows a short status beside the running chunk's bar
+NOTE_INTERVAL = 0.5  # seconds between two redraws of a note
 
 
 @contextlib.contextmanager
 def chunk_progress(bar: Any, rows: int) -> Iterator[None]:
     """While one chunk of ``rows`` rows runs, work reported by :func:`steps` moves ``bar`` (a tqdm bar) by rows;
     when the chunk finishes the bar has moved by exactly ``rows``."""
-    global _sink
+    global _sink, _note
     shown = 0
 
     def sink(share: float) -> None:
@@ -38,11 +42,22 @@ def chunk_progress(bar: Any, rows: int) -> Iterator[None]:
                 bar.update(target - shown)
                 shown = target
 
-    _sink = sink
+    last_note = 0.0
+
+    def show(text: str) -> None:
+        nonlocal last_note
+        with _lock:
+            if time.monotonic() - last_note >= NOTE_INTERVAL or not text:
+                bar.set_postfix_str(text)
+                last_note = time.monotonic()
+
+    _sink, _note = sink, show
     try:
         yield
     finally:
-        _sink = None
+        _sink = _note = None
+    if last_note:  # a note was shown: clear it
+        show("")
     with _lock:
         if rows > shown:
             bar.update(rows - shown)
@@ -62,6 +77,14 @@ def steps(total: float) -> Callable[[float], None]:
         sink(done / total)
 
     return step
+
+
+def note(text: str) -> None:
+    """Show ``text`` beside the running chunk's bar (redrawn at most every :data:`NOTE_INTERVAL` s; cleared when the
+    chunk ends): for work that moves no row for a while. Safe from any thread; a no-op with no chunk running."""
+    show = _note
+    if show is not None:
+        show(text)
 
 
 @contextlib.contextmanager

@@ -19,12 +19,15 @@ class RecordingBar:
     bars: list[RecordingBar] = []
 
     def __init__(self, *, total, initial=0, **kwargs):
-        self.total, self.n, self.positions = total, initial, []
+        self.total, self.n, self.positions, self.notes = total, initial, [], []
         self.bars.append(self)
 
     def update(self, n):
         self.n += n
         self.positions.append(self.n)
+
+    def set_postfix_str(self, text):
+        self.notes.append((text, self.n))
 
     def close(self):
         pass
@@ -101,6 +104,23 @@ def test_the_teachers_replies_move_the_bar(tmp_path, bars):
         map_in_chunks(datasets.Dataset.from_list(rows), transform, tmp_path / "w", key="k", chunk_rows=6)
     (bar,) = bars
     assert bar.positions == [1, 2, 3, 4, 5, 6]  # one step per reply as it arrives, not one jump per chunk
+
+
+def test_a_local_teachers_batch_says_which_token_it_decodes(tmp_path, bars, tiny_model_dir, monkeypatch):
+    """A local batch ends all its rows at once: until then the bar's note follows the decoding, then it is cleared."""
+    from srt_hf.reflection import InstructionReflection
+    from srt_hf.teachers import GenerationConfig, LocalTeacher
+
+    monkeypatch.setattr(progress, "NOTE_INTERVAL", 0.0)  # every step redrawn
+    teacher = LocalTeacher(str(tiny_model_dir), config=GenerationConfig(max_new_tokens=6, batch_size=4), device="cpu")
+    rows = [{"instruction": f"Describe item-{i}.", "input": "", "output": "It is red."} for i in range(4)]
+    map_in_chunks(datasets.Dataset.from_list(rows), InstructionReflection(teacher, structured="off"), tmp_path / "w",
+                  key="k", chunk_rows=4)
+    (bar,) = bars
+    assert bar.notes[0] == ("teacher: 4 replies at token 1/6", 0)  # shown before any row is done
+    assert ("teacher: 4 replies at token 6/6", 0) in bar.notes  # it followed the batch to its last token
+    assert bar.notes[-1] == ("", 4) and bar.n == 4  # cleared when the chunk ends
+    assert progress._note is None
 
 
 def test_select_prints_no_datasets_bars(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import threading
 from dataclasses import asdict
 from typing import Any, Sequence
 
-from .. import models
+from .. import models, progress
 from ..errors import ConfigError
 from .base import Completion, GenerationConfig, Messages, StructuredOutputUnsupported, Teacher, TeacherSession
 
@@ -146,7 +146,7 @@ class LocalTeacher(Teacher):
 
         from .decoding_guards import ReplyRepeatGuard, StringLengthNudge
 
-        processors = LogitsProcessorList()
+        processors = LogitsProcessorList([_DecodingNote(prompt_length, gen.max_new_tokens, len(prompts))])
         if self.no_repeat_ngram_size:
             processors.append(ReplyRepeatGuard(self.no_repeat_ngram_size, prompt_length))
         if schema is not None:
@@ -173,6 +173,19 @@ class LocalTeacher(Teacher):
         # A base model without a chat template: a plain transcript ending where the reply starts.
         turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
         return "\n\n".join(turns) + "\n\nAssistant:"
+
+
+class _DecodingNote:
+    """A logits processor that changes nothing: it says beside the progress bar which token a batch is decoding.
+    A local batch ends all its rows at once, so without it the bar would stand still for minutes on a CPU."""
+
+    def __init__(self, prompt_length: int, max_new_tokens: int, rows: int):
+        self.prompt_length, self.max_new_tokens, self.rows = prompt_length, max_new_tokens, rows
+
+    def __call__(self, input_ids, scores):
+        token = input_ids.shape[1] - self.prompt_length + 1
+        progress.note(f"teacher: {self.rows} replies at token {token}/{self.max_new_tokens}")
+        return scores
 
 
 def _rebuild_local(model, config, cache_path, revision, device, dtype, guards) -> LocalTeacher:
