@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 from report_runs import make_recycle_run, recycle_rows
@@ -184,6 +185,10 @@ def test_one_complete_column_dictionary_sample_records_and_a_training_command(tm
     assert "from the input data" not in section  # a recycle run writes every column itself, each documented
     for config in ("sft", "selected", "rows"):
         assert f"A sample record of <code>{config}</code>" in text
+    records = re.findall(r"```json\n(.*?)\n```", text, flags=re.S)
+    assert len(records) == 3 and len(set(records)) == 3  # `rows` repeats no record `selected` showed
+    dropped = pq.read_table(run / "rows.parquet", columns=["selected"]).column(0).to_pylist().index(False)
+    assert f"<code>rows</code> (its row {dropped}, the first that is not also a row of a config above;" in text
     assert '"completion": [' in text
     assert "srt-hf sft --dataset me/recycled --model_name_or_path HuggingFaceTB/SmolLM2-135M-Instruct --output_dir" in text
     assert 'SFTTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct"' in text and "recipes/sft.py" not in text

@@ -29,7 +29,7 @@ The charts come from :mod:`srt_hf.charts` (matplotlib).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def write_dataset_card(run_dir: Path, *, repo_id: str | None = None, license: st
         "reasons": dict(meta.get("reasons") or {}),
         "files": files,
         "columns": columns,
-        "samples": {f["config"]: sample_record(run_dir / f["path"]) for f in files},
+        "samples": sample_records(run_dir, files),
         "command": as_dict(meta.get("command"), "text").get("text"),
         "train": _training(meta, repo_id or str(run_dir)),
         "charts": charts,
@@ -177,16 +177,26 @@ def column_dictionary(files: Sequence[Mapping[str, Any]], docs: Mapping[str, str
     return list(out.values())
 
 
-def sample_record(path: Path, *, limit: int = 300) -> str:
-    """The first row of a Parquet file as indented JSON, each text cut at ``limit`` characters ("…" marks a cut)."""
+def sample_records(run_dir: Path, files: list[dict[str, Any]], scan: int = 1024) -> dict[str, tuple[int, str]]:
+    """Per config, a sample record that is not also a record of an earlier config: (row index, indented JSON).
+    ``rows`` holds every row of ``selected`` with the same columns, so its sample is its first row that is not a
+    kept one (among the first ``scan`` rows of each); a config with nothing new there gets no sample."""
+    seen: set[str] = set()
+    samples = {}
+    for f in files:
+        records = list(_records(run_dir / f["path"], scan))
+        first_new = next(((i, r) for i, r in enumerate(records) if r not in seen), None)
+        if first_new is not None:
+            samples[f["config"]] = first_new
+        seen.update(records)
+    return samples
+
+
+def _records(path: Path, scan: int, limit: int = 300) -> Iterator[str]:
+    """The first ``scan`` rows of a Parquet file as indented JSON, each text cut at ``limit`` characters ("…")."""
     import json
 
     import pyarrow.parquet as pq
-
-    file = pq.ParquetFile(path)
-    if not file.metadata.num_rows:
-        return ""
-    row = file.read_row_group(0).slice(0, 1).to_pylist()[0]
 
     def cut(value: Any) -> Any:
         if isinstance(value, str):
@@ -199,7 +209,12 @@ def sample_record(path: Path, *, limit: int = 300) -> str:
             return round(value, 4) if np.isfinite(value) else None
         return value
 
-    return json.dumps(cut(row), ensure_ascii=False, indent=2, default=str)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=min(scan, 256)):
+        for row in batch.to_pylist():
+            yield json.dumps(cut(row), ensure_ascii=False, indent=2, default=str)
+            scan -= 1
+            if scan <= 0:
+                return
 
 
 def _training(meta: Mapping[str, Any], dataset: str) -> dict[str, str]:
