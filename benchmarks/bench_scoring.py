@@ -8,6 +8,7 @@ prompt heads once and computes logits only at labelled positions. Both must agre
     python benchmarks/bench_scoring.py [--data FILE] [--rows 32] [--student default] [--device cuda] [--dtype bfloat16]
     python benchmarks/bench_scoring.py --shape llama-3.2-1b --device cuda --dtype bfloat16 float32 --rows 256 --ref-rows 32
     python benchmarks/bench_scoring.py --shape tiny --rows 8 --rounds 1            # a dry run on a CPU (seconds)
+    python benchmarks/bench_scoring.py --shape llama-3.1-8b --rows 512 --count-only   # FLOPs per row only, no model
 
 On a GPU the reference loop runs in float32 (as the references do) and srt_hf in each ``--dtype`` given
 (several in one process share the model, the reference loop and the rows: ``--dtype bfloat16 float32``
@@ -70,14 +71,15 @@ def _count(counter: Counter, n: int, head: int) -> None:
     counter.attn_pairs += n * (n + 1) // 2
 
 
-def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter) -> float:
+def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter, tokenizer=None) -> float:
     """Tokens srt_hf actually computes (deduplicated, shared heads once per group, head at labels only); returns
-    the seconds its planning (tokenization) of ``examples`` takes, a part of srt_hf's time on the CPU."""
+    the seconds its planning (tokenization) of ``examples`` takes, a part of srt_hf's time on the CPU.
+    ``tokenizer``: where the scorer has no model loaded (``--count-only``)."""
     from srt_hf.student.plan import Encoder, plan_rows
     from srt_hf.student.spans import shared_prefix_len
 
     start = time.perf_counter()
-    enc = Encoder(scorer.tokenizer)
+    enc = Encoder(tokenizer or scorer.tokenizer)
     L, rifd = scorer.max_length(), scorer.config.rifd_enabled()
     plans = plan_rows(examples, enc, scorer.preset, L, rifd)
     planning = time.perf_counter() - start
@@ -155,23 +157,33 @@ def reference_passes(tokenizer, rows: list[dict], template: str, max_length: int
     return out
 
 
-def user_baseline(model, tokenizer, rows: list[dict], template: str, counter: Counter, batch_size: int = 16) -> list[dict]:
-    """What a competent user writes: length-sorted, right-padded batches of 16, full logits, per-token cross-entropy."""
+def user_batches(tokenizer, rows: list[dict], template: str, batch_size: int = 16) -> list[list[tuple]]:
+    """The batched user's batches: the reference's four passes per row, sorted by length, ``batch_size`` at a time."""
     passes = sorted(reference_passes(tokenizer, rows, template), key=lambda p: len(p[2]))
+    return [passes[k : k + batch_size] for k in range(0, len(passes), batch_size)]
+
+
+def count_user_batch(counter: Counter, batch: list[tuple]) -> int:
+    """Counts one right-padded batch of the user (every position through the body and the full head); its width."""
+    width = max(len(p[2]) for p in batch)
+    _count(counter, len(batch) * width, len(batch) * width)
+    counter.attn_pairs += (len(batch) - 1) * width * (width + 1) // 2
+    return width
+
+
+def user_baseline(model, tokenizer, rows: list[dict], template: str, counter: Counter) -> list[dict]:
+    """What a competent user writes: length-sorted, right-padded batches of 16, full logits, per-token cross-entropy."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[dict] = [{} for _ in rows]
     with torch.inference_mode():
-        for k in range(0, len(passes), batch_size):
-            batch = passes[k : k + batch_size]
-            width = max(len(p[2]) for p in batch)
+        for batch in user_batches(tokenizer, rows, template):
+            width = count_user_batch(counter, batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
             for b, (_, _, seq, start) in enumerate(batch):
                 ids[b, : len(seq)], mask[b, : len(seq)] = torch.tensor(seq), 1
                 labels[b, start : len(seq)] = torch.tensor(seq[start:])
-            _count(counter, len(batch) * width, len(batch) * width)
-            counter.attn_pairs += (len(batch) - 1) * width * (width + 1) // 2
             ids, mask, labels = ids.to(model.device), mask.to(model.device), labels.to(model.device)
             logits = model(input_ids=ids, attention_mask=mask).logits  # (B, W, V): every position
             ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], reduction="none")
@@ -227,8 +239,13 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPE_BOUND),
                         help="srt_hf's student dtype(s), each measured in this one process (the reference loop runs once, in "
                         "float32; the batched user in the first dtype)")
+    parser.add_argument("--count-only", action="store_true", help="with --shape: only count the FLOPs per row of each side "
+                        "(no model is built, no GPU needed): the speed-up each side's work allows at equal FLOP rates")
     args = parser.parse_args()
     args.dtype = list(dict.fromkeys(args.dtype))
+    if args.count_only:
+        count_work(args)
+        return
 
     batch = load_rows(args.data, args.rows)
     scorers, model, tok = build_scorers(args)
@@ -330,6 +347,30 @@ def main() -> None:
         ratio = rate[f"srt_hf {args.dtype[0]}"] / rate["baseline"]
         print(f"bound if every operator but the matrix products took no time: {ratio / matmul_share:.2f}x "
               f"(the matrix products alone are {100 * matmul_share:.0f}% of srt_hf's time)")
+
+
+def count_work(args) -> None:
+    """``--count-only``: the FLOPs per row of srt_hf, the batched user and the reference loop on ``--rows`` rows."""
+    from random_student import kit_tokenizer, shape_config
+
+    if not args.shape:
+        raise SystemExit("--count-only needs --shape (the model's shapes set the FLOPs)")
+    tok = kit_tokenizer()
+    cfg = shape_config(args.shape, tok)
+    batch = load_rows(args.data, args.rows)
+    examples = read_batch(batch, detect_format(list(batch)))
+    rows = [{"instruction": e.instruction, "input": e.input, "response": e.response} for e in examples]
+    ours, user, ref = Counter(), Counter(), Counter()
+    srt_hf_counts(IFDScorer(student=f"random:{args.shape}", preset="reflection", template=args.template), examples, ours, tok)
+    for b in user_batches(tok, rows, args.template):
+        count_user_batch(user, b)
+    for _, _, ids, _ in reference_passes(tok, rows, args.template):
+        _count(ref, len(ids), len(ids))
+    per_row = {name: c.flops(cfg) / len(rows) / 1e9 for name, c in (("srt_hf", ours), ("user", user), ("reference", ref))}
+    print(f"{args.shape}, {len(rows)} rows of {args.data.name}: GFLOP per row: srt_hf {per_row['srt_hf']:.1f}, "
+          f"batched user {per_row['user']:.1f}, reference loop {per_row['reference']:.1f}")
+    print(f"RESULT {args.shape} work: the batched user does {per_row['user'] / per_row['srt_hf']:.2f}x srt_hf's FLOPs per row, "
+          f"the reference loop {per_row['reference'] / per_row['srt_hf']:.2f}x")
 
 
 def _worst_difference(reference: list[dict], other) -> float:
