@@ -14,7 +14,7 @@ from srt_hf.student import gpu
 from srt_hf.student.base import Budget
 from srt_hf.student.gpu import GpuEngine, tokens_for_memory
 from srt_hf.student.plain import PlainEngine
-from srt_hf.student.spans import Span
+from srt_hf.student.spans import Span, padded_batches
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,17 @@ def test_batches_are_right_padded_without_a_mask(model, monkeypatch):
     GpuEngine(model, share_prefix=False).losses(spans(8), Budget(max_batch_tokens=4000, max_padding=1.0))
     assert calls and all(mask is None for mask, _ in calls)
     assert any(shape[0] > 1 for _, shape in calls)
+
+
+def test_padding_cuts_a_batch_only_once_it_holds_enough_work():
+    order = [Span(tuple(range(10, 10 + n)), 0) for n in (40, 30, 20, 10)]  # longest first, each 25%+ shorter
+    widths = lambda batches: [[len(s.ids) for s in b] for b in batches]  # noqa: E731
+    assert widths(padded_batches(order, 0, 10_000, 64, 0.15)) == [[40], [30], [20], [10]]
+    assert widths(padded_batches(order, 0, 10_000, 64, 0.15, min_tokens=100)) == [[40, 30, 20], [10]]  # 3 x 40 >= 100
+    assert widths(padded_batches(order, 0, 100, 64, 0.15, min_tokens=10_000)) == [[40, 30], [20, 10]]  # the cap holds
+
+
+def test_the_least_work_of_a_batch_scales_with_the_student():
+    small, large = (transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
+        hidden_size=h, intermediate_size=2 * h, num_hidden_layers=2, num_attention_heads=4, vocab_size=300)) for h in (32, 64))
+    assert gpu.min_batch_tokens(small) > 3 * gpu.min_batch_tokens(large) > 0  # 4x the weights: a quarter of the tokens

@@ -122,15 +122,17 @@ def by_group(spans) -> list[list[Span]]:
     return list(groups.values())
 
 
-def padded_batches(order: list[Span], prefix_len: int, max_tokens: int, max_rows: int, max_padding: float) -> Iterator[list[Span]]:
+def padded_batches(order: list[Span], prefix_len: int, max_tokens: int, max_rows: int, max_padding: float,
+                   min_tokens: int = 0) -> Iterator[list[Span]]:
     """Longest-first spans cut into batches of at most ``max_tokens`` padded tokens and ``max_rows`` rows, a new
-    batch wherever a span would be padded by more than ``max_padding`` of the batch's width."""
+    batch wherever a span would be padded by more than ``max_padding`` of the batch's width — once the batch holds
+    ``min_tokens`` padded tokens (below that, a new batch costs more than the padding it saves)."""
     batch: list[Span] = []
     for span in order:
         if batch:
             width = len(batch[0].ids) - prefix_len  # the longest of the batch: spans come longest first
             full = (len(batch) + 1) * width > max_tokens or len(batch) == max_rows
-            wasteful = width - (len(span.ids) - prefix_len) > max_padding * width
+            wasteful = width - (len(span.ids) - prefix_len) > max_padding * width and len(batch) * width >= min_tokens
             if full or wasteful:
                 yield batch
                 batch = []
