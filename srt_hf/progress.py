@@ -9,8 +9,8 @@ on a slow teacher or a CPU student. The work inside a chunk reports through :fun
 scored batch, weighted by its tokens; the teacher per finished row), which turns done/total into rows of the
 chunk's bar, so tqdm's rows/s and ETA follow the work as it happens. Work that finishes no row for a long time
 (a local teacher decoding a whole batch at once) says where it is with :func:`note`, shown beside the bar. With
-no chunk running, both are no-ops. :func:`quiet_foreign_bars` switches off transformers' and datasets' own bars (their official switches)
-while srt_hf's bars run, and restores them after.
+no chunk running, both are no-ops. :func:`quiet_foreign_bars` switches off transformers' and datasets' own bars
+(their official switches) while srt_hf's bars run, and restores them after.
 """
 
 from __future__ import annotations
