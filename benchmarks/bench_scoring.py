@@ -39,6 +39,7 @@ import torch
 from srt_hf import IFDScorer
 from srt_hf.formats import detect_format, read_batch
 from srt_hf.models import prepare_device
+from srt_hf.student.engines import pick_engine
 from srt_hf.student.reference import reference_losses
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_cherry_5_percent.json"
@@ -314,6 +315,11 @@ def main() -> None:
         mem = f"{memory[name] / 2**30:.1f} GiB" if name in memory else "-"
         print(f"{name:16}{rate[name]:>10.3f}{c.body_tokens / secs:>12.0f}{gf:>10.1f}{gf / secs:>10.1f}{100 * gf / secs / own_peak:>10.0f}%{mem:>10}")
     share_of_time = 100 * planning * rate[f"srt_hf {args.dtype[0]}"] / n
+    engine = pick_engine(first.model, first.config.engine, first.config.share_prefix, first.config.packing)
+    if getattr(engine, "shapes", None):  # the GPU engine's batches of the last pass
+        tokens = sorted(rows_ * width for rows_, width in engine.shapes)
+        print(f"GPU engine: {len(tokens)} forward batches for {n} rows, median {tokens[len(tokens) // 2]} tokens "
+              f"(smallest {tokens[0]}, largest {tokens[-1]})")
     print(f"planning (tokenizing the {n} rows' texts, on the CPU): {planning:.2f} s, {share_of_time:.0f}% of srt_hf's time "
           f"({args.dtype[0]})")
     for d in args.dtype:
@@ -444,9 +450,7 @@ def profile(scorer: IFDScorer, batch: dict) -> float:
 
 
 def scorer_path(scorer: IFDScorer) -> str:
-    from srt_hf.student.engines import choose_engine
-
-    return choose_engine(scorer.model, scorer.config.engine, share_prefix=scorer.config.share_prefix).describe()
+    return pick_engine(scorer.model, scorer.config.engine, scorer.config.share_prefix, scorer.config.packing).describe()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import transformers
 
 from srt_hf.student import gpu
 from srt_hf.student.base import Budget
+from srt_hf.student.engines import choose_engine, span_losses
 from srt_hf.student.gpu import GpuEngine, tokens_for_memory
 from srt_hf.student.plain import PlainEngine
 from srt_hf.student.spans import Span, padded_batches
@@ -102,3 +103,23 @@ def test_the_least_work_of_a_batch_scales_with_the_student():
     small, large = (transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
         hidden_size=h, intermediate_size=2 * h, num_hidden_layers=2, num_attention_heads=4, vocab_size=300)) for h in (32, 64))
     assert gpu.min_batch_tokens(small) > 3 * gpu.min_batch_tokens(large) > 0  # 4x the weights: a quarter of the tokens
+
+
+def test_a_named_engine_keeps_its_halved_budget_for_the_next_call(model, monkeypatch):
+    """engine="gpu" gives the same engine every call, so a budget halved after an out-of-memory error stays halved."""
+    real, ooms = gpu._run_batch, []
+
+    def tight(model, head, batch, prefix_len, prefix_kv, sums, slot):
+        if len(batch) * (len(batch[0].ids) - prefix_len) > 200:
+            ooms.append(len(batch))
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(model, head, batch, prefix_len, prefix_kv, sums, slot)
+
+    monkeypatch.setattr(gpu, "_run_batch", tight)
+    first = span_losses(model, spans(), engine="gpu", max_batch_tokens=1000, max_padding=1.0)
+    engine = choose_engine(model, "gpu")
+    assert engine is choose_engine(model, "gpu") and ooms and engine.memory_cap <= 200
+    ooms.clear()
+    second = span_losses(model, spans(), engine="gpu", max_batch_tokens=1000, max_padding=1.0)
+    np.testing.assert_array_equal(first, second)
+    assert ooms == []  # the halved budget held from the start

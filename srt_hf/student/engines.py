@@ -89,20 +89,23 @@ _CHOSEN: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDicti
 
 
 def choose_engine(model, name: str | None = None, share_prefix: bool = True) -> Engine:
-    """The engine (variant) that scores ``model``: ``name`` if given, else the first exact one of :func:`auto_order`."""
-    if name is not None:
-        if name not in ENGINES:
-            raise ConfigError(f"Unknown student engine {name!r}. Set `engine` to one of {sorted(ENGINES)} or leave it unset.")
-        engine = ENGINES[name](model, share_prefix)
-        why = engine.unavailable()
-        if why:
-            raise ConfigError(f"The {name} engine cannot score {type(model).__name__}: {why}. Leave `engine` unset to pick one.")
-        return engine.variants()[0]
-    key = (share_prefix, str(model.device), model.dtype, model.config._attn_implementation)
+    """The engine (variant) that scores ``model``: ``name`` if given, else the first exact one of :func:`auto_order`.
+    Remembered per model and settings, so an engine's state (the GPU engine's halved memory budget) lasts the run."""
+    if name is not None and name not in ENGINES:
+        raise ConfigError(f"Unknown student engine {name!r}. Set `engine` to one of {sorted(ENGINES)} or leave it unset.")
+    key = (name, share_prefix, str(model.device), model.dtype, model.config._attn_implementation)
     known = _CHOSEN.setdefault(model, {})
     if key not in known:
-        known[key] = _choose(model, share_prefix)
+        known[key] = _named(model, name, share_prefix) if name else _choose(model, share_prefix)
     return known[key]
+
+
+def _named(model, name: str, share_prefix: bool) -> Engine:
+    engine = ENGINES[name](model, share_prefix)
+    why = engine.unavailable()
+    if why:
+        raise ConfigError(f"The {name} engine cannot score {type(model).__name__}: {why}. Leave `engine` unset to pick one.")
+    return engine.variants()[0]
 
 
 def _choose(model, share_prefix: bool) -> Engine:

@@ -76,6 +76,7 @@ class GpuEngine(Engine):
     def __init__(self, model, share_prefix: bool = True):
         super().__init__(model, share_prefix)
         self.batch_tokens = 0  # tokens per batch of the current call
+        self.shapes: list[tuple[int, int]] = []  # (rows, width) of each batch of the last call, for benchmarks
         self.memory_cap: int | None = None  # after an out-of-memory error: the halved budget, kept for later calls
 
     def unavailable(self) -> str | None:
@@ -108,6 +109,7 @@ class GpuEngine(Engine):
         rows = budget.max_batch_size or DEFAULT_BATCH_SIZE
         padding = DEFAULT_PADDING if budget.max_padding is None else budget.max_padding
         least = min_batch_tokens(model)
+        self.shapes = []
         with torch.inference_mode(), _prefix_attention(model):
             for members in by_group(items):
                 prefix_len = shared_prefix_len(members) if self.share_prefix and len(members) > 1 else 0
@@ -118,6 +120,7 @@ class GpuEngine(Engine):
                     batch = queue.popleft()
                     try:
                         _run_batch(model, head, batch, prefix_len, prefix_kv, sums, slot)
+                        self.shapes.append((len(batch), len(batch[0].ids) - prefix_len))
                         step(sum(len(span.ids) for span in batch))  # queued, not finished: no sync for a bar
                     except torch.OutOfMemoryError:  # this batch and the rest of the group, again at half the budget
                         self._shrink(batch, prefix_len)
