@@ -23,7 +23,7 @@ from typing import Any
 
 _lock = threading.Lock()
 _sink: Callable[[float], None] | None = None  # takes the share (0-1) of the running chunk's work done
-_note: Callable[[str], None] | None = None  # shows a short status beside the running chunk's bar
+_note: Callable[..., None] | None = None  # shows a short status beside the running chunk's bar
 NOTE_INTERVAL = 0.5  # seconds between two redraws of a note
 
 
@@ -44,11 +44,11 @@ def chunk_progress(bar: Any, rows: int) -> Iterator[None]:
 
     last_note = 0.0
 
-    def show(text: str) -> None:
+    def show(text: str, *args: Any) -> None:
         nonlocal last_note
         with _lock:
             if time.monotonic() - last_note >= NOTE_INTERVAL or not text:
-                bar.set_postfix_str(text)
+                bar.set_postfix_str(text % args if args else text)
                 last_note = time.monotonic()
 
     _sink, _note = sink, show
@@ -79,12 +79,13 @@ def steps(total: float) -> Callable[[float], None]:
     return step
 
 
-def note(text: str) -> None:
-    """Show ``text`` beside the running chunk's bar (redrawn at most every :data:`NOTE_INTERVAL` s; cleared when the
-    chunk ends): for work that moves no row for a while. Safe from any thread; a no-op with no chunk running."""
+def note(text: str, *args: Any) -> None:
+    """Show ``text % args`` beside the running chunk's bar (redrawn at most every :data:`NOTE_INTERVAL` s, formatted
+    only then; cleared when the chunk ends): for work that moves no row for a while. Safe from any thread; a no-op
+    with no chunk running."""
     show = _note
     if show is not None:
-        show(text)
+        show(text, *args)
 
 
 @contextlib.contextmanager

@@ -183,8 +183,8 @@ class _DecodingNote:
         self.prompt_length, self.max_new_tokens, self.rows = prompt_length, max_new_tokens, rows
 
     def __call__(self, input_ids, scores):
-        token = input_ids.shape[1] - self.prompt_length + 1
-        progress.note(f"teacher: {self.rows} replies at token {token}/{self.max_new_tokens}")
+        progress.note("teacher: %d replies at token %d/%d", self.rows, input_ids.shape[1] - self.prompt_length + 1,
+                      self.max_new_tokens)
         return scores
 
 
