@@ -96,3 +96,21 @@ def test_unicode_emoji_and_duplicates(scorer):
     assert out["score_status"] == ["ok"] * 4
     assert all(math.isfinite(v) for v in out["ifd"] + out["rifd"])
     assert out["ifd"][2] == out["ifd"][3] and out["rifd"][2] == out["rifd"][3]
+
+
+def test_a_student_that_overflows_says_so_and_gives_no_ratio(tiny_model_dir, tmp_path):
+    """Losses that are inf / NaN although tokens were scored come from the arithmetic (float16 here), not the row."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(6e4)  # the final hidden states pass float16's largest number in the head
+        model.lm_head.weight.mul_(100)
+    model.save_pretrained(tmp_path / "hot")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "hot")
+    out = score(IFDScorer(student=str(tmp_path / "hot"), preset="reflection", dtype="float16", engine="plain"), [GOOD])
+    status = out["score_status"][0]
+    assert status.startswith("skipped: loss_A_cond, ") and " are not finite in float16 (the student's arithmetic overflowed)" in status
+    assert status.endswith("score in bfloat16 or float32")
+    assert math.isnan(out["ifd"][0]) and math.isnan(out["rifd"][0])

@@ -188,6 +188,12 @@ class IFDScorer(models.LazyModel):
             if reason:
                 out["ifd"][i] = np.nan
                 return make(SKIPPED, reason)
+        overflow = [name for name, v in values.items() if not math.isfinite(v) and getattr(plan, name).n_scored > 0]
+        if overflow:  # tokens were scored, yet the loss is inf / NaN: the student's arithmetic overflowed
+            out["ifd"][i] = out["rifd"][i] = np.nan  # no ratio from it (an infinite direct loss would give IFD 0)
+            names = ", ".join("loss_" + m for m in overflow)
+            return make(SKIPPED, f"{names} {'is' if len(overflow) == 1 else 'are'} not finite in {self.config.dtype} "
+                        "(the student's arithmetic overflowed); score in bfloat16 or float32")
         missing = [name for name, v in values.items() if math.isnan(v)]
         if missing:
             why = (f"truncated to max_length {self.max_length()}" if set(missing) & plan.cut else
