@@ -58,8 +58,9 @@ step() {
   echo "== $name (limit ${limit}s, $((BUDGET - SECONDS))s left)"
   timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
-  local verdict=ok; [ $rc -ne 0 ] && verdict="FAILED rc=$rc"; [ $rc -eq 124 ] && verdict="TIMED OUT"
-  [ $rc -eq 124 ] && [ $cut = 1 ] && skipped+=("$name")  # cut by the budget, not by its own limit: run it again
+  local verdict=ok timed_out=0; [ $rc -eq 124 ] || [ $rc -eq 137 ] && timed_out=1  # 137: killed after the grace
+  [ $rc -ne 0 ] && verdict="FAILED rc=$rc"; [ $timed_out = 1 ] && verdict="TIMED OUT"
+  [ $timed_out = 1 ] && [ $cut = 1 ] && skipped+=("$name")  # cut by the budget, not by its own limit: run it again
   tail -n 15 "$OUT/$name.log"
   summary+=("$(printf '%-36s %-14s %5ss  %s' "$name" "$verdict" $((SECONDS - start)) \
     "$(grep '^RESULT' "$OUT/$name.log" | cut -c8- | paste -sd ';')")")
