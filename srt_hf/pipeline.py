@@ -240,7 +240,6 @@ def _stage_usage(teacher: Teacher, run_id: str, stages: list[str]) -> dict[str, 
     return {stage: {source: dict(found.get(stage, {}).get(source, empty)) for source in ("batch", "online")} for stage in stages}
 
 
-
 class _Stages:
     """The map functions of the stages, sharing one student scorer and one teacher."""
 

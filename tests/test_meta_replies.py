@@ -58,13 +58,19 @@ def _praise_then_good(messages: list[dict], body: dict) -> str:
     return GOOD if body.get("seed") == 1 else _praise(messages, body)
 
 
-def test_a_meta_reply_is_asked_once_more_and_the_second_reply_is_used():
-    with FaultServer(answer=_praise_then_good, structured="reject") as server:
-        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off",
-                                       keep_raw_reply=True)
+def reflect_row(answer, **options):
+    """ROW through a ResponseReflection (marker layout) on a fault server answering with ``answer``:
+    (output columns, the transform, the server)."""
+    with FaultServer(answer=answer, structured="reject") as server:
+        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off", **options)
         out = transform(ROW)
-        assert server.requests == 2
-        first, retry = (e["body"] for e in server.log)
+    return out, transform, server
+
+
+def test_a_meta_reply_is_asked_once_more_and_the_second_reply_is_used():
+    out, transform, server = reflect_row(_praise_then_good, keep_raw_reply=True)
+    assert server.requests == 2
+    first, retry = (e["body"] for e in server.log)
     assert out["response_reflection_status"] == ["ok"]
     assert out["response_reflected"] == ["7 is prime: its only divisors are 1 and 7."]
     assert out["response_reflection_raw"] == [GOOD]
@@ -73,10 +79,8 @@ def test_a_meta_reply_is_asked_once_more_and_the_second_reply_is_used():
 
 
 def test_a_meta_reply_twice_is_rejected_after_its_retry():
-    with FaultServer(answer=_praise, structured="reject") as server:
-        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off")
-        out = transform(ROW)
-        assert server.requests == 2
+    out, transform, server = reflect_row(_praise)
+    assert server.requests == 2
     status = out["response_reflection_status"][0]
     assert kind_of(status) == REJECTED and status.startswith("rejected: meta reply: ") and status.endswith(" (after retry)")
     assert "talks about the answer" in status
@@ -88,18 +92,14 @@ def test_a_meta_reply_then_a_parse_failure_says_the_second_reason():
     def praise_then_garbage(messages: list[dict], body: dict) -> str:
         return "no markers at all" if body.get("seed") == 1 else _praise(messages, body)
 
-    with FaultServer(answer=praise_then_garbage, structured="reject") as server:
-        out = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off")(ROW)
+    out, _, _ = reflect_row(praise_then_garbage)
     assert out["response_reflection_status"] == ["parse_failed: no [Better Answer] section (after retry)"]
     assert out["response_reflected"] == ["7"]
 
 
 def test_without_retries_a_meta_reply_is_rejected_at_once():
-    with FaultServer(answer=_praise_then_good, structured="reject") as server:
-        transform = ResponseReflection(EndpointTeacher(server.url, model="m", config=FAST), structured="off",
-                                       retry_parse_failures=False)
-        out = transform(ROW)
-        assert server.requests == 1
+    out, transform, server = reflect_row(_praise_then_good, retry_parse_failures=False)
+    assert server.requests == 1
     status = out["response_reflection_status"][0]
     assert kind_of(status) == REJECTED and "after retry" not in status
     assert out["response_reflected"] == ["7"] and transform.counts["parse_retries"] == 0
