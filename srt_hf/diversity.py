@@ -392,10 +392,15 @@ class Embedder(models.LazyModel):
         record = to_prompt_completion(example.instruction, example.input, example.response)
         return self.tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=False)
 
+    def token_limit(self) -> int:
+        """Tokens kept of a text: the setting (or the text's default) within the model's positions."""
+        return models.within_positions(self.model, self.config.token_limit, setting="`max_length`",
+                                       explicit=self.config.max_length is not None)
+
     def token_ids(self, example: Example) -> list[int]:
         """The token ids embedded for this row (special tokens: the tokenizer's own for 'alpaca', none added for 'chat')."""
         add_special = self.config.text == "alpaca"  # the chat text holds its special tokens as text
-        return self.tokenizer(self.training_text(example), add_special_tokens=add_special)["input_ids"][: self.config.token_limit]
+        return self.tokenizer(self.training_text(example), add_special_tokens=add_special)["input_ids"][: self.token_limit()]
 
     def embed_examples(self, examples: list[Example | RowProblem]) -> dict[str, Any]:
         ids: dict[int, list[int]] = {}

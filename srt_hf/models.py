@@ -236,6 +236,38 @@ def load_causal_lm(name: str | os.PathLike | None, *, device: str | None = None,
     return model.to(device).eval()
 
 
+def position_limit(model) -> int | None:
+    """The positions ``model`` was built for (``max_position_embeddings``, GPT-2's ``n_positions``); None where its
+    config names none (ALiBi models such as BLOOM)."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+_position_notices: set[tuple] = set()
+
+
+def within_positions(model, tokens: int, *, setting: str, explicit: bool) -> int:
+    """``tokens``, or the model's :func:`position_limit` where that is lower (``setting``: its name, as messages show it).
+
+    Past the limit a learned position table (GPT-2, OPT) has no row to index (a bare IndexError on a CPU, a
+    device-side assert that ends the process on CUDA) and a rotary model was never trained. A value the user set
+    (``explicit``) is then an error naming the fix; a default is lowered, with one warning per process.
+    """
+    limit = position_limit(model)
+    if limit is None or tokens <= limit:
+        return tokens
+    name = type(model).__name__
+    if explicit:
+        raise ConfigError(f"{setting} {tokens} is more than the {limit} positions {name} holds. "
+                          f"Fix: set {setting} to {limit} or less, or leave it unset")
+    notice = (name, setting, tokens, limit)
+    if notice not in _position_notices:
+        _position_notices.add(notice)
+        logger.warning("srt_hf: %s holds %d positions: texts are cut at %d tokens, not the default %d of %s",
+                       name, limit, limit, tokens, setting)
+    return limit
+
+
 HUB_KERNELS_ENV = "SRT_HF_HUB_KERNELS"
 HUB_KERNELS_CHOICES = ("auto", "on", "off")
 _hub_kernel_notices: set[str] = set()

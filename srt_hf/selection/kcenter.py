@@ -131,7 +131,7 @@ class KCenter:
             "pool_column": args.pool_column, "start": None if pool_rows else args.start,
             "embedding": column if not computed else f"mean last hidden state of {models.display_name(args.student)}",
             "embed_text": None if not computed else embedder.config.text,
-            "embed_max_length": None if not computed else embedder.config.token_limit,
+            "embed_max_length": None if not computed else embedder.token_limit(),
         }
         meta = {
             "selection": decisions.info,

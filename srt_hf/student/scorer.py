@@ -135,11 +135,12 @@ class IFDScorer(models.LazyModel):
         return _load_student(name, revision, dtype, device)  # shared by the scorers of one process
 
     def max_length(self) -> int:
-        if self.config.max_length:
-            return self.config.max_length
-        if self.preset.max_length:
-            return self.preset.max_length
-        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or 2048
+        """Tokens of a conditioned text: the setting, else the preset's, within the student's positions (an explicit
+        setting past them is an error; a preset's default is lowered with a warning); for ``chat``, the model's."""
+        wanted = self.config.max_length or self.preset.max_length
+        if wanted:
+            return models.within_positions(self.model, wanted, setting="`max_length` (--max-length)", explicit=bool(self.config.max_length))
+        limit = models.position_limit(self.model) or 2048
         return min(limit, self.tokenizer.model_max_length or limit)
 
     # -- scoring --------------------------------------------------------------------------------
