@@ -32,6 +32,10 @@ and where it was read:
   'json_schema', and 'text'.", "type": "invalid_request_error", "param": "response_format.type", "code":
   "invalid_value"}}`` (as quoted in epuerta9/deep-research-py issue #19); an unknown top-level field gets 400
   "Unrecognized request argument supplied".
+* ``ollama`` (its OpenAI-compatible ``/v1/chat/completions``, 0.5 and later): refuses nothing. Go's JSON decoding
+  drops unknown fields (``guided_json``, TGI's ``value``), and ``openai/openai.go`` maps only ``response_format.type``
+  "json_schema" (to the schema) and "json_object" (to JSON mode, without a schema); any other type is ignored.
+* ``ollama-0.4`` (before structured outputs, Ollama 0.5): the same, but only "json_object" is mapped (JSON mode).
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ class ServerKind:
     """A server's structured-output behaviour: the dialects it obeys, and its answer to the others."""
 
     obeys: tuple[str, ...]
-    refuse: Callable[[str, dict], tuple[int, str, str]]  # (dialect, body) -> (status, content type, body)
+    # (dialect, body) -> (status, content type, body); None: it refuses nothing, what it does not obey it ignores
+    refuse: Callable[[str, dict], tuple[int, str, str]] | None = None
     ignores: tuple[str, ...] = ()  # dialects it accepts without enforcing (extra fields dropped)
 
 
@@ -117,10 +122,13 @@ KINDS: dict[str, ServerKind] = {
     "sglang": ServerKind(obeys=("json_schema",), refuse=_sglang, ignores=("guided_json",)),
     "tgi": ServerKind(obeys=("tgi",), refuse=_tgi, ignores=("guided_json",)),
     "openai": ServerKind(obeys=("json_schema",), refuse=_openai, ignores=("json_object",)),  # JSON mode: no schema
+    "ollama": ServerKind(obeys=("json_schema", "json_object")),  # json_object: JSON mode, the prompt names the fields
+    "ollama-0.4": ServerKind(obeys=("json_object",)),
 }
 #: the dialect srt_hf should settle on with each kind (its first one obeyed, in srt_hf's order)
 EXPECTED_DIALECT = {"llama-cpp-python": "json_object", "llama.cpp": "json_object", "vllm": "json_schema",
-                    "sglang": "json_schema", "tgi": "tgi", "openai": "json_schema"}
+                    "sglang": "json_schema", "tgi": "tgi", "openai": "json_schema", "ollama": "json_schema",
+                    "ollama-0.4": "json_object"}
 
 
 def answer_of(kind: str, body: dict) -> tuple[str, tuple[int, str, str] | None]:
@@ -131,6 +139,6 @@ def answer_of(kind: str, body: dict) -> tuple[str, tuple[int, str, str] | None]:
         return "plain", None
     if dialect in server.obeys:
         return "obey", None
-    if dialect in server.ignores:
+    if dialect in server.ignores or server.refuse is None:
         return "ignore", None
     return "refuse", server.refuse(dialect, body)
