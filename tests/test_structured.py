@@ -116,3 +116,21 @@ def test_the_grammar_on_a_thread_pool_masks_as_row_by_row(tiny_model_dir, monkey
         assert torch.equal(a, b), step
         ids = torch.cat([ids, (a + torch.arange(len(tokenizer)) * 1e-6).argmax(-1, keepdim=True)], 1)  # allowed tokens
     assert (a[0] > float("-inf")).sum() < len(tokenizer)  # the grammar is masking something
+
+
+@pytest.mark.parametrize("vocab", [70, 96, 130])  # inside the last mask word, on its edge, past the mask (padded vocab)
+def test_the_token_bitmask_masks_as_llguidance_does(vocab):
+    """srt_hf's plain-op mask (no torch.compile) leaves exactly the tokens llguidance's packed bits allow."""
+    import torch
+
+    from srt_hf.teachers.structured import apply_token_bitmask
+
+    generator = torch.Generator().manual_seed(vocab)
+    mask = torch.randint(-(2**31), 2**31 - 1, (3, 3), dtype=torch.int32, generator=generator)  # bits for 96 tokens
+    scores = torch.randn(3, vocab, generator=generator)
+    ours = scores.clone()
+    apply_token_bitmask(ours, mask)
+    for row in range(3):
+        for token in range(vocab):
+            allowed = token < 96 and (int(mask[row, token // 32]) >> (token % 32)) & 1
+            assert ours[row, token] == (scores[row, token] if allowed else float("-inf"))

@@ -77,8 +77,26 @@ class JSONGrammar:
         else:
             for row, matcher in enumerate(self.matchers):
                 self._torch.fill_next_token_bitmask(matcher, self.mask, row)
-        self._torch.apply_token_bitmask_inplace(scores, self.mask.to(scores.device))
+        apply_token_bitmask(scores, self.mask.to(scores.device))
         return scores
+
+
+def apply_token_bitmask(scores, mask) -> None:
+    """Set to -inf, in place, the score of every token whose bit is 0 in llguidance's packed mask.
+
+    ``scores``: (B, V); ``mask``: (B, W) int32, bit ``k`` of word ``w`` for token ``32 w + k``; tokens past ``32 W``
+    are never allowed. Plain tensor ops, where ``llguidance.torch.apply_token_bitmask_inplace`` is a ``torch.compile``
+    function: that needs a C++ compiler at run time on a CPU, compiles for seconds in every process (5 s cold on 2
+    cores), and on torch 2.11 CPU-only hosts it left the next backward pass crashing (a recycle, then training, in
+    one process).
+    """
+    import torch
+
+    shifts = torch.arange(32, dtype=torch.int32, device=mask.device)
+    allowed = ((mask.unsqueeze(-1) >> shifts) & 1).view(mask.shape[0], -1)  # (B, 32 W): arithmetic shift, bit 31 too
+    vocab = min(scores.shape[1], allowed.shape[1])
+    scores[:, :vocab].masked_fill_(allowed[:, :vocab] == 0, float("-inf"))
+    scores[:, vocab:] = float("-inf")
 
 
 POOL_MIN_CORES = 8  # fewer cores: the rows' masks one after another
