@@ -68,14 +68,17 @@ def test_diverse_evol_two_rounds(tiny_model_dir, tmp_path):
         "kept: in the initial pool", "kept: round 1 k-center pick", "kept: round 2 k-center pick", "dropped: not picked in 2 rounds"}
     assert [r["selection_order"] for r in rows if r["pool_round"] == 2] and meta["counts"]["sft"] == 10
     assert meta["methods"] == ["diverse-evol", "k-center"]
+    assert meta["selection"]["embed_max_length"] == 256  # what the rounds embedded at, kept in each round's picks
+    assert json.loads((out / "round_02" / "picks.json").read_text())["embed_max_length"] == 256
     assert "@article{wu2023diverseevol" in (out / "data" / "README.md").read_text()
     assert pq.read_table(out / "data" / "sft" / "train.parquet").num_rows == 10
 
     # a rerun with the same settings resumes the finished rounds (no new picks file is written)
     stamp = (out / "round_01" / "picks.json").stat().st_mtime_ns
     args.train_final = False
-    recipe.run(args, training)
+    resumed = recipe.run(args, training)
     assert (out / "round_01" / "picks.json").stat().st_mtime_ns == stamp
+    assert resumed["selection"]["embed_max_length"] == 256
     args.step = 2
     from srt_hf.errors import ConfigError
 

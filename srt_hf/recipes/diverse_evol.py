@@ -103,6 +103,7 @@ def _run(args: DiverseEvolArguments, training_args) -> dict:
         raise ConfigError("the initial pool is empty; set --initial_pool > 0 or mark rows with --initial_pool_column.")
     initial = list(pool)
     rounds: list[tuple[list[int], list[float]]] = []  # (picks, squared distances) of each round
+    embed_lengths: list[int] = []  # tokens each round's embedder kept (the setting, or lowered to the model's positions)
     _write_pool(out, 0, ds, initial, rounds)
 
     for r in range(1, args.rounds + 1):
@@ -111,7 +112,7 @@ def _run(args: DiverseEvolArguments, training_args) -> dict:
             break
         saved = _load_round(out, r)
         if saved is not None:  # resume
-            picks, dists = saved
+            picks, dists, embed_length = saved
         else:
             model_dir = out / f"round_{r:02d}" / "model"
             if not any(model_dir.glob("*.safetensors")):  # a finished checkpoint is reused on resume
@@ -127,9 +128,12 @@ def _run(args: DiverseEvolArguments, training_args) -> dict:
             candidates = vectors if len(usable) == n else vectors[usable]
             local, dists = kcenter_greedy(candidates, args.step, [where[i] for i in pool], return_distances=True, progress=True)
             picks = [usable[j] for j in local]
+            embed_length = embedder.token_limit()
             np.save(out / f"round_{r:02d}" / "embeddings.npy", vectors)
-            (out / f"round_{r:02d}" / "picks.json").write_text(json.dumps({"picks": picks, "sq_distances": dists}))
+            (out / f"round_{r:02d}" / "picks.json").write_text(
+                json.dumps({"picks": picks, "sq_distances": dists, "embed_max_length": embed_length}))
         rounds.append((picks, dists))
+        embed_lengths.append(embed_length)
         pool = pool + picks
         _write_pool(out, r, ds, initial, rounds)
         print(f"diverse_evol: round {r}: +{len(picks)} rows -> pool of {len(pool)}")
@@ -146,7 +150,7 @@ def _run(args: DiverseEvolArguments, training_args) -> dict:
         "selection": {"rule": "diverse_evol_kcenter", "initial_pool": len(initial), "step": args.step,
                       "rounds": len(rounds), "pool_seed": None if args.initial_pool_column else args.pool_seed,
                       "initial_pool_column": args.initial_pool_column, "embedding": "mean last hidden state of each round's checkpoint",
-                      "embed_text": args.embed_text, "embed_max_length": EmbedConfig(text=args.embed_text, max_length=args.embed_max_length).token_limit},
+                      "embed_text": args.embed_text, "embed_max_length": _embed_length(embed_lengths, args)},
         "methods": ["diverse-evol", *decisions.methods],
         "training": {"final_model": final_dir, "max_steps": training_args.max_steps, "learning_rate": training_args.learning_rate},
         "columns": {"pool_round": "round in which the row joined the pool (0 = initial pool)",
@@ -228,7 +232,17 @@ def _load_round(out: Path, r: int):
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    return saved["picks"], saved["sq_distances"]
+    return saved["picks"], saved["sq_distances"], saved.get("embed_max_length")  # None: saved by an older srt_hf
+
+
+def _embed_length(lengths: list[int | None], args: DiverseEvolArguments) -> int | None:
+    """The tokens the rounds embedded (the same in every round: one student architecture), for the metadata;
+    the setting where no round embedded, None where a resumed round did not record it."""
+    from srt_hf.diversity import EmbedConfig
+
+    if not lengths:
+        return EmbedConfig(text=args.embed_text, max_length=args.embed_max_length).token_limit
+    return lengths[-1] if len(set(lengths)) == 1 else None
 
 
 def _check_state(out: Path, args: DiverseEvolArguments) -> None:
