@@ -246,6 +246,10 @@ class AnswerLoss(models.LazyModel):
             head = head.replace("{eos}", eos)
         return head.replace("{question}", question)
 
+    def token_limit(self) -> int:
+        """``max_length``, checked against the model's positions (past them: an error naming the fix)."""
+        return models.within_positions(self.model, self.config.max_length, setting="DS weight `max_length` (--max-length)", explicit=True)
+
     def span(self, question: str, answer: str):
         """The token ids of prefix + answer and the first scored token (a :class:`srt_hf.student.spans.Span`).
 
@@ -260,7 +264,7 @@ class AnswerLoss(models.LazyModel):
         tok = self.tokenizer
         if self.config.loss_tokens == "text":
             ids = tok(text, add_special_tokens=add_special)["input_ids"]
-            return Span(tuple(ids[: self.config.max_length]), 0, "ds")
+            return Span(tuple(ids[: self.token_limit()]), 0, "ds")
         if getattr(tok, "is_fast", False):
             enc = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -268,7 +272,7 @@ class AnswerLoss(models.LazyModel):
         else:
             ids = tok(text, add_special_tokens=add_special)["input_ids"]
             start = len(tok(prefix, add_special_tokens=add_special)["input_ids"])
-        return Span(tuple(ids[: self.config.max_length]), start, "ds")
+        return Span(tuple(ids[: self.token_limit()]), start, "ds")
 
     def __call__(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """Mean loss per (question, answer) over the ``loss_tokens``; NaN where no such token is left."""

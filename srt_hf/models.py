@@ -259,7 +259,7 @@ def within_positions(model, tokens: int, *, setting: str, explicit: bool) -> int
     name = type(model).__name__
     if explicit:
         raise ConfigError(f"{setting} {tokens} is more than the {limit} positions {name} holds. "
-                          f"Fix: set {setting} to {limit} or less, or leave it unset")
+                          f"Fix: set {setting} to {limit} or less")
     notice = (name, setting, tokens, limit)
     if notice not in _position_notices:
         _position_notices.add(notice)

@@ -46,6 +46,21 @@ def tiny_model_dir(tmp_path_factory, request) -> Path:
 
 
 @pytest.fixture(scope="session")
+def short_gpt2_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A 1-layer GPT-2 with only 128 positions (a learned position table: no row past them), the tiny model's tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    path = tmp_path_factory.mktemp("short-gpt2")
+    config = GPT2Config(
+        n_embd=32, n_layer=1, n_head=2, n_positions=128, vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_path() -> Path:
     from srt_hf.dataio import demo_path as path
 

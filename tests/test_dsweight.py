@@ -292,6 +292,15 @@ def test_answer_loss_with_the_chat_template(tiny_model_dir):
     assert got == pytest.approx(reference_loss(chat.model, chat.tokenizer, prefix, "The answer is 5.", False), rel=1e-4)
 
 
+def test_a_max_length_past_the_models_positions_is_an_error_naming_the_fix(short_gpt2_dir):
+    short = AnswerLoss(model=str(short_gpt2_dir), device="cpu")  # the default max_length, 400, past GPT-2's 128 positions
+    with pytest.raises(ConfigError, match=r"DS weight `max_length` \(--max-length\) 400 is more than the 128 positions "
+                                          r"GPT2LMHeadModel holds\. Fix: set .* to 128 or less"):
+        short(["What is 2 + 3?"], ["The answer is 5."])
+    fits = AnswerLoss(model=str(short_gpt2_dir), device="cpu", max_length=128)
+    assert math.isfinite(fits(["What is 2 + 3? " * 40], ["The answer is 5. " * 40])[0])  # ~400 tokens, cut at 128
+
+
 def test_ds_weight_filter_on_datasets(scorer):
     import datasets
 

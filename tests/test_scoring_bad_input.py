@@ -116,25 +116,20 @@ def test_a_student_that_overflows_says_so_and_gives_no_ratio(tiny_model_dir, tmp
     assert math.isnan(out["ifd"][0]) and math.isnan(out["rifd"][0])
 
 
-def test_a_student_with_few_positions_cuts_texts_at_its_limit(tiny_model_dir, tmp_path, caplog):
+def test_a_student_with_few_positions_cuts_texts_at_its_limit(short_gpt2_dir, caplog):
     """GPT-2's learned position table has no row past ``n_positions``: a preset's longer default is lowered to it
     (one warning), an explicit longer setting is an error naming the fix; DiverseEvol's embedder cuts there too."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
     from srt_hf import ConfigError, Embedder
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=128, vocab_size=len(tokenizer))).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
     long = {"instruction": "Explain " + "very " * 150 + "carefully.", "input": "", "output": "Because " * 150}
     with caplog.at_level("WARNING", logger="srt_hf"):
-        out = score(IFDScorer(student=str(tmp_path), preset="reflection"), [GOOD, long])
+        out = score(IFDScorer(student=str(short_gpt2_dir), preset="reflection"), [GOOD, long])
     assert "GPT2LMHeadModel holds 128 positions: texts are cut at 128 tokens, not the default 2048 of `max_length` (--max-length)" in caplog.text
     assert out["score_status"][0] == "ok" and math.isfinite(out["ifd"][0])
     assert "truncated to max_length 128" in out["score_status"][1]
     with pytest.raises(ConfigError, match=r"`max_length` \(--max-length\) 4096 is more than the 128 positions GPT2LMHeadModel holds.*128 or less"):
-        score(IFDScorer(student=str(tmp_path), preset="reflection", max_length=4096), [GOOD])
-    embedder = Embedder(model=str(tmp_path), text="alpaca")
+        score(IFDScorer(student=str(short_gpt2_dir), preset="reflection", max_length=4096), [GOOD])
+    embedder = Embedder(model=str(short_gpt2_dir), text="alpaca")
     assert embedder.token_limit() == 128 and len(embedder.token_ids(read_example(long))) == 128
     assert Dataset.from_list([long]).map(embedder, batched=True)["embedding_status"] == ["ok"]
 

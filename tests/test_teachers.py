@@ -326,6 +326,16 @@ def test_local_teacher_batches_and_caches(tiny_model_dir, tmp_path):
     assert [c.text for c in alone.generate(conversations)] == [c.text for c in first]
 
 
+def test_a_local_teacher_never_writes_past_its_positions(short_gpt2_dir):
+    """A reply that would run past the teacher's 128 positions fails its rows with the fix named, before decoding."""
+    long = LocalTeacher(str(short_gpt2_dir), config=GenerationConfig(max_new_tokens=120), device="cpu")
+    replies = long.generate(convs(2))
+    assert all(c.status.startswith("request_failed") and "max_new_tokens (120) > the 128 positions GPT2LMHeadModel holds: "
+               "lower --max-new-tokens" in c.status for c in replies)
+    short = LocalTeacher(str(short_gpt2_dir), config=GenerationConfig(max_new_tokens=8), device="cpu")
+    assert all(c.text and c.status.startswith("truncated") for c in short.generate(convs(2)))
+
+
 @pytest.mark.slow
 def test_local_teacher_sampling_is_seeded(tiny_model_dir):
     sampled = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=3)

@@ -134,6 +134,7 @@ class LocalTeacher(Teacher):
         prompts = [self._render(tokenizer, m) for m in conversations]
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         prompt_length = batch["input_ids"].shape[1]
+        _check_positions(model, prompt_length, settings["max_new_tokens"])
         gen = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
         gen.max_new_tokens, gen.max_length = settings["max_new_tokens"], None
         gen.pad_token_id = tokenizer.pad_token_id
@@ -241,6 +242,16 @@ class _LocalSession(TeacherSession):
                     for (*_, future), result in zip(chunk, results):
                         if not future.done():
                             future.set_result(result)
+
+
+def _check_positions(model, prompt_length: int, max_new_tokens: int) -> None:
+    """A ValueError (the batch's rows fail with it, nothing else) where prompt + reply would pass the positions the
+    teacher holds: a learned position table has no row there (an IndexError on a CPU; on CUDA a device-side assert
+    that would leave every later batch of the process failing too)."""
+    limit = models.position_limit(model)
+    if limit is not None and prompt_length + max_new_tokens > limit:
+        raise ValueError(f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) > the {limit} positions "
+                         f"{type(model).__name__} holds: lower --max-new-tokens")
 
 
 def _stop_ids(gen, tokenizer) -> set[int]:
