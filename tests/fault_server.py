@@ -25,7 +25,7 @@ Each request gets a *fault*: the next one of ``faults`` (a queue consumed in arr
 ``response_format``: ``"json_schema"`` (default; also ``"tgi"``, ``"json_object"``, ``"guided_json"``) answers
 requests in that dialect with a JSON object filling the schema's fields and rejects the others with 400;
 ``"ignore"`` answers as if it were absent; ``"reject"`` answers 400 to any ``response_format`` (as
-``transformers serve`` does). ``kind`` (``"llama-cpp-python"``, ``"llama.cpp"``, ``"vllm"``, ``"sglang"``, ``"tgi"``,
+``transformers serve`` does). ``kind`` (``"llama-cpp-python"``, ``"llama.cpp"``, ``"llama.cpp-2024"``, ``"vllm"``, ``"sglang"``, ``"tgi"``,
 ``"openai"``, ``"ollama"``, ``"ollama-0.4"``) instead answers structured requests as that real server does, refusals included (status, content
 type and body: see tests/server_kinds.py, which cites where each was read). ``require_max_completion_tokens`` answers 400 to ``max_tokens`` (as newer
 OpenAI models do). Every request's headers are logged (``log[i]["headers"]``).

@@ -10,7 +10,13 @@ and where it was read:
   'response_format', 'type'), 'msg': "Input should be 'text' or 'json_object'" …", "type": "internal_server_error",
   "param": null, "code": null}}``. Seen against the real server (llama-cpp-python 0.3.36, issue 21); the ``json_object`` + ``schema`` dialect is
   abetlen/llama-cpp-python PR #1122 ("Add json schema mode"). Extra body fields such as ``guided_json`` are ignored.
-* ``llama.cpp`` (``llama-server``, C++, builds of 2024): **HTTP 500** ``{"error": {"code": 500, "message":
+* ``llama.cpp`` (``llama-server``, C++, current builds): ``response_format`` "json_schema" (its ``json_schema.schema``)
+  and "json_object" (with an optional ``schema``) are obeyed; any other type is **HTTP 400** ``{"error": {"code":
+  400, "message": "response_format type must be one of \\"text\\" or \\"json_object\\", but got: json", "type":
+  "invalid_request_error"}}`` (tools/server/server-common.cpp throws ``std::invalid_argument``, which server.cpp
+  answers with 400). Seen against the real server (built from the llama.cpp vendored in llama-cpp-python 0.3.36,
+  on the embedded GGUF); extra body fields such as ``guided_json`` are ignored.
+* ``llama.cpp-2024`` (``llama-server`` builds of 2024, before json_schema): **HTTP 500** ``{"error": {"code": 500, "message":
   "response_format type must be one of \\"text\\" or \\"json_object\\", but got: json_schema", "type":
   "server_error"}}`` (ggml-org/llama.cpp issue #9522; ikawrakow/ik_llama.cpp issue #778); ``json_object`` takes a
   ``schema`` field.
@@ -81,6 +87,12 @@ def _llama_cpp_python(dialect: str, body: dict) -> tuple[int, str, str]:
 def _llama_cpp(dialect: str, body: dict) -> tuple[int, str, str]:
     got = (body.get("response_format") or {}).get("type")
     message = f'response_format type must be one of "text" or "json_object", but got: {got}'
+    return _json(400, {"error": {"code": 400, "message": message, "type": "invalid_request_error"}})
+
+
+def _llama_cpp_2024(dialect: str, body: dict) -> tuple[int, str, str]:
+    got = (body.get("response_format") or {}).get("type")
+    message = f'response_format type must be one of "text" or "json_object", but got: {got}'
     return _json(500, {"error": {"code": 500, "message": message, "type": "server_error"}})
 
 
@@ -117,7 +129,8 @@ def _openai(dialect: str, body: dict) -> tuple[int, str, str]:
 
 KINDS: dict[str, ServerKind] = {
     "llama-cpp-python": ServerKind(obeys=("json_object",), refuse=_llama_cpp_python, ignores=("guided_json",)),
-    "llama.cpp": ServerKind(obeys=("json_object",), refuse=_llama_cpp, ignores=("guided_json",)),
+    "llama.cpp": ServerKind(obeys=("json_schema", "json_object"), refuse=_llama_cpp, ignores=("guided_json",)),
+    "llama.cpp-2024": ServerKind(obeys=("json_object",), refuse=_llama_cpp_2024, ignores=("guided_json",)),
     "vllm": ServerKind(obeys=("json_schema", "guided_json"), refuse=_vllm),
     "sglang": ServerKind(obeys=("json_schema",), refuse=_sglang, ignores=("guided_json",)),
     "tgi": ServerKind(obeys=("tgi",), refuse=_tgi, ignores=("guided_json",)),
@@ -126,7 +139,8 @@ KINDS: dict[str, ServerKind] = {
     "ollama-0.4": ServerKind(obeys=("json_object",)),
 }
 #: the dialect srt_hf should settle on with each kind (its first one obeyed, in srt_hf's order)
-EXPECTED_DIALECT = {"llama-cpp-python": "json_object", "llama.cpp": "json_object", "vllm": "json_schema",
+EXPECTED_DIALECT = {"llama-cpp-python": "json_object", "llama.cpp": "json_schema", "llama.cpp-2024": "json_object",
+                    "vllm": "json_schema",
                     "sglang": "json_schema", "tgi": "tgi", "openai": "json_schema", "ollama": "json_schema",
                     "ollama-0.4": "json_object"}
 

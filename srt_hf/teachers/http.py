@@ -136,7 +136,7 @@ def refuses_fields(fault: _Fault, fields: dict[str, Any]) -> bool:
 
     A 4xx (other than credentials, URL, rate limits and timeouts) refuses the request. A 5xx refuses it only
     when its body names one of ``fields``' keys or string values (``response_format``, ``json_schema``) or reads
-    as a validation error: llama-cpp-python and llama.cpp answer an unknown ``response_format`` type with 500.
+    as a validation error: llama-cpp-python and 2024 builds of llama.cpp answer an unknown ``response_format`` type with 500.
     """
     if fault.status is None or fault.status in _NOT_REFUSALS or fault.fatal:
         return False
