@@ -327,13 +327,13 @@ def test_local_teacher_batches_and_caches(tiny_model_dir, tmp_path):
 
 
 def test_a_local_teacher_never_writes_past_its_positions(short_gpt2_dir):
-    """A reply that would run past the teacher's 128 positions fails its rows with the fix named, before decoding."""
-    long = LocalTeacher(str(short_gpt2_dir), config=GenerationConfig(max_new_tokens=120), device="cpu")
-    replies = long.generate(convs(2))
-    assert all(c.status.startswith("request_failed") and "max_new_tokens (120) > the 128 positions GPT2LMHeadModel holds: "
-               "lower --max-new-tokens" in c.status for c in replies)
-    short = LocalTeacher(str(short_gpt2_dir), config=GenerationConfig(max_new_tokens=8), device="cpu")
-    assert all(c.text and c.status.startswith("truncated") for c in short.generate(convs(2)))
+    """A prompt whose reply would run past the teacher's 128 positions fails with the fix named, before decoding;
+    a shorter prompt of the same batch is answered all the same."""
+    teacher = LocalTeacher(str(short_gpt2_dir), config=GenerationConfig(max_new_tokens=60, batch_size=2), device="cpu")
+    short, long = teacher.generate(convs(1) + [[{"role": "user", "content": "a much longer prompt " * 20}]])
+    assert short.text and short.status.startswith("truncated")
+    assert long.text is None and long.status.startswith("request_failed: ValueError: prompt (")
+    assert "+ max_new_tokens (60) > the 128 positions GPT2LMHeadModel holds: lower --max-new-tokens" in long.status
 
 
 @pytest.mark.slow

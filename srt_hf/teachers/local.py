@@ -121,20 +121,30 @@ class LocalTeacher(Teacher):
             return self._tokenizer, self._model
 
     def generate_batch(self, conversations: Sequence[Messages], settings: dict[str, Any],
-                       schema: dict | None = None) -> list[tuple[str, bool, dict[str, int]]]:
+                       schema: dict | None = None) -> list[tuple[str, bool, dict[str, int]] | ValueError]:
         """One ``generate`` call over a batch (blocking): each conversation's (reply, stopped at the token limit,
         token usage). The usage is counted as a server counts it: ``prompt_tokens`` the prompt's tokens (padding
         left out), ``completion_tokens`` the new tokens up to and including the end-of-sequence token.
 
         With ``schema`` the decoding is constrained to it (a JSON grammar, :class:`.structured.JSONGrammar`).
+        A conversation whose prompt and reply would pass the positions the model holds gets a ValueError naming
+        the fix instead, and the others are generated without it.
         """
+        tokenizer, model = self.load()
+        encoded = tokenizer([self._render(tokenizer, m) for m in conversations], add_special_tokens=False)
+        past = _past_positions(model, [len(ids) for ids in encoded["input_ids"]], settings["max_new_tokens"])
+        fit = [i for i in range(len(conversations)) if i not in past]
+        replies = dict(zip(fit, self._generate(tokenizer, model, {k: [v[i] for i in fit] for k, v in encoded.items()},
+                                               settings, schema))) if fit else {}
+        return [replies[i] if i in replies else past[i] for i in range(len(conversations))]
+
+    def _generate(self, tokenizer, model, encoded: dict[str, list], settings: dict[str, Any],
+                  schema: dict | None) -> list[tuple[str, bool, dict[str, int]]]:
         import torch
 
-        tokenizer, model = self.load()
-        prompts = [self._render(tokenizer, m) for m in conversations]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        batch = tokenizer.pad(encoded, return_tensors="pt").to(model.device)  # left padding (set at load)
+        prompts = encoded["input_ids"]
         prompt_length = batch["input_ids"].shape[1]
-        _check_positions(model, prompt_length, settings["max_new_tokens"])
         gen = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
         gen.max_new_tokens, gen.max_length = settings["max_new_tokens"], None
         gen.pad_token_id = tokenizer.pad_token_id
@@ -232,9 +242,7 @@ class _LocalSession(TeacherSession):
                     settings, schema = chunk[0][1], chunk[0][2]
                     try:
                         replies = await asyncio.to_thread(teacher.generate_batch, [c[0] for c in chunk], settings, schema)
-                        cut = settings["max_new_tokens"]
-                        results = [Completion.reply(text, cut_at=cut if limit else None, attempts=1, usage=usage)
-                                   for text, limit, usage in replies]
+                        results = [_completion(reply, settings["max_new_tokens"]) for reply in replies]
                     except Exception as err:  # noqa: BLE001 - a failed batch becomes statuses, never a crash
                         logger.warning("local teacher: generate failed for %d prompts: %s", len(chunk), err)
                         teacher.stats.add(failed=len(chunk))
@@ -244,14 +252,23 @@ class _LocalSession(TeacherSession):
                             future.set_result(result)
 
 
-def _check_positions(model, prompt_length: int, max_new_tokens: int) -> None:
-    """A ValueError (the batch's rows fail with it, nothing else) where prompt + reply would pass the positions the
-    teacher holds: a learned position table has no row there (an IndexError on a CPU; on CUDA a device-side assert
-    that would leave every later batch of the process failing too)."""
+def _completion(reply: tuple[str, bool, dict[str, int]] | ValueError, max_new_tokens: int) -> Completion:
+    if isinstance(reply, ValueError):
+        return Completion.failed(f"ValueError: {reply}", 1)
+    text, hit_limit, usage = reply
+    return Completion.reply(text, cut_at=max_new_tokens if hit_limit else None, attempts=1, usage=usage)
+
+
+def _past_positions(model, prompt_lengths: list[int], max_new_tokens: int) -> dict[int, ValueError]:
+    """The prompts (by index) that with ``max_new_tokens`` would pass the positions the teacher holds, each with its
+    error: a learned position table has no row there (an IndexError on a CPU; on CUDA a device-side assert that
+    would leave every later batch of the process failing too)."""
     limit = models.position_limit(model)
-    if limit is not None and prompt_length + max_new_tokens > limit:
-        raise ValueError(f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) > the {limit} positions "
-                         f"{type(model).__name__} holds: lower --max-new-tokens")
+    if limit is None:
+        return {}
+    return {i: ValueError(f"prompt ({n} tokens) + max_new_tokens ({max_new_tokens}) > the {limit} positions "
+                          f"{type(model).__name__} holds: lower --max-new-tokens")
+            for i, n in enumerate(prompt_lengths) if n + max_new_tokens > limit}
 
 
 def _stop_ids(gen, tokenizer) -> set[int]:
