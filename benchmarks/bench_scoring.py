@@ -81,7 +81,9 @@ def srt_hf_counts(scorer: IFDScorer, examples, counter: Counter, tokenizer=None)
 
     start = time.perf_counter()
     enc = Encoder(tokenizer or scorer.tokenizer)
-    L, rifd = scorer.max_length(), scorer.config.rifd_enabled()
+    # without a model (--count-only) the preset's length: every real shape holds more positions than a preset asks
+    L = scorer.max_length() if tokenizer is None else scorer.config.max_length or scorer.preset.max_length
+    rifd = scorer.config.rifd_enabled()
     plans = plan_rows(examples, enc, scorer.preset, L, rifd)
     planning = time.perf_counter() - start
     spans = {s for p in plans if not isinstance(p, str) for s in p.spans() if s.n_scored > 0}
