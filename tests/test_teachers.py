@@ -334,6 +334,7 @@ def test_a_local_teacher_never_writes_past_its_positions(short_gpt2_dir):
     assert short.text and short.status.startswith("truncated")
     assert long.text is None and long.status.startswith("request_failed: ValueError: prompt (")
     assert "+ max_new_tokens (60) > the 128 positions GPT2LMHeadModel holds: lower --max-new-tokens" in long.status
+    assert teacher.stats.failed == 1
 
 
 @pytest.mark.slow

@@ -243,6 +243,7 @@ class _LocalSession(TeacherSession):
                     try:
                         replies = await asyncio.to_thread(teacher.generate_batch, [c[0] for c in chunk], settings, schema)
                         results = [_completion(reply, settings["max_new_tokens"]) for reply in replies]
+                        teacher.stats.add(failed=sum(isinstance(reply, ValueError) for reply in replies))
                     except Exception as err:  # noqa: BLE001 - a failed batch becomes statuses, never a crash
                         logger.warning("local teacher: generate failed for %d prompts: %s", len(chunk), err)
                         teacher.stats.add(failed=len(chunk))
