@@ -116,11 +116,14 @@ def map_in_chunks(
             calls[-1].append(i)
         else:
             calls.append([i])
-    with quiet_foreign_bars():  # a model loading inside the first chunk prints no bar inside ours
-        for chunks in calls:
-            _write_chunks(ds, fn, [(i * chunk_rows, i * chunk_rows + rows_of(i)) for i in chunks], [parts[i] for i in chunks],
-                          bar, schema=schema, input_digests=[inputs[i] if inputs is not None else None for i in chunks])
-    bar.close()
+    try:
+        with quiet_foreign_bars():  # a model loading inside the first chunk prints no bar inside ours
+            for chunks in calls:
+                _write_chunks(ds, fn, [(i * chunk_rows, i * chunk_rows + rows_of(i)) for i in chunks],
+                              [parts[i] for i in chunks], bar, schema=schema,
+                              input_digests=[inputs[i] if inputs is not None else None for i in chunks])
+    finally:  # on an error too, so that the bar's last line comes before the error's message
+        bar.close()
     if state:
         state.wait_for_everyone()
     return parts
