@@ -75,6 +75,16 @@ def test_a_server_that_is_down_stops_with_the_breaker_quoting_its_words():
     assert teacher.dialect_outcomes == {}
 
 
+def test_a_proxy_that_refuses_every_request_has_said_nothing_about_dialects():
+    # LiteLLM's proxy without its database answers every request with 400 "No connected db." (a wrong key too): the
+    # probe's refusals are forgotten once the same request without a dialect is refused, and the breaker stops the run
+    with FaultServer(faults=["400"] * 100) as server:
+        teacher = _teacher(server.url, breaker_failures=3)
+        with pytest.raises(TeacherError, match=r"failed 3 requests in a row \(last: HTTP 400.*injected 400"):
+            ResponseReflection(teacher, structured="auto")(dict(ROWS))
+    assert teacher.structured_dialect is None and teacher.dialect_outcomes == {}
+
+
 def test_a_fatal_status_quotes_the_server():
     with FaultServer(faults=["401"]) as server:
         with pytest.raises(TeacherError, match='HTTP 401.*injected 401'):

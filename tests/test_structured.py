@@ -43,8 +43,10 @@ def test_a_server_without_response_format_falls_back_to_markers():
     assert out["response_reflection_status"] == ["ok"] * 4
     assert transform.counts["layout_markers"] == 4 and "layout_json" not in transform.counts
     assert transform.teacher.structured_dialect == "unsupported"
-    assert len(marker_requests) == 4 and server.requests == 4 + 4  # one probe per dialect, on the first row only
-    assert "[Better Answer]" in marker_requests[0]["body"]["messages"][0]["content"]
+    # on the first row only: one probe per dialect, then the same JSON prompt without one (is any request answered?)
+    assert len(marker_requests) == 1 + 4 and server.requests == 4 + 1 + 4
+    assert "[Better Answer]" not in marker_requests[0]["body"]["messages"][0]["content"]
+    assert "[Better Answer]" in marker_requests[1]["body"]["messages"][0]["content"]
 
 
 def test_structured_json_stops_when_the_teacher_cannot():

@@ -323,31 +323,44 @@ class _EndpointSession(TeacherSession):
 
         A refusal (a 4xx, or a 5xx that names the request's fields: see :func:`.http.refuses_fields`) or a reply
         that is no JSON object moves on to the next dialect and is remembered. A server that is down (timeouts,
-        other 5xx) decides nothing: the request fails as any other, and a later one probes again.
+        other 5xx) decides nothing: the request fails as any other, and a later one probes again. Where every
+        dialect was refused, the same request without one must be answered before the server is taken to have no
+        structured output: a proxy that refuses every request with a 400 (LiteLLM without its database, a bad
+        key) has said nothing about dialects.
         """
         teacher, ignored = self.teacher, []
+        tried: dict[str, str] = {}  # this probe's outcomes, kept on the teacher once they say something about dialects
         for name, fields in DIALECTS.items():
             if name in teacher.dialect_outcomes:
                 continue
             completion, fault = await self._request(messages, settings, fields(schema), probing=True)
             if completion.text is not None and looks_like_json_object(completion.text):
+                teacher.dialect_outcomes.update(tried)
                 teacher.structured_dialect = name
                 logger.info("teacher %s: structured output through %s", teacher.base_urls[0], name)
                 return completion
             if completion.text is None and not (fault is not None and refuses_fields(fault, fields(schema))):
+                teacher.dialect_outcomes.update(tried)
                 return completion  # not reached (timeouts, 5xx): decide on a later request
             if completion.text is None:
-                teacher.dialect_outcomes[name] = f"refused: {fault.quoted()}"
+                tried[name] = f"refused: {fault.quoted()}"
             else:
-                teacher.dialect_outcomes[name] = "ignored"
+                tried[name] = "ignored"
                 if completion.ok:
                     ignored.append(completion.text)
+        if tried and all(outcome.startswith("refused") for outcome in tried.values()):  # is a request without one answered?
+            plain, _ = await self._request(messages, settings)
+            if plain.text is None:  # refused too: the refusals were not about dialects
+                return plain
+            if plain.ok:
+                ignored.append(plain.text)  # a reply to the JSON prompt: used where it reads
+        teacher.dialect_outcomes.update(tried)
         teacher.structured_dialect = UNSUPPORTED
-        tried = "; ".join(f"{name} {outcome}" for name, outcome in teacher.dialect_outcomes.items())
+        outcomes = "; ".join(f"{name} {outcome}" for name, outcome in teacher.dialect_outcomes.items())
         logger.warning("teacher %s does not enforce JSON schemas (%s); reflections use the marker layout",
-                       teacher.base_urls[0], shorten(tried, 400))
+                       teacher.base_urls[0], shorten(outcomes, 400))
         raise StructuredOutputUnsupported(
-            f"the teacher at {', '.join(teacher.base_urls)} does not enforce JSON schemas ({shorten(tried, 400)})",
+            f"the teacher at {', '.join(teacher.base_urls)} does not enforce JSON schemas ({shorten(outcomes, 400)})",
             replies=ignored)
 
     async def _request(
@@ -378,7 +391,8 @@ class _EndpointSession(TeacherSession):
                 teacher.stats.add(oversized=1)
                 return Completion(None, make(INVALID, fault.reason), attempts=attempt), fault
             refused = probing and fault is not None and refuses_fields(fault, extra or {})
-            self._record(url, None if refused else fault)
+            if not refused:  # a refusal neither fails nor clears the breaker: a proxy may refuse every request
+                self._record(url, fault)
             if fault is None:
                 cut_at = settings["max_new_tokens"] if reply.finish_reason == "length" else None
                 return Completion.reply(reply.text, cut_at=cut_at, attempts=attempt, usage=reply.usage), None
