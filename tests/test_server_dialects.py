@@ -80,7 +80,8 @@ def test_a_proxy_that_refuses_every_request_has_said_nothing_about_dialects():
     # probe's refusals are forgotten once the same request without a dialect is refused, and the breaker stops the run
     with FaultServer(faults=["400"] * 100) as server:
         teacher = _teacher(server.url, breaker_failures=3)
-        with pytest.raises(TeacherError, match=r"failed 3 requests in a row \(last: HTTP 400.*injected 400"):
+        with pytest.raises(TeacherError, match=r"failed 3 requests in a row \(last: HTTP 400.*injected 400.*; check what "
+                                               r"the server says about the request \(the model: --teacher-model"):
             ResponseReflection(teacher, structured="auto")(dict(ROWS))
     assert teacher.structured_dialect is None and teacher.dialect_outcomes == {}
 

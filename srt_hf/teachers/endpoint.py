@@ -291,10 +291,12 @@ class _EndpointSession(TeacherSession):
             last, limit = health.last_fault, health.limit_reached(teacher.config, now) or "--breaker-failures"
             what = (f"failed {health.in_row} requests in a row" if limit.startswith("--breaker-failures") else
                     f"answered nothing but failures for {now - (health.failing_since or now):.0f}s ({health.in_row} requests)")
+            refused = 400 <= ((last or fault).status or 0) < 500  # the server is up and refuses what it is sent
+            check = ("check what the server says about the request (the model: --teacher-model; the key: "
+                     "--teacher-api-key-env)" if refused else "check that the server is up and the URL is right (--teacher)")
             raise TeacherError(
                 f"The teacher at {', '.join(teacher.base_urls)} {what} (last: {(last or fault).quoted()}); "
-                f"check that the server is up and the URL is right (--teacher), or raise {limit.split()[0]} "
-                f"(now {limit.split()[1]}). Finished work is kept; rerun to resume."
+                f"{check}, or raise {limit.split()[0]} (now {limit.split()[1]}). Finished work is kept; rerun to resume."
             )
 
     def _log_retry(self, url: str, attempt: int, fault: _Fault) -> None:
