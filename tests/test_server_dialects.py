@@ -86,6 +86,26 @@ def test_a_proxy_that_refuses_every_request_has_said_nothing_about_dialects():
     assert teacher.structured_dialect is None and teacher.dialect_outcomes == {}
 
 
+def test_refusals_are_not_kept_when_the_probe_ends_unanswered():
+    # json_schema, tgi and json_object refused, then guided_json times out: nothing says the refusals were about dialects
+    with FaultServer(structured="guided_json", faults=["ok"] * 3 + ["slow:3"]) as server:  # refusals take a fault too
+        teacher = _teacher(server.url, breaker_failures=5, max_retries=0, timeout=1)
+        out = ResponseReflection(teacher, structured="auto")({k: v[:1] for k, v in ROWS.items()})
+        assert out["response_reflection_status"][0].startswith("request_failed: timeout")
+        assert teacher.structured_dialect is None and teacher.dialect_outcomes == {}
+        out = ResponseReflection(teacher, structured="auto")({k: v[1:] for k, v in ROWS.items()})
+    assert teacher.structured_dialect == "guided_json" and out["response_reflection_status"] == [OK] * 2
+    assert set(teacher.dialect_outcomes) == {"json_schema", "tgi", "json_object"}
+
+
+def test_a_rate_limited_stop_does_not_blame_the_request():
+    with FaultServer(faults=["429"] * 20) as server:
+        teacher = _teacher(server.url, breaker_failures=2, max_retries=1)
+        with pytest.raises(TeacherError) as caught:
+            ResponseReflection(teacher, structured="off")(dict(ROWS))
+    assert "rate limited (HTTP 429)" in str(caught.value) and "the server is up and the URL is right" in str(caught.value)
+
+
 def test_a_fatal_status_quotes_the_server():
     with FaultServer(faults=["401"]) as server:
         with pytest.raises(TeacherError, match='HTTP 401.*injected 401'):

@@ -335,6 +335,8 @@ def test_a_local_teacher_never_writes_past_its_positions(short_gpt2_dir):
     assert long.text is None and long.status.startswith("request_failed: ValueError: prompt (")
     assert "+ max_new_tokens (60) > the 128 positions GPT2LMHeadModel holds: lower --max-new-tokens" in long.status
     assert teacher.stats.failed == 1
+    huge = teacher.generate([[{"role": "user", "content": "a much longer prompt " * 40}]])[0]
+    assert "fills the 128 positions GPT2LMHeadModel holds: the row is too long for this teacher" in huge.status
 
 
 @pytest.mark.slow

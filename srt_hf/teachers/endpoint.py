@@ -291,9 +291,9 @@ class _EndpointSession(TeacherSession):
             last, limit = health.last_fault, health.limit_reached(teacher.config, now) or "--breaker-failures"
             what = (f"failed {health.in_row} requests in a row" if limit.startswith("--breaker-failures") else
                     f"answered nothing but failures for {now - (health.failing_since or now):.0f}s ({health.in_row} requests)")
-            refused = 400 <= ((last or fault).status or 0) < 500  # the server is up and refuses what it is sent
             check = ("check what the server says about the request (the model: --teacher-model; the key: "
-                     "--teacher-api-key-env)" if refused else "check that the server is up and the URL is right (--teacher)")
+                     "--teacher-api-key-env)" if refuses_fields(last or fault, {})  # up, and refusing what it is sent
+                     else "check that the server is up and the URL is right (--teacher)")
             raise TeacherError(
                 f"The teacher at {', '.join(teacher.base_urls)} {what} (last: {(last or fault).quoted()}); "
                 f"{check}, or raise {limit.split()[0]} (now {limit.split()[1]}). Finished work is kept; rerun to resume."
@@ -342,7 +342,8 @@ class _EndpointSession(TeacherSession):
                 logger.info("teacher %s: structured output through %s", teacher.base_urls[0], name)
                 return completion
             if completion.text is None and not (fault is not None and refuses_fields(fault, fields(schema))):
-                teacher.dialect_outcomes.update(tried)
+                if "ignored" in tried.values():  # the server answered this probe: its refusals were about dialects
+                    teacher.dialect_outcomes.update(tried)
                 return completion  # not reached (timeouts, 5xx): decide on a later request
             if completion.text is None:
                 tried[name] = f"refused: {fault.quoted()}"
@@ -392,15 +393,14 @@ class _EndpointSession(TeacherSession):
                 self._record(url, None)
                 teacher.stats.add(oversized=1)
                 return Completion(None, make(INVALID, fault.reason), attempts=attempt), fault
-            refused = probing and fault is not None and refuses_fields(fault, extra or {})
-            if not refused:  # a refusal neither fails nor clears the breaker: a proxy may refuse every request
-                self._record(url, fault)
+            if probing and fault is not None and refuses_fields(fault, extra or {}):
+                # an answer about the dialect: it neither fails nor clears the breaker (a proxy may refuse every request)
+                return Completion.failed(fault.reason, attempt), fault
+            self._record(url, fault)
             if fault is None:
                 cut_at = settings["max_new_tokens"] if reply.finish_reason == "length" else None
                 return Completion.reply(reply.text, cut_at=cut_at, attempts=attempt, usage=reply.usage), None
             self._check_fatal(url, fault)
-            if refused:
-                return Completion.failed(fault.reason, attempt), fault
             if not fault.retryable or attempt > cfg.max_retries:
                 break
             teacher.stats.add(retried=1)

@@ -267,8 +267,11 @@ def _past_positions(model, prompt_lengths: list[int], max_new_tokens: int) -> di
     limit = models.position_limit(model)
     if limit is None:
         return {}
-    return {i: ValueError(f"prompt ({n} tokens) + max_new_tokens ({max_new_tokens}) > the {limit} positions "
-                          f"{type(model).__name__} holds: lower --max-new-tokens")
+    name = type(model).__name__
+    return {i: ValueError(f"prompt ({n} tokens) + max_new_tokens ({max_new_tokens}) > the {limit} positions {name} "
+                          "holds: lower --max-new-tokens" if n < limit else
+                          f"the prompt ({n} tokens) fills the {limit} positions {name} holds: the row is too long "
+                          "for this teacher")
             for i, n in enumerate(prompt_lengths) if n + max_new_tokens > limit}
 
 
