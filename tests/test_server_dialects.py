@@ -7,6 +7,8 @@ server's own words.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fault_server import FaultServer
 from server_kinds import EXPECTED_DIALECT, KINDS, answer_of
@@ -139,6 +141,25 @@ def test_the_probe_outcome_is_kept_and_a_resume_asks_no_probe(tmp_path):
     assert len(server.refusals) == asked  # no dialect was asked again
     other = EndpointTeacher(server.url, model="another-model")
     assert not restore_probe(other, tmp_path)  # kept per URL and model
+
+
+def test_refusals_stored_by_an_older_srt_hf_are_asked_again(tmp_path):
+    # an older srt_hf stored "unsupported" on refusals alone (a proxy refusing every request looked just like that)
+    with FaultServer(kind="vllm") as server:
+        teacher = _teacher(server.url)
+        key = teacher.probe_key()
+        (tmp_path / PROBE_FILE).write_text(json.dumps({key: {"dialect": UNSUPPORTED, "tried": {
+            "json_schema": "refused: HTTP 400 (No connected db.)", "tgi": "ignored"}}}))
+        assert restore_probe(teacher, tmp_path)
+        assert teacher.structured_dialect == UNSUPPORTED and teacher.dialect_outcomes == {"tgi": "ignored"}
+        refused = dict.fromkeys(DIALECTS, "refused: HTTP 400 (No connected db.)")
+        (tmp_path / PROBE_FILE).write_text(json.dumps({key: {"dialect": UNSUPPORTED, "tried": refused}}))
+        fresh = _teacher(server.url)
+        assert restore_probe(fresh, tmp_path) and fresh.structured_dialect is None and fresh.dialect_outcomes == {}
+        out = ResponseReflection(fresh, structured="auto")(dict(ROWS))
+        save_probe(fresh, tmp_path)
+    assert fresh.structured_dialect == "json_schema" and out["response_reflection_status"] == [OK] * 3
+    assert json.loads((tmp_path / PROBE_FILE).read_text())[key]["refusals_answered"] is True
 
 
 def _marker_reply(messages: list[dict], body: dict) -> str:

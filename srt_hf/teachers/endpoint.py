@@ -147,14 +147,22 @@ class EndpointTeacher(Teacher):
 
     def probe_state(self) -> dict[str, Any]:
         """The probe's outcome: the dialect found (or "unsupported") and what each dialect tried got."""
-        return {"dialect": self.structured_dialect, "tried": dict(self.dialect_outcomes)}
+        return {"dialect": self.structured_dialect, "tried": dict(self.dialect_outcomes), "refusals_answered": True}
 
     def restore_probe(self, state: dict[str, Any]) -> None:
-        """Take a stored outcome: a resumed run asks no probe (a dialect refused before is not asked again)."""
+        """Take a stored outcome: a resumed run asks no probe (a dialect refused before is not asked again).
+
+        Refusals stored without ``refusals_answered`` (an older srt_hf) may have been a proxy refusing every request:
+        those dialects are asked again, and so is an "unsupported" that rests on refusals alone."""
         dialect = state.get("dialect")
+        tried = {k: str(v) for k, v in (state.get("tried") or {}).items() if k in DIALECTS}
+        if not state.get("refusals_answered"):
+            tried = {k: v for k, v in tried.items() if not v.startswith("refused")}
+            if dialect == UNSUPPORTED and not tried:
+                dialect = None
         if dialect in DIALECTS or dialect == UNSUPPORTED:
             self.structured_dialect = dialect
-        self.dialect_outcomes.update({k: str(v) for k, v in (state.get("tried") or {}).items() if k in DIALECTS})
+        self.dialect_outcomes.update(tried)
 
     def session(self) -> _EndpointSession:
         return _EndpointSession(self)

@@ -4,7 +4,9 @@
     save_probe(teacher, run_dir)      # after them (also when a stage stopped): RUN/teacher_probe.json
 
 The file holds one entry per teacher (its base URLs and model, :meth:`EndpointTeacher.probe_key`): the dialect
-found (or ``"unsupported"``) and what each dialect tried got ("refused: <the server's words>" or "ignored").
+found (or ``"unsupported"``) and what each dialect tried got ("refused: <the server's words>" or "ignored"), with
+``refusals_answered``: its refusals were kept only once the server answered (entries without it come from an older
+srt_hf, whose refusals are asked again).
 A teacher that never probes (a local model) has nothing to keep. The file is never uploaded.
 """
 
