@@ -79,13 +79,15 @@ def test_dead_server_trips_the_breaker_quickly():
     assert time.monotonic() - t0 < 5.0
 
 
-def test_timeout_is_ours(server):
+def test_timeout_is_ours(server, caplog):
     teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**{**FAST, "timeout": 0.3, "max_retries": 1}))
     server.faults.extend(["slow:2", "slow:2"])
     t0 = time.monotonic()
-    [completion] = teacher.generate(convs(1))
+    with caplog.at_level("WARNING", logger="srt_hf"):
+        [completion] = teacher.generate(convs(1))
     assert completion.status == "request_failed: timeout after 0.3s"
     assert time.monotonic() - t0 < 1.5  # two 0.3 s attempts, not the server's 2 s
+    assert "timeout after 0.3s; retrying (attempt 2 of 2) (a server that runs fewer than --max-concurrency" in caplog.text
 
 
 @pytest.mark.parametrize("header", ["1", "date"])

@@ -311,7 +311,11 @@ class _EndpointSession(TeacherSession):
         now = time.monotonic()
         if now - self._last_log[url] >= _RETRY_LOG_EVERY:
             self._last_log[url] = now
-            logger.warning("teacher %s: %s; retrying (attempt %d of %d)", url, fault.reason, attempt + 1, self.teacher.config.max_retries + 1)
+            cfg = self.teacher.config
+            # a server with fewer slots than our concurrency queues requests, and the wait counts against the timeout
+            hint = (f" (a server that runs fewer than --max-concurrency {cfg.max_concurrency} requests at once queues "
+                    "the others: raise --timeout or lower --max-concurrency)") if fault.reason.startswith("timeout") else ""
+            logger.warning("teacher %s: %s; retrying (attempt %d of %d)%s", url, fault.reason, attempt + 1, cfg.max_retries + 1, hint)
 
     # -- requests -------------------------------------------------------------------------------
     async def _fetch(self, messages: Messages, settings: dict[str, Any], schema: dict | None) -> Completion:
