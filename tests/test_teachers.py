@@ -87,7 +87,7 @@ def test_timeout_is_ours(server, caplog):
         [completion] = teacher.generate(convs(1))
     assert completion.status == "request_failed: timeout after 0.3s"
     assert time.monotonic() - t0 < 1.5  # two 0.3 s attempts, not the server's 2 s
-    assert "timeout after 0.3s; retrying (attempt 2 of 2) (a server that runs fewer than --max-concurrency" in caplog.text
+    assert "timeout after 0.3s; retrying (attempt 2 of 2) (a server that runs fewer than 16 requests at once" in caplog.text
 
 
 @pytest.mark.parametrize("header", ["1", "date"])
@@ -129,6 +129,26 @@ def test_concurrency_bound_is_never_exceeded(server):
     completions = teacher.generate(convs(40))
     assert all(c.ok for c in completions)
     assert server.max_in_flight == 4
+
+
+def test_timeouts_while_others_are_answered_halve_the_concurrency(server, caplog):
+    """A server that queues what it cannot run at once (llama.cpp with one slot, Ollama): the wait counts against the
+    timeout. srt_hf halves its requests in flight, for the rest of the run; a server answering nothing is left alone."""
+    server.faults.extend(["ok"] + ["slow:1"] * 7)
+    settings = {**FAST, "timeout": 0.4, "max_concurrency": 8}
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**settings))
+    with caplog.at_level("WARNING", logger="srt_hf"):
+        assert all(c.ok for c in teacher.generate(convs(8)))
+    assert teacher.concurrency == 4 and "4 requests at once from now on (--max-concurrency 8)" in caplog.text
+    time.sleep(1)  # the server's threads of the abandoned requests finish
+    server.reset_counts()
+    server.latency = 0.05
+    assert all(c.ok for c in teacher.generate(convs(12, "again")))
+    assert server.max_in_flight == 4
+    server.faults.extend(["slow:1"] * 4)
+    silent = EndpointTeacher(server.url, model="m", config=GenerationConfig(**{**settings, "max_retries": 1, "max_concurrency": 2}))
+    silent.generate(convs(2, "silent"))
+    assert silent.concurrency == 2  # nothing was answered: not a queue
 
 
 def test_requests_complete_independently(server):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -104,6 +105,7 @@ class EndpointTeacher(Teacher):
         #: what each dialect tried got: "refused: <the server's words>" or "ignored" (never asked again)
         self.dialect_outcomes: dict[str, str] = {}
         self._served = served_model  # the model the server named, asked once (and carried by pickles)
+        self.concurrency = self.config.max_concurrency  # requests at once: halved while the server queues (timeouts)
 
     def _secret_key(self) -> tuple:
         return (tuple(self.base_urls), self.model)
@@ -228,7 +230,8 @@ class _EndpointSession(TeacherSession):
                 "endpoint or provider as the teacher, or set `teacher` to a server of your own or a local model."
             )
         self._model = self.teacher.served_model()
-        self._slots = _PrioritySlots(self.teacher.config.max_concurrency)
+        self._slots = _PrioritySlots(self.teacher.concurrency)
+        self._last_answer = self._last_shrink = -math.inf  # monotonic times
         self._probe = asyncio.Lock()
         self._in_flight = dict.fromkeys(self.teacher.base_urls, 0)
         self._last_log = dict.fromkeys(self.teacher.base_urls, 0.0)
@@ -307,14 +310,28 @@ class _EndpointSession(TeacherSession):
                 f"{check}, or raise {limit.split()[0]} (now {limit.split()[1]}). Finished work is kept; rerun to resume."
             )
 
+    def _ease_off(self, url: str) -> None:
+        """A timeout while other requests were answered: the server queues what it cannot run at once, and the wait
+        counts against our deadline (llama.cpp with few slots, Ollama). Such a timeout is retried but not counted by
+        the breaker, and the requests in flight are halved, at most once per timeout period, for the rest of the run.
+        """
+        teacher, now = self.teacher, time.monotonic()
+        if self._slots.size == 1 or now - self._last_shrink < teacher.config.timeout:
+            return
+        self._last_shrink = now
+        teacher.concurrency = self._slots.shrink()
+        logger.warning("teacher %s: requests time out while others are answered (the server queues what it cannot run "
+                       "at once): %d request%s at once from now on (--max-concurrency %d)", url, teacher.concurrency,
+                       "" if teacher.concurrency == 1 else "s", teacher.config.max_concurrency)
+
     def _log_retry(self, url: str, attempt: int, fault: _Fault) -> None:
         now = time.monotonic()
         if now - self._last_log[url] >= _RETRY_LOG_EVERY:
             self._last_log[url] = now
-            cfg = self.teacher.config
-            # a server with fewer slots than our concurrency queues requests, and the wait counts against the timeout
-            hint = (f" (a server that runs fewer than --max-concurrency {cfg.max_concurrency} requests at once queues "
-                    "the others: raise --timeout or lower --max-concurrency)") if fault.reason.startswith("timeout") else ""
+            cfg, size = self.teacher.config, self._slots.size
+            hint = "" if not fault.timed_out else " (one request at a time: raise --timeout)" if size == 1 else (
+                f" (a server that runs fewer than {size} requests at once queues the others: raise --timeout or lower "
+                "--max-concurrency)")
             logger.warning("teacher %s: %s; retrying (attempt %d of %d)%s", url, fault.reason, attempt + 1, cfg.max_retries + 1, hint)
 
     # -- requests -------------------------------------------------------------------------------
@@ -408,11 +425,16 @@ class _EndpointSession(TeacherSession):
             if probing and fault is not None and refuses_fields(fault, extra or {}):
                 # an answer about the dialect: it neither fails nor clears the breaker (a proxy may refuse every request)
                 return Completion.failed(fault.reason, attempt), fault
-            self._record(url, fault)
             if fault is None:
+                self._record(url, None)
+                self._last_answer = time.monotonic()
                 cut_at = settings["max_new_tokens"] if reply.finish_reason == "length" else None
                 return Completion.reply(reply.text, cut_at=cut_at, attempts=attempt, usage=reply.usage), None
-            self._check_fatal(url, fault)
+            if fault.timed_out and time.monotonic() - self._last_answer <= cfg.timeout:
+                self._ease_off(url)  # others were answered meanwhile: the server is up and queueing, not failing
+            else:
+                self._record(url, fault)
+                self._check_fatal(url, fault)
             if not fault.retryable or attempt > cfg.max_retries:
                 break
             teacher.stats.add(retried=1)

@@ -57,6 +57,7 @@ class _Fault:
     body: str = ""  # the server's error message, for the top-level error
     oversized: bool = False  # a reply beyond reply_cap: the row is invalid (not retried, not stored)
     status: int | None = None  # the HTTP status, when the server answered one
+    timed_out: bool = False  # our deadline passed: the server may be down, or queueing what it cannot run at once
 
     def quoted(self) -> str:
         """The reason with the server's own words (shortened), for a message that stops the run."""
@@ -184,7 +185,7 @@ def classify(err: BaseException, config: GenerationConfig) -> _Fault:
         reason = f"HTTP {code}" + (f" ({message[:160]})" if not retryable and message else "")
         return _Fault(reason, retryable, retry_after=retry_after(err.headers) if retryable else None, body=message, status=code)
     if isinstance(err, (TimeoutError, asyncio.TimeoutError, http.TimeoutException)):
-        return _Fault(f"timeout after {config.timeout:g}s", True)
+        return _Fault(f"timeout after {config.timeout:g}s", True, timed_out=True)
     if isinstance(err, http.ConnectError):
         return _Fault("connection failed", True, url_down=True)
     if isinstance(err, http.TransportError):
@@ -236,9 +237,17 @@ class _PrioritySlots:
     so a failed request does not wait behind the whole queue and the run ends without a retry tail."""
 
     def __init__(self, slots: int):
-        self._free = slots
+        self.size = slots
+        self._free = slots  # below 0 after a shrink: that many slots in use are retired when released
         self._waiters: list[tuple[int, int, asyncio.Future]] = []
         self._seq = 0
+
+    def shrink(self) -> int:
+        """Halve the slots (at least one); requests in flight finish, and their slots are not handed on."""
+        smaller = max(1, self.size // 2)
+        self._free -= self.size - smaller
+        self.size = smaller
+        return smaller
 
     async def acquire(self, priority: int) -> None:
         if self._free > 0 and not self._waiters:
@@ -255,6 +264,9 @@ class _PrioritySlots:
             raise
 
     def release(self) -> None:
+        if self._free < 0:  # a slot retired by shrink
+            self._free += 1
+            return
         while self._waiters:
             _, _, future = heapq.heappop(self._waiters)
             if not future.done():
