@@ -155,12 +155,12 @@ class EndpointTeacher(Teacher):
         """Take a stored outcome: a resumed run asks no probe (a dialect refused before is not asked again).
 
         Refusals stored without ``refusals_answered`` (an older srt_hf) may have been a proxy refusing every request:
-        those dialects are asked again, and so is an "unsupported" that rests on refusals alone."""
+        where no dialect was answered either (ignored), those dialects are asked again, and so is "unsupported"."""
         dialect = state.get("dialect")
         tried = {k: str(v) for k, v in (state.get("tried") or {}).items() if k in DIALECTS}
-        if not state.get("refusals_answered"):
+        if not state.get("refusals_answered") and "ignored" not in tried.values():  # nothing says the server answered
             tried = {k: v for k, v in tried.items() if not v.startswith("refused")}
-            if dialect == UNSUPPORTED and not tried:
+            if dialect == UNSUPPORTED:
                 dialect = None
         if dialect in DIALECTS or dialect == UNSUPPORTED:
             self.structured_dialect = dialect
@@ -231,7 +231,8 @@ class _EndpointSession(TeacherSession):
             )
         self._model = self.teacher.served_model()
         self._slots = _PrioritySlots(self.teacher.concurrency)
-        self._last_answer = self._last_shrink = -math.inf  # monotonic times
+        self._last_answer = dict.fromkeys(self.teacher.base_urls, -math.inf)  # monotonic time of each URL's last reply
+        self._last_shrink = -math.inf
         self._probe = asyncio.Lock()
         self._in_flight = dict.fromkeys(self.teacher.base_urls, 0)
         self._last_log = dict.fromkeys(self.teacher.base_urls, 0.0)
@@ -311,7 +312,7 @@ class _EndpointSession(TeacherSession):
             )
 
     def _ease_off(self, url: str) -> None:
-        """A timeout while other requests were answered: the server queues what it cannot run at once, and the wait
+        """A timeout while the same server answered others: it queues what it cannot run at once, and the wait
         counts against our deadline (llama.cpp with few slots, Ollama). Such a timeout is retried but not counted by
         the breaker, and the requests in flight are halved, at most once per timeout period, for the rest of the run.
         """
@@ -324,14 +325,13 @@ class _EndpointSession(TeacherSession):
                        "at once): %d request%s at once from now on (--max-concurrency %d)", url, teacher.concurrency,
                        "" if teacher.concurrency == 1 else "s", teacher.config.max_concurrency)
 
-    def _log_retry(self, url: str, attempt: int, fault: _Fault) -> None:
+    def _log_retry(self, url: str, attempt: int, fault: _Fault, queued: bool = False) -> None:
         now = time.monotonic()
         if now - self._last_log[url] >= _RETRY_LOG_EVERY:
             self._last_log[url] = now
-            cfg, size = self.teacher.config, self._slots.size
-            hint = "" if not fault.timed_out else " (one request at a time: raise --timeout)" if size == 1 else (
-                f" (a server that runs fewer than {size} requests at once queues the others: raise --timeout or lower "
-                "--max-concurrency)")
+            cfg = self.teacher.config
+            hint = "" if not queued else " (one request at a time: raise --timeout)" if self._slots.size == 1 else (
+                " (the server queues what it cannot run at once: raise --timeout, or lower --max-concurrency)")
             logger.warning("teacher %s: %s; retrying (attempt %d of %d)%s", url, fault.reason, attempt + 1, cfg.max_retries + 1, hint)
 
     # -- requests -------------------------------------------------------------------------------
@@ -427,18 +427,19 @@ class _EndpointSession(TeacherSession):
                 return Completion.failed(fault.reason, attempt), fault
             if fault is None:
                 self._record(url, None)
-                self._last_answer = time.monotonic()
+                self._last_answer[url] = time.monotonic()
                 cut_at = settings["max_new_tokens"] if reply.finish_reason == "length" else None
                 return Completion.reply(reply.text, cut_at=cut_at, attempts=attempt, usage=reply.usage), None
-            if fault.timed_out and time.monotonic() - self._last_answer <= cfg.timeout:
-                self._ease_off(url)  # others were answered meanwhile: the server is up and queueing, not failing
+            queued = fault.timed_out and time.monotonic() - self._last_answer[url] <= cfg.timeout
+            if queued:  # others were answered meanwhile: this server is up and queueing, not failing
+                self._ease_off(url)
             else:
                 self._record(url, fault)
                 self._check_fatal(url, fault)
             if not fault.retryable or attempt > cfg.max_retries:
                 break
             teacher.stats.add(retried=1)
-            self._log_retry(url, attempt, fault)
+            self._log_retry(url, attempt, fault, queued)
             others_up = any(teacher._health[u].down_until <= time.monotonic() for u in teacher.base_urls if u != url)
             if not (others_up and (fault.url_down or fault.retry_after is not None)):
                 await asyncio.sleep(random.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))))
