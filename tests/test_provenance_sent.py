@@ -46,7 +46,8 @@ def test_a_json_run_shows_the_json_prompts_and_its_dialect_and_a_resume_asks_no_
     assert meta["layouts_sent"].startswith("instruction reflection: JSON layout (json_object) 4")
     stored = json.loads((out / PROBE_FILE).read_text())
     assert list(stored.values()) == [{"dialect": "json_object", "tried": {
-        "json_schema": stored[next(iter(stored))]["tried"]["json_schema"], "tgi": stored[next(iter(stored))]["tried"]["tgi"]}}]
+        "json_schema": stored[next(iter(stored))]["tried"]["json_schema"], "tgi": stored[next(iter(stored))]["tried"]["tgi"]},
+        "refusals_answered": True}]
     assert all(v.startswith("refused: HTTP 500") for v in next(iter(stored.values()))["tried"].values())
     card = (out / "README.md").read_text()
     assert "**Teacher reply layout:** instruction reflection: JSON layout (json_object) 4" in card

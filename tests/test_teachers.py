@@ -152,6 +152,14 @@ def test_timeouts_while_others_are_answered_halve_the_concurrency(server, caplog
     assert silent.concurrency == 2  # nothing was answered: not a queue
 
 
+def test_a_stop_on_timeouts_names_the_timeout(server):
+    server.faults.extend(["slow:1"] * 4)
+    teacher = EndpointTeacher(server.url, model="m", config=GenerationConfig(**{**FAST, "timeout": 0.3, "breaker_failures": 2}))
+    with pytest.raises(TeacherError, match=r"last: timeout after 0.3s.*is up but slower than that needs a longer --timeout "
+                                           r"\(now 0.3 s\)"):
+        teacher.generate(convs(1))
+
+
 def test_a_hanging_second_url_is_not_taken_for_a_queue(server):
     """Timeouts on one URL while another answers say nothing about the first one queueing: no halving."""
     with FaultServer(faults=["slow:1"] * 20) as hanging:

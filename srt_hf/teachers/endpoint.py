@@ -306,6 +306,8 @@ class _EndpointSession(TeacherSession):
             check = ("check what the server says about the request (the model: --teacher-model; the key: "
                      "--teacher-api-key-env)" if refuses_fields(last or fault, {})  # up, and refusing what it is sent
                      else "check that the server is up and the URL is right (--teacher)")
+            if (last or fault).timed_out:
+                check += f"; a server that is up but slower than that needs a longer --timeout (now {teacher.config.timeout:g} s)"
             raise TeacherError(
                 f"The teacher at {', '.join(teacher.base_urls)} {what} (last: {(last or fault).quoted()}); "
                 f"{check}, or raise {limit.split()[0]} (now {limit.split()[1]}). Finished work is kept; rerun to resume."
